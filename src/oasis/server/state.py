@@ -1,0 +1,18 @@
+"""What the app holds: built once in create_app, reached through ``app.state.oasis``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from oasis.config import Settings
+from oasis.serving.chat import ChatService
+from oasis.serving.common import ServingContext
+from oasis.serving.completions import CompletionService
+
+
+@dataclass
+class AppState:
+    settings: Settings
+    serving: ServingContext
+    chat: ChatService
+    completions: CompletionService

@@ -1,0 +1,168 @@
+"""Parsing request bodies into protocol models, with OpenAI's 400 messages."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from oasis.errors import InvalidRequestError
+
+M = TypeVar("M", bound=BaseModel)
+
+_TYPE_NAMES = {
+    "float": "a decimal",
+    "int": "an integer",
+    "bool": "a boolean",
+    "string": "a string",
+    "list": "an array",
+    "dict": "an object",
+    "model": "an object",
+}
+
+
+def _param(loc: tuple[Any, ...]) -> str:
+    parts: list[str] = []
+    for item in loc:
+        if isinstance(item, int):
+            parts.append(f"[{item}]")
+        elif (
+            isinstance(item, str)
+            and not item.startswith(("function-", "union["))
+            and (
+                item
+                not in (
+                    "str",
+                    "int",
+                    "float",
+                    "bool",
+                    "list[str]",
+                    "list[int]",
+                    "list[list[int]]",
+                    "TextPart",
+                    "OtherPart",
+                    "text",
+                    "image_url",
+                    "input_audio",
+                    "file",
+                    "refusal",
+                    "constrained-int",
+                    "constrained-float",
+                    "list[constrained-int]",
+                )
+            )
+        ):
+            parts.append(item)
+    return ".".join(parts)
+
+
+def _got(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a decimal"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
+
+
+def _message(err: Any, param: str) -> tuple[str, str | None]:
+    kind = err["type"]
+    ctx = err.get("ctx") or {}
+    value = err.get("input")
+    if kind == "extra_forbidden":
+        return f"Unrecognized request argument supplied: {param}", None
+    if kind == "missing":
+        return f"Missing required parameter: '{param}'.", "missing_required_parameter"
+    if kind in ("greater_than_equal", "greater_than"):
+        return (
+            f"Invalid '{param}': value below minimum. Expected a value >= "
+            f"{ctx.get('ge', ctx.get('gt'))}, but got {value} instead.",
+            "invalid_value",
+        )
+    if kind in ("less_than_equal", "less_than"):
+        return (
+            f"Invalid '{param}': value above maximum. Expected a value <= "
+            f"{ctx.get('le', ctx.get('lt'))}, but got {value} instead.",
+            "invalid_value",
+        )
+    if kind == "too_long":
+        return (
+            f"Invalid '{param}': array too long. Expected an array with maximum length "
+            f"{ctx.get('max_length')}, but got an array with length "
+            f"{ctx.get('actual_length')} instead.",
+            "array_above_max_length",
+        )
+    if kind == "too_short":
+        return (
+            f"Invalid '{param}': empty array. Expected an array with minimum length "
+            f"{ctx.get('min_length')}, but got an empty array instead.",
+            "empty_array",
+        )
+    if kind in ("literal_error", "enum"):
+        return (
+            f"Invalid value for '{param}': expected one of "
+            f"{ctx.get('expected')}, but got {json.dumps(value)} instead.",
+            "invalid_value",
+        )
+    if kind == "value_error":
+        msg = str(ctx.get("error", err.get("msg", "")))
+        if ": " in msg and msg.split(": ", 1)[0].isidentifier():
+            name, text = msg.split(": ", 1)
+            return f"Invalid '{name}': {text}", "invalid_value"
+        return f"Invalid '{param}': {msg}", "invalid_value"
+    for suffix, name in _TYPE_NAMES.items():
+        if kind.startswith(suffix) or kind == f"{suffix}_type":
+            return (
+                f"Invalid type for '{param}': expected {name}, but got {_got(value)} instead.",
+                "invalid_type",
+            )
+    return f"Invalid value for '{param}': {err.get('msg', 'invalid')}.", "invalid_value"
+
+
+def parse_json_body(raw: bytes) -> dict[str, Any]:
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidRequestError(
+            "We could not parse the JSON body of your request. (HINT: This likely means you "
+            "aren't using your HTTP library correctly. The OpenAI API expects a JSON payload, "
+            "but what was sent was not valid JSON.)",
+            code="invalid_json",
+        ) from None
+    if not isinstance(data, dict):
+        raise InvalidRequestError(
+            f"Invalid request body: expected a JSON object, but got {_got(data)} instead.",
+            code="invalid_type",
+        )
+    return data
+
+
+def validate(model: type[M], data: dict[str, Any]) -> M:
+    try:
+        return model.model_validate(data, strict=True)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False)
+        # Prefer the most specific error: unions report one per branch, keep the first.
+        first = errors[0]
+        for err in errors:
+            if err["type"] in ("extra_forbidden", "missing"):
+                first = err
+                break
+        param = _param(tuple(first["loc"]))
+        if first["type"] == "value_error" and not param:
+            msg = str((first.get("ctx") or {}).get("error", first.get("msg", "")))
+            name = msg.split(": ", 1)[0] if ": " in msg else None
+            text, code = _message(first, param)
+            raise InvalidRequestError(text, param=name, code=code) from None
+        text, code = _message(first, param)
+        raise InvalidRequestError(text, param=param or None, code=code) from None

@@ -1,0 +1,1 @@
+"""Request -> engine work -> OpenAI response objects; shared by HTTP and in-process use."""

@@ -1,0 +1,322 @@
+"""POST /v1/completions (and the legacy /v1/engines/{engine}/completions): prompt -> text."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from openai.types.completion import Completion
+from openai.types.completion_choice import CompletionChoice, Logprobs
+
+from oasis.engine.base import FinishEvent, GenerationRequest, TokenEvent, TokenLogprob
+from oasis.errors import InvalidRequestError
+from oasis.protocol.requests import CompletionRequest
+from oasis.serving.common import (
+    ServingContext,
+    Target,
+    check_context,
+    fingerprint,
+    new_id,
+    parse_logit_bias,
+    refuse_unsupported,
+    sampling_params,
+    submit_all,
+    usage,
+    with_seed,
+)
+from oasis.serving.merge import merge
+
+DEFAULT_MAX_TOKENS = 16  # OpenAI's default for the completions endpoint
+
+
+@dataclass
+class _LogprobAcc:
+    """Builds the completions-shaped logprobs: tokens, token_logprobs, top_logprobs, offsets."""
+
+    offset: int = 0
+    tokens: list[str] = field(default_factory=list)
+    token_logprobs: list[float | None] = field(default_factory=list)
+    top_logprobs: list[dict[str, float] | None] = field(default_factory=list)
+    text_offset: list[int] = field(default_factory=list)
+
+    def add(self, lp: TokenLogprob, *, first_of_prompt: bool = False) -> None:
+        text = lp.piece.decode("utf-8", errors="replace")
+        self.tokens.append(text)
+        self.token_logprobs.append(lp.logprob)
+        self.top_logprobs.append(
+            None if first_of_prompt else {p.decode("utf-8", errors="replace"): v for p, v in lp.top}
+        )
+        self.text_offset.append(self.offset)
+        self.offset += len(text)
+
+    def build(self) -> Logprobs:
+        # With echo, the first prompt token has no logprob: OpenAI sends null there, which the
+        # SDK's type does not declare, so construct without validation.
+        return Logprobs.model_construct(
+            tokens=self.tokens,
+            token_logprobs=self.token_logprobs,
+            top_logprobs=self.top_logprobs,
+            text_offset=self.text_offset,
+        )
+
+    def take(self) -> Logprobs:
+        """For streaming: the entries added since the last take."""
+        out = self.build()
+        self.tokens, self.token_logprobs, self.top_logprobs, self.text_offset = [], [], [], []
+        return out
+
+
+@dataclass
+class _Seq:
+    prompt_index: int
+    prompt: list[int]
+    text: list[str] = field(default_factory=list)
+    lp: _LogprobAcc = field(default_factory=_LogprobAcc)
+    sum_logprob: float = 0.0
+    finish: FinishEvent | None = None
+
+
+def _prompt_total(seqs: list[_Seq]) -> int:
+    """Prompt tokens billed once per prompt, however many choices it has."""
+    seen: set[int] = set()
+    total = 0
+    for s in seqs:
+        if s.prompt_index not in seen:
+            seen.add(s.prompt_index)
+            total += len(s.prompt)
+    return total
+
+
+class CompletionService:
+    def __init__(self, ctx: ServingContext) -> None:
+        self.ctx = ctx
+
+    def _prompts(self, target: Target, req: CompletionRequest) -> list[list[int]]:
+        engine = target.engine
+        p = req.prompt
+        if p is None:
+            p = ""
+        if isinstance(p, str):
+            texts: list[str] | None = [p]
+        elif p and all(isinstance(x, str) for x in p):
+            texts = [str(x) for x in p]
+        else:
+            texts = None
+        if texts is not None:
+            return [
+                engine.tokenize(t, add_special=engine.info.add_bos, parse_special=True)
+                for t in texts
+            ]
+        if not p:
+            raise InvalidRequestError(
+                "Invalid 'prompt': the prompt list is empty.", param="prompt", code="invalid_value"
+            )
+        lists = [p] if isinstance(p[0], int) else p
+        out: list[list[int]] = []
+        for tokens in lists:
+            assert isinstance(tokens, list)
+            for t in tokens:
+                if not isinstance(t, int) or not 0 <= t < engine.info.n_vocab:
+                    raise InvalidRequestError(
+                        f"Invalid token in 'prompt': {t}. Token ids must be in "
+                        f"[0, {engine.info.n_vocab - 1}].",
+                        param="prompt",
+                        code="invalid_value",
+                    )
+            out.append([t for t in tokens if isinstance(t, int)])
+        return out
+
+    async def create(self, req: CompletionRequest) -> Completion | AsyncIterator[Completion]:
+        target = self.ctx.target(req.model)
+        refuse_unsupported(req.unsupported())
+        engine = target.engine
+        n = req.n or 1
+        best_of = req.best_of if req.best_of else n
+        if best_of < n:
+            raise InvalidRequestError(
+                f"best_of must be greater than or equal to n (got best_of={best_of}, n={n}).",
+                param="best_of",
+                code="invalid_value",
+            )
+        if req.stream and req.echo and req.logprobs is not None:
+            raise InvalidRequestError(
+                "Streaming with both echo and logprobs is not supported by oasis yet; "
+                "use stream=false for prompt logprobs.",
+                param="echo",
+                code="unsupported_parameter",
+            )
+        if req.stream and best_of > n:
+            raise InvalidRequestError(
+                "Cannot stream results with best_of greater than n.",
+                param="best_of",
+                code="invalid_value",
+            )
+        prompts = self._prompts(target, req)
+        max_tokens = DEFAULT_MAX_TOKENS if req.max_tokens is None else req.max_tokens
+        if max_tokens == 0 and not req.echo:
+            raise InvalidRequestError(
+                "max_tokens must be at least 1 unless echo is true.",
+                param="max_tokens",
+                code="invalid_value",
+            )
+        for tokens in prompts:
+            check_context(engine.info.n_ctx, len(tokens), max_tokens, what="prompt", param="prompt")
+        params = sampling_params(
+            temperature=req.temperature,
+            top_p=req.top_p,
+            top_k=req.top_k,
+            min_p=req.min_p,
+            presence_penalty=req.presence_penalty,
+            frequency_penalty=req.frequency_penalty,
+            repeat_penalty=req.repeat_penalty,
+            logit_bias=parse_logit_bias(req.logit_bias, engine.info.n_vocab),
+            seed=req.seed,
+        )
+        want_lp = req.logprobs is not None
+        internal_lp = req.logprobs if want_lp else (0 if best_of > n else None)
+        seqs: list[_Seq] = []
+        gens: list[GenerationRequest] = []
+        for pi, tokens in enumerate(prompts):
+            for j in range(best_of):
+                seqs.append(_Seq(pi, tokens))
+                gens.append(
+                    GenerationRequest(
+                        prompt=tokens,
+                        max_tokens=max_tokens,
+                        sampling=with_seed(params, j),
+                        stop=req.stop_list(),
+                        logprobs=internal_lp,
+                        prompt_logprobs=bool(req.echo and want_lp),
+                    )
+                )
+        handles = submit_all(engine, gens)
+        meta = {
+            "id": new_id("cmpl"),
+            "created": int(self.ctx.clock()),
+            "model": target.requested,
+            "system_fingerprint": fingerprint(target.spec),
+        }
+        if req.stream:
+            include_usage = bool(req.stream_options and req.stream_options.include_usage)
+            return self._stream(target, req, handles, seqs, meta, include_usage)
+        return await self._complete(target, req, handles, seqs, meta, n, best_of)
+
+    def _echo_text(self, target: Target, tokens: list[int]) -> str:
+        return target.engine.detokenize(tokens)
+
+    async def _complete(
+        self,
+        target: Target,
+        req: CompletionRequest,
+        handles: list[Any],
+        seqs: list[_Seq],
+        meta: dict[str, Any],
+        n: int,
+        best_of: int,
+    ) -> Completion:
+        want_lp = req.logprobs is not None
+        async for i, ev in merge(handles):
+            s = seqs[i]
+            if isinstance(ev, TokenEvent):
+                s.text.append(ev.text)
+                if ev.logprob is not None:
+                    s.lp.add(ev.logprob)
+                    s.sum_logprob += ev.logprob.logprob or 0.0
+            else:
+                s.text.append(ev.text)
+                s.finish = ev
+        choices: list[CompletionChoice] = []
+        for pi in range(len({s.prompt_index for s in seqs})):
+            group = [s for s in seqs if s.prompt_index == pi]
+            if best_of > n:
+                group.sort(key=lambda s: -s.sum_logprob / max(1, len(s.lp.tokens)))
+            for s in group[:n]:
+                assert s.finish is not None
+                text = "".join(s.text)
+                logprobs = None
+                if req.echo:
+                    text = self._echo_text(target, s.prompt) + text
+                if want_lp:
+                    acc = _LogprobAcc()
+                    if req.echo and s.finish.prompt_logprobs is not None:
+                        for k, plp in enumerate(s.finish.prompt_logprobs):
+                            acc.add(plp, first_of_prompt=k == 0)
+                    for tok, lpv, top in zip(
+                        s.lp.tokens, s.lp.token_logprobs, s.lp.top_logprobs, strict=True
+                    ):
+                        acc.tokens.append(tok)
+                        acc.token_logprobs.append(lpv)
+                        acc.top_logprobs.append(top)
+                        acc.text_offset.append(acc.offset)
+                        acc.offset += len(tok)
+                    logprobs = acc.build()
+                choices.append(
+                    CompletionChoice(
+                        index=len(choices),
+                        text=text,
+                        logprobs=logprobs,
+                        finish_reason=s.finish.reason,
+                    )
+                )
+        finishes = [s.finish for s in seqs if s.finish is not None]
+        n_prompt = _prompt_total(seqs)
+        return Completion(
+            object="text_completion",
+            choices=choices,
+            usage=usage(
+                n_prompt,
+                sum(f.completion_tokens for f in finishes),
+                max((f.cached_tokens for f in finishes), default=0),
+            ),
+            **meta,
+        )
+
+    async def _stream(
+        self,
+        target: Target,
+        req: CompletionRequest,
+        handles: list[Any],
+        seqs: list[_Seq],
+        meta: dict[str, Any],
+        include_usage: bool,
+    ) -> AsyncIterator[Completion]:
+        want_lp = req.logprobs is not None
+
+        def chunk(
+            i: int, text: str, finish: Any = None, logprobs: Logprobs | None = None
+        ) -> Completion:
+            # Stream chunks carry finish_reason null until the last one, which the SDK's
+            # (non-streaming) CompletionChoice type does not allow: construct without checks.
+            choice = CompletionChoice.model_construct(
+                index=i, text=text, logprobs=logprobs, finish_reason=finish
+            )
+            return Completion(object="text_completion", choices=[choice], **meta)
+
+        echoed: set[int] = set()
+        completion_tokens = 0
+        cached = 0
+        async for i, ev in merge(handles):
+            s = seqs[i]
+            prefix = ""
+            if req.echo and i not in echoed:
+                echoed.add(i)
+                prefix = self._echo_text(target, s.prompt)
+            if isinstance(ev, TokenEvent):
+                if ev.logprob is not None:
+                    s.lp.add(ev.logprob)
+                yield chunk(i, prefix + ev.text, logprobs=s.lp.take() if want_lp else None)
+            else:
+                completion_tokens += ev.completion_tokens
+                cached = max(cached, ev.cached_tokens)
+                yield chunk(
+                    i, prefix + ev.text, finish=ev.reason, logprobs=s.lp.take() if want_lp else None
+                )
+        if include_usage:
+            n_prompt = _prompt_total(seqs)
+            yield Completion(
+                object="text_completion",
+                choices=[],
+                usage=usage(n_prompt, completion_tokens, cached),
+                **meta,
+            )

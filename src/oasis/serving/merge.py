@@ -1,0 +1,43 @@
+"""Running several engine sequences (n choices, several prompts) as one stream of events."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Sequence
+
+from oasis.engine.base import Event, FinishEvent, RequestHandle
+
+
+async def merge(handles: Sequence[RequestHandle]) -> AsyncIterator[tuple[int, Event]]:
+    """Yield ``(choice index, event)`` in arrival order until every sequence finished.
+
+    Closing the iterator early (a client that went away) cancels every sequence.
+    """
+    q: asyncio.Queue[tuple[int, Event | BaseException]] = asyncio.Queue()
+
+    async def pump(i: int, handle: RequestHandle) -> None:
+        try:
+            async for ev in handle:
+                await q.put((i, ev))
+        except Exception as exc:
+            await q.put((i, exc))
+
+    tasks = [asyncio.create_task(pump(i, h)) for i, h in enumerate(handles)]
+    remaining = len(handles)
+    try:
+        while remaining:
+            i, item = await q.get()
+            if isinstance(item, BaseException):
+                raise item
+            if isinstance(item, FinishEvent):
+                remaining -= 1
+            yield i, item
+    finally:
+        for h in handles:
+            h.cancel()
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
