@@ -75,6 +75,10 @@ def _got(value: Any) -> str:
     return type(value).__name__
 
 
+def _num(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
 def _message(err: Any, param: str) -> tuple[str, str | None]:
     kind = err["type"]
     ctx = err.get("ctx") or {}
@@ -86,13 +90,13 @@ def _message(err: Any, param: str) -> tuple[str, str | None]:
     if kind in ("greater_than_equal", "greater_than"):
         return (
             f"Invalid '{param}': value below minimum. Expected a value >= "
-            f"{ctx.get('ge', ctx.get('gt'))}, but got {value} instead.",
+            f"{_num(ctx.get('ge', ctx.get('gt')))}, but got {_num(value)} instead.",
             "invalid_value",
         )
     if kind in ("less_than_equal", "less_than"):
         return (
             f"Invalid '{param}': value above maximum. Expected a value <= "
-            f"{ctx.get('le', ctx.get('lt'))}, but got {value} instead.",
+            f"{_num(ctx.get('le', ctx.get('lt')))}, but got {_num(value)} instead.",
             "invalid_value",
         )
     if kind == "too_long":
@@ -153,11 +157,14 @@ def validate(model: type[M], data: dict[str, Any]) -> M:
     except ValidationError as exc:
         errors = exc.errors(include_url=False)
         # Prefer the most specific error: unions report one per branch, keep the first.
-        first = errors[0]
-        for err in errors:
+        # Unions report one error per branch: a range or length error says more than "wrong
+        # type" for the other branches.
+        def rank(err: Any) -> int:
             if err["type"] in ("extra_forbidden", "missing"):
-                first = err
-                break
+                return 0
+            return 2 if err["type"].endswith("_type") else 1
+
+        first = min(errors, key=rank)
         param = _param(tuple(first["loc"]))
         if first["type"] == "value_error" and not param:
             msg = str((first.get("ctx") or {}).get("error", first.get("msg", "")))

@@ -53,12 +53,13 @@ class _LogprobAcc:
     def build(self) -> Logprobs:
         # With echo, the first prompt token has no logprob: OpenAI sends null there, which the
         # SDK's type does not declare, so construct without validation.
-        return Logprobs.model_construct(
-            tokens=self.tokens,
-            token_logprobs=self.token_logprobs,
-            top_logprobs=self.top_logprobs,
-            text_offset=self.text_offset,
-        )
+        fields: dict[str, Any] = {
+            "tokens": self.tokens,
+            "token_logprobs": self.token_logprobs,
+            "top_logprobs": self.top_logprobs,
+            "text_offset": self.text_offset,
+        }
+        return Logprobs.model_construct(**fields)
 
     def take(self) -> Logprobs:
         """For streaming: the entries added since the last take."""
