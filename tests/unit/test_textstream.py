@@ -43,3 +43,9 @@ def test_held_text_is_released_at_the_end() -> None:
     s = TextStream(("\n\n",))
     assert s.feed(b"last line\n") == "last line"
     assert s.flush() == "\n"
+
+
+def test_a_character_cut_by_max_tokens_is_dropped_not_garbled() -> None:
+    s = TextStream()
+    assert s.feed("好".encode() + "学".encode()[:2]) == "好"
+    assert s.flush() == ""

@@ -26,10 +26,14 @@ class TextStream:
         return self._release()
 
     def flush(self) -> str:
-        """End of generation: release everything still held (unless a stop string matched)."""
+        """End of generation: release everything still held (unless a stop string matched).
+
+        An incomplete UTF-8 sequence at the very end (max_tokens cut a character in two) is
+        dropped rather than shown as U+FFFD.
+        """
         if self.stopped:
             return ""
-        self._pending += self._decoder.decode(b"", final=True)
+        self._decoder.reset()
         out, self._pending = self._pending, ""
         return out
 
