@@ -98,7 +98,7 @@ def test_cancel_frees_the_slot_while_others_continue(engine: LlamaEngine) -> Non
                 break
         before = engine.stats().cancelled_total
         handle.cancel()
-        text, fin = await other
+        text, _ = await other
         for _ in range(100):
             if engine.stats().running == 0:
                 break

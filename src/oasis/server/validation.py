@@ -156,6 +156,7 @@ def validate(model: type[M], data: dict[str, Any]) -> M:
         return model.model_validate(data, strict=True)
     except ValidationError as exc:
         errors = exc.errors(include_url=False)
+
         # Prefer the most specific error: unions report one per branch, keep the first.
         # Unions report one error per branch: a range or length error says more than "wrong
         # type" for the other branches.
