@@ -46,7 +46,7 @@ serve: install
 	$(VENV)/bin/oasis serve
 
 lint: install-dev
-	$(VENV)/bin/ruff check src tests bench scripts
+	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check src
 
 typecheck: install-dev

@@ -157,7 +157,6 @@ def validate(model: type[M], data: dict[str, Any]) -> M:
     except ValidationError as exc:
         errors = exc.errors(include_url=False)
 
-        # Prefer the most specific error: unions report one per branch, keep the first.
         # Unions report one error per branch: a range or length error says more than "wrong
         # type" for the other branches.
         def rank(err: Any) -> int:

@@ -1,0 +1,29 @@
+"""`oasis` as a person types it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+OASIS = str(Path(sys.executable).with_name("oasis"))
+
+
+def test_help_lists_serve() -> None:
+    out = subprocess.run([OASIS, "--help"], capture_output=True, text=True, check=True).stdout
+    assert "serve" in out
+
+
+def test_missing_model_file_is_one_clear_line(tmp_path: Path) -> None:
+    proc = subprocess.run([OASIS, "serve", "--model", str(tmp_path / "nope.gguf")],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "model file not found" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_invalid_setting_is_refused(tmp_path: Path) -> None:
+    proc = subprocess.run([OASIS, "serve", "--port", "99999"], capture_output=True, text=True,
+                          cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "port" in proc.stderr and "Traceback" not in proc.stderr
