@@ -76,6 +76,7 @@ class Settings(BaseSettings):
     threads: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
     batch_size: int = Field(default=512, ge=16)
     max_queue: int = Field(default=64, ge=0)
+    prefix_cache: bool = True
     log_level: str = "info"
 
     @field_validator("alias", "default_aliases", mode="before")

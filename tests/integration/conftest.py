@@ -29,6 +29,14 @@ class LiveServer:
     def v1(self) -> str:
         return f"{self.base_url}/v1"
 
+    def metric(self, name: str) -> float:
+        """One sample of GET /metrics (the bundled model's)."""
+        text = httpx.get(f"{self.base_url}/metrics", timeout=10).text
+        for line in text.splitlines():
+            if line.startswith(name + "{") or line.startswith(name + " "):
+                return float(line.rsplit(" ", 1)[1])
+        raise KeyError(name)
+
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -36,13 +44,12 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture(scope="session")
-def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    tmp = tmp_path_factory.mktemp("live")
+def start_server(tmp: Path, **env_overrides: str) -> tuple[subprocess.Popen[bytes], LiveServer]:
+    """`oasis serve` as a user starts it, configured through OASIS_* variables."""
     port = _free_port()
     log = tmp / "server.log"
     env = {**os.environ, "OASIS_DATA_DIR": str(tmp / "data"), "OASIS_PORT": str(port),
-           "OASIS_API_KEY": KEY, "OASIS_PARALLEL": "4", "OASIS_CTX_SIZE": "8192"}
+           "OASIS_API_KEY": KEY, **env_overrides}
     env.pop("OASIS_CONFIG", None)
     oasis = Path(sys.executable).with_name("oasis")
     with open(log, "wb") as out:
@@ -62,12 +69,24 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
             proc.kill()
             pytest.fail(f"oasis serve did not become healthy:\n{log.read_text()}")
         time.sleep(0.2)
-    yield LiveServer(base, KEY, log)
+    return proc, LiveServer(base, KEY, log)
+
+
+def stop_server(proc: subprocess.Popen[bytes]) -> None:
     proc.terminate()
     try:
         proc.wait(timeout=20)
     except subprocess.TimeoutExpired:
         proc.kill()
+
+
+@pytest.fixture(scope="session")
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    """The shared server: 8 slots of 2048 tokens."""
+    proc, server = start_server(tmp_path_factory.mktemp("live"), OASIS_PARALLEL="8",
+                                OASIS_CTX_SIZE="16384")
+    yield server
+    stop_server(proc)
 
 
 @pytest.fixture(scope="session")

@@ -95,6 +95,7 @@ class EngineStats:
     requests_total: int = 0
     cancelled_total: int = 0
     cached_tokens_total: int = 0
+    prefix_cache_hits_total: int = 0
     step_seconds_total: float = 0.0
     steps_total: int = 0
     kv_used_cells: int = 0

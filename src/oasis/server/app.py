@@ -7,7 +7,8 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from oasis import __version__
 from oasis.config import Settings
@@ -15,6 +16,7 @@ from oasis.engine.base import Engine
 from oasis.models.registry import ModelRegistry, specs_from_settings
 from oasis.server.auth import require_api_key
 from oasis.server.errors import install_error_handlers
+from oasis.server.metrics import metrics_registry, render
 from oasis.server.routes import openai as openai_routes
 from oasis.server.state import AppState
 from oasis.serving.chat import ChatService
@@ -38,6 +40,7 @@ def build_engines(settings: Settings, registry: ModelRegistry) -> dict[str, Engi
             n_threads=settings.threads,
             n_batch=settings.batch_size,
             max_queue=settings.max_queue,
+            prefix_cache=settings.prefix_cache,
         )
     return engines
 
@@ -82,6 +85,12 @@ def create_app(
     app.state.oasis = state
     install_error_handlers(app)
     app.include_router(openai_routes.router, dependencies=[Depends(require_api_key)])
+
+    metrics = metrics_registry(engines)
+
+    @app.get("/metrics")
+    async def prometheus_metrics() -> Response:
+        return Response(render(metrics), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/health")
     async def health() -> JSONResponse:

@@ -1,9 +1,15 @@
-"""The llama.cpp engine.
+"""The llama.cpp engine: continuous batching from Python.
 
-One thread owns the llama.cpp context. Each request is a sequence (``seq_id``) in a slot. Every
-step fills ONE ``llama_batch`` with the next token of each decoding slot plus a chunk of pending
-prompt, decodes once, then samples each slot that produced logits. Asyncio handlers exchange work
+One thread owns the llama.cpp context. Each request is a sequence in a slot (a llama.cpp
+``seq_id``). Every step fills ONE ``llama_batch`` with the next token of each decoding slot plus
+chunks of pending prompts (chunked prefill: a long prompt never stalls the others' streams),
+decodes once, then samples each sequence that produced logits. Asyncio handlers exchange work
 and events with the thread through thread-safe queues and never block the event loop.
+
+KV reuse: an idle slot keeps the KV of its last sequence, and a new request starts from the
+longest prefix it shares with any slot (copied with ``llama_memory_seq_cp`` when it lives in
+another slot), reported as ``cached_tokens``. ``n > 1`` choices of one prompt prefill it once:
+the siblings follow the first and copy its KV when its prefill completes.
 """
 
 from __future__ import annotations
@@ -15,7 +21,6 @@ import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +37,7 @@ from oasis.engine.base import (
 )
 from oasis.engine.llamacpp.model import LoadedModel
 from oasis.engine.llamacpp.sampling import build_sampler, free_sampler, logits_row, token_logprob
+from oasis.engine.llamacpp.slots import Seq, Slot, common_prefix
 from oasis.engine.textstream import TextStream
 from oasis.errors import EngineError, OverloadedError
 
@@ -77,26 +83,6 @@ class LlamaHandle:
             yield item
 
 
-@dataclass
-class _Seq:
-    handle: LlamaHandle
-    seq_id: int
-    prompt: list[int]
-    sampler: Any
-    text: TextStream
-    n_past: int = 0  # tokens of this sequence in the KV cache
-    generated: int = 0
-    last_token: int = -1
-    out_index: int = -1  # where this sequence's logits are in the current batch
-    chunk: int = 0  # prompt tokens put in the current batch
-    prompt_lps: list[TokenLogprob] = field(default_factory=list)
-    prompt_out: list[tuple[int, int]] = field(default_factory=list)  # (batch index, prompt pos)
-
-    @property
-    def prefilling(self) -> bool:
-        return self.n_past < len(self.prompt)
-
-
 class LlamaEngine:
     """Continuous batching over llama.cpp's C API."""
 
@@ -110,6 +96,7 @@ class LlamaEngine:
         n_threads: int = 2,
         n_batch: int = 512,
         max_queue: int = 64,
+        prefix_cache: bool = True,
     ) -> None:
         self.path = path
         self.name = name
@@ -117,8 +104,9 @@ class LlamaEngine:
         self.n_threads = n_threads
         self.n_batch = n_batch
         self.max_queue = max_queue
+        self.prefix_cache = prefix_cache
         self._n_ctx_total = n_ctx
-        self._inbox: queue.SimpleQueue[_Seq | None] = queue.SimpleQueue()
+        self._inbox: queue.SimpleQueue[Seq | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._pending = 0  # submitted, not yet in a slot
         self._stats = EngineStats()
@@ -126,7 +114,9 @@ class LlamaEngine:
         self._stopping = False
         self._model: LoadedModel | None = None
         self._ctx: Any = None
+        self._mem: Any = None
         self._info: ModelInfo | None = None
+        self._slots: list[Slot] = []
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -139,13 +129,14 @@ class LlamaEngine:
         params.n_seq_max = self.n_parallel
         params.n_threads = self.n_threads
         params.n_threads_batch = self.n_threads
-        params.kv_unified = True
+        params.kv_unified = True  # one KV buffer: slots can share a prefix's cells
         params.no_perf = True
         ctx = L.llama_init_from_model(model.model, params)
         if not ctx:
             model.free()
             raise EngineError(f"llama.cpp could not create a context of {n_ctx} tokens")
         self._model, self._ctx = model, ctx
+        self._mem = L.llama_get_memory(ctx)
         self._n_ctx_total = L.llama_n_ctx(ctx)
         self._info = ModelInfo(
             name=self.name,
@@ -156,17 +147,19 @@ class LlamaEngine:
             eos_token=model.token_text(model.eos_id),
             add_bos=model.add_bos,
         )
+        self._slots = [Slot(i) for i in range(self.n_parallel)]
         self._stats.kv_total_cells = self._n_ctx_total
         self._thread = threading.Thread(target=self._run, name=f"engine-{self.name}", daemon=True)
         self._thread.start()
         log.info(
-            "loaded %s (%s): ctx %d = %d slots x %d, %d threads",
+            "loaded %s (%s): ctx %d = %d slots x %d, %d threads, batch %d",
             self.name,
             model.description,
             self._n_ctx_total,
             self.n_parallel,
             self._info.n_ctx,
             self.n_threads,
+            self.n_batch,
         )
 
     def close(self) -> None:
@@ -205,7 +198,8 @@ class LlamaEngine:
     def submit(self, request: GenerationRequest) -> LlamaHandle:
         assert self._model is not None
         with self._lock:
-            if self._pending >= self.max_queue + self.n_parallel - self._stats.running:
+            free = self.n_parallel - self._stats.running
+            if self._pending >= self.max_queue + max(0, free):
                 raise OverloadedError(
                     "The server is at capacity: all slots are busy and the wait queue is full. "
                     "Retry shortly.",
@@ -214,14 +208,7 @@ class LlamaEngine:
             self._pending += 1
         handle = LlamaHandle(self, request)
         prompt = list(request.prompt) or [self._model.bos_id]
-        seq = _Seq(
-            handle=handle,
-            seq_id=-1,
-            prompt=prompt,
-            sampler=None,
-            text=TextStream(request.stop),
-        )
-        self._inbox.put(seq)
+        self._inbox.put(Seq(handle=handle, prompt=prompt, text=TextStream(request.stop)))
         return handle
 
     def _wake(self) -> None:
@@ -229,88 +216,33 @@ class LlamaEngine:
 
     # -- the engine thread -------------------------------------------------------------------
     def _run(self) -> None:
-        assert self._model is not None
-        model = self._model
         batch = L.llama_batch_init(self.n_batch, 0, 1)
-        mem = L.llama_get_memory(self._ctx)
-        free_ids = deque(range(self.n_parallel))
-        waiting: deque[_Seq] = deque()
-        active: list[_Seq] = []
+        waiting: deque[Seq] = deque()
+        active: list[Seq] = []
         try:
             while not self._stopping:
-                # 1. take new work; block only when there is nothing to do
-                block = not active and not waiting
-                while True:
-                    try:
-                        item = self._inbox.get(block=block, timeout=None)
-                    except queue.Empty:
-                        break
-                    block = False
-                    if item is not None:
-                        waiting.append(item)
+                self._take_work(waiting, block=not active and not waiting)
                 if self._stopping:
                     break
-                # 2. drop cancelled work
-                for seq in [s for s in waiting if s.handle.cancelled]:
-                    waiting.remove(seq)
-                    self._dequeued()
-                    self._stats.cancelled_total += 1
-                for seq in [s for s in active if s.handle.cancelled]:
-                    self._stats.cancelled_total += 1
-                    self._release(seq, active, free_ids, mem)
-                # 3. admit waiting sequences into free slots
-                while waiting and free_ids:
-                    seq = waiting.popleft()
-                    self._dequeued()
-                    seq.seq_id = free_ids.popleft()
-                    req = seq.handle.request
-                    seq.sampler = build_sampler(req.sampling, model.n_vocab, req.max_tokens)
-                    active.append(seq)
-                    self._stats.requests_total += 1
+                self._drop_cancelled(waiting, active)
+                self._admit(waiting, active)
                 self._stats.running = len(active)
                 if not active:
                     continue
-                # 4. fill one batch: next token of every decoding slot, then prompt chunks
                 t0 = time.perf_counter()
-                n = 0
-                for seq in active:
-                    seq.out_index = -1
-                    seq.chunk = 0
-                    seq.prompt_out.clear()
-                    if not seq.prefilling:
-                        self._add(batch, n, seq.last_token, seq.n_past, seq.seq_id, True)
-                        seq.out_index = n
-                        n += 1
-                for seq in active:
-                    if not seq.prefilling or n >= self.n_batch:
+                n = self._fill_batch(batch, active)
+                if n:
+                    rc = L.llama_decode(self._ctx, batch)
+                    if rc != 0:
+                        self._fail_all(active, EngineError(f"llama_decode failed ({rc})"))
                         continue
-                    want_all = seq.handle.request.prompt_logprobs
-                    take = min(len(seq.prompt) - seq.n_past, self.n_batch - n)
-                    seq.chunk = take
-                    for j in range(take):
-                        pos = seq.n_past + j
-                        last = pos == len(seq.prompt) - 1
-                        self._add(batch, n, seq.prompt[pos], pos, seq.seq_id, last or want_all)
-                        if want_all and not last:
-                            seq.prompt_out.append((n, pos))
-                        if last:
-                            seq.out_index = n
-                        n += 1
-                batch.n_tokens = n
-                rc = L.llama_decode(self._ctx, batch)
-                if rc != 0:
-                    err = EngineError(f"llama_decode failed with status {rc}")
                     for seq in list(active):
-                        seq.handle._deliver(err)
-                        self._release(seq, active, free_ids, mem)
-                    continue
-                # 5. advance every sequence that took part
-                for seq in list(active):
-                    self._after_decode(seq, active, free_ids, mem)
+                        if seq in active:
+                            self._after_decode(seq, active)
                 self._stats.step_seconds_total += time.perf_counter() - t0
                 self._stats.steps_total += 1
                 self._stats.running = len(active)
-                self._stats.kv_used_cells = sum(s.n_past for s in active)
+                self._stats.kv_used_cells = sum(len(s.kv_tokens()) for s in self._slots)
         except Exception as exc:  # pragma: no cover - a bug in the engine loop
             log.exception("engine thread crashed")
             err = EngineError(f"the engine stopped: {exc}")
@@ -318,6 +250,120 @@ class LlamaEngine:
                 seq.handle._deliver(err)
         finally:
             L.llama_batch_free(batch)
+
+    def _take_work(self, waiting: deque[Seq], *, block: bool) -> None:
+        while True:
+            try:
+                item = self._inbox.get(block=block)
+            except queue.Empty:
+                return
+            block = False
+            if item is not None:
+                waiting.append(item)
+
+    def _dequeued(self) -> None:
+        with self._lock:
+            self._pending -= 1
+
+    def _drop_cancelled(self, waiting: deque[Seq], active: list[Seq]) -> None:
+        for seq in [s for s in waiting if s.handle.cancelled]:
+            waiting.remove(seq)
+            self._dequeued()
+            seq.handle.done = True
+            self._stats.cancelled_total += 1
+        for seq in [s for s in active if s.handle.cancelled]:
+            self._stats.cancelled_total += 1
+            self._release(seq, active)
+
+    def _admit(self, waiting: deque[Seq], active: list[Seq]) -> None:
+        assert self._model is not None
+        free = [s for s in self._slots if s.seq is None]
+        while waiting and free:
+            seq = waiting.popleft()
+            self._dequeued()
+            req = seq.handle.request
+            seq.sampler = build_sampler(req.sampling, self._model.n_vocab, req.max_tokens)
+            leader = None
+            if not seq.wants_prompt_logprobs:
+                leader = next(
+                    (
+                        a
+                        for a in active
+                        if a.leader is None and a.prefilling and a.prompt == seq.prompt
+                    ),
+                    None,
+                )
+            slot = self._pick_slot(free, seq.prompt)
+            free.remove(slot)
+            if leader is not None:
+                L.llama_memory_seq_rm(self._mem, slot.seq_id, -1, -1)
+                slot.cached = []
+                seq.leader = leader
+                leader.followers.append(seq)
+            else:
+                self._reuse_prefix(seq, slot)
+            slot.seq, seq.slot = seq, slot
+            active.append(seq)
+            self._stats.requests_total += 1
+
+    def _pick_slot(self, free: list[Slot], prompt: list[int]) -> Slot:
+        """The free slot whose kept KV shares the longest prefix with the prompt."""
+        if not self.prefix_cache:
+            return free[0]
+        return max(free, key=lambda s: common_prefix(s.cached, prompt))
+
+    def _reuse_prefix(self, seq: Seq, slot: Slot) -> None:
+        """Start from the longest prefix of the prompt whose KV any slot holds."""
+        best, reuse = slot, 0
+        if self.prefix_cache and not seq.wants_prompt_logprobs:
+            for other in self._slots:
+                n = common_prefix(other.kv_tokens(), seq.prompt)
+                if n > reuse or (n == reuse and other is slot):
+                    best, reuse = other, n
+        reuse = min(reuse, len(seq.prompt) - 1)  # the last prompt token is decoded for logits
+        if best is slot and reuse > 0:
+            L.llama_memory_seq_rm(self._mem, slot.seq_id, reuse, -1)
+        else:
+            L.llama_memory_seq_rm(self._mem, slot.seq_id, -1, -1)
+            if reuse > 0:
+                L.llama_memory_seq_cp(self._mem, best.seq_id, slot.seq_id, 0, reuse)
+        slot.cached = []
+        seq.n_past = reuse
+        seq.cached_tokens = reuse
+        if reuse > 0:
+            self._stats.prefix_cache_hits_total += 1
+            self._stats.cached_tokens_total += reuse
+
+    def _fill_batch(self, batch: Any, active: list[Seq]) -> int:
+        """Next token of every decoding sequence first, then prompt chunks in arrival order."""
+        n = 0
+        for seq in active:
+            seq.out_index = -1
+            seq.chunk = 0
+            seq.prompt_out.clear()
+            if not seq.prefilling and seq.leader is None:
+                assert seq.slot is not None
+                self._add(batch, n, seq.tokens[seq.n_past], seq.n_past, seq.slot.seq_id, True)
+                seq.out_index = n
+                n += 1
+        for seq in active:
+            if not seq.prefilling or seq.leader is not None or n >= self.n_batch:
+                continue
+            assert seq.slot is not None
+            want_all = seq.wants_prompt_logprobs
+            take = min(len(seq.prompt) - seq.n_past, self.n_batch - n)
+            seq.chunk = take
+            for j in range(take):
+                pos = seq.n_past + j
+                last = pos == len(seq.prompt) - 1
+                self._add(batch, n, seq.prompt[pos], pos, seq.slot.seq_id, last or want_all)
+                if want_all and not last:
+                    seq.prompt_out.append((n, pos))
+                if last:
+                    seq.out_index = n
+                n += 1
+        batch.n_tokens = n
+        return n
 
     @staticmethod
     def _add(batch: Any, i: int, token: int, pos: int, seq_id: int, logits: bool) -> None:
@@ -327,83 +373,113 @@ class LlamaEngine:
         batch.seq_id[i][0] = seq_id
         batch.logits[i] = logits
 
-    def _dequeued(self) -> None:
-        with self._lock:
-            self._pending -= 1
-
-    def _after_decode(self, seq: _Seq, active: list[_Seq], free_ids: deque[int], mem: Any) -> None:
+    def _after_decode(self, seq: Seq, active: list[Seq]) -> None:
         assert self._model is not None
-        model = self._model
-        req = seq.handle.request
+        if seq.leader is not None:
+            return
         if seq.prefilling:
-            # how many prompt tokens went into this batch
+            req = seq.handle.request
             for idx, pos in seq.prompt_out:
-                row = logits_row(self._ctx, idx, model.n_vocab)
+                row = logits_row(self._ctx, idx, self._model.n_vocab)
                 seq.prompt_lps.append(
-                    token_logprob(row, seq.prompt[pos + 1], req.logprobs or 0, model.pieces)
+                    token_logprob(row, seq.prompt[pos + 1], req.logprobs or 0, self._model.pieces)
                 )
             if seq.out_index == -1:
                 seq.n_past += seq.chunk
                 return
             seq.n_past = len(seq.prompt)
-            self._stats.prompt_tokens_total += len(seq.prompt)
+            self._stats.prompt_tokens_total += len(seq.prompt) - seq.cached_tokens
+            followers, seq.followers = seq.followers, []
+            for f in followers:
+                self._follow(f, seq, active)
             if req.max_tokens == 0:
-                self._finish(seq, "length", active, free_ids, mem)
+                self._finish(seq, "length", active)
                 return
-        else:
+        elif seq.out_index != -1:
             seq.n_past += 1
-        if seq.out_index == -1:
+        if seq.out_index != -1:
+            self._sample(seq, seq.out_index, active)
+
+    def _follow(self, seq: Seq, leader: Seq, active: list[Seq]) -> None:
+        """The leader's prompt is in its KV: share it and sample from the same logits."""
+        assert seq.slot is not None and leader.slot is not None
+        L.llama_memory_seq_cp(self._mem, leader.slot.seq_id, seq.slot.seq_id, 0, len(seq.prompt))
+        seq.leader = None
+        seq.n_past = len(seq.prompt)
+        seq.cached_tokens = leader.cached_tokens
+        if seq.handle.request.max_tokens == 0:
+            self._finish(seq, "length", active)
             return
-        token = L.llama_sampler_sample(seq.sampler, self._ctx, seq.out_index)
+        self._sample(seq, leader.out_index, active)
+
+    def _sample(self, seq: Seq, index: int, active: list[Seq]) -> None:
+        assert self._model is not None
+        model = self._model
+        req = seq.handle.request
+        token = L.llama_sampler_sample(seq.sampler, self._ctx, index)
         seq.generated += 1
         self._stats.generated_tokens_total += 1
         if model.is_eog(token):
-            self._finish(seq, "stop", active, free_ids, mem)
+            self._finish(seq, "stop", active)
             return
         lp = None
         if req.logprobs is not None:
-            row = logits_row(self._ctx, seq.out_index, model.n_vocab)
+            row = logits_row(self._ctx, index, model.n_vocab)
             lp = token_logprob(row, token, req.logprobs, model.pieces)
         text = seq.text.feed(model.pieces[token])
         if seq.text.stopped:
             if text:
                 seq.handle._deliver(TokenEvent(text, None))
-            self._finish(seq, "stop", active, free_ids, mem)
+            self._finish(seq, "stop", active)
             return
         seq.handle._deliver(TokenEvent(text, lp))
-        seq.last_token = token
+        seq.tokens.append(token)
         if seq.generated >= req.max_tokens or seq.n_past + 1 >= self.info.n_ctx:
-            self._finish(seq, "length", active, free_ids, mem)
+            self._finish(seq, "length", active)
 
-    def _finish(
-        self, seq: _Seq, reason: str, active: list[_Seq], free_ids: deque[int], mem: Any
-    ) -> None:
-        req = seq.handle.request
+    def _finish(self, seq: Seq, reason: str, active: list[Seq]) -> None:
+        prompt_lps = None
+        if seq.wants_prompt_logprobs:
+            first = TokenLogprob(seq.prompt[0], self.token_piece(seq.prompt[0]), None)
+            prompt_lps = (first, *seq.prompt_lps)
         seq.handle._deliver(
             FinishEvent(
                 reason="length" if reason == "length" else "stop",
                 text=seq.text.flush(),
                 prompt_tokens=len(seq.prompt),
                 completion_tokens=seq.generated,
-                cached_tokens=0,
-                prompt_logprobs=(
-                    (
-                        TokenLogprob(seq.prompt[0], self.token_piece(seq.prompt[0]), None),
-                        *seq.prompt_lps,
-                    )
-                    if req.prompt_logprobs
-                    else None
-                ),
+                cached_tokens=seq.cached_tokens,
+                prompt_logprobs=prompt_lps,
             )
         )
-        self._release(seq, active, free_ids, mem)
+        self._release(seq, active)
 
-    def _release(self, seq: _Seq, active: list[_Seq], free_ids: deque[int], mem: Any) -> None:
+    def _release(self, seq: Seq, active: list[Seq], *, keep_kv: bool = True) -> None:
+        """Free the slot; its KV stays for prefix reuse unless ``keep_kv`` is false."""
         if seq in active:
             active.remove(seq)
-        L.llama_memory_seq_rm(mem, seq.seq_id, -1, -1)
+        if seq.leader is not None:
+            seq.leader.followers.remove(seq)
+            seq.leader = None
+        for f in seq.followers:  # the leader went away before its prefill completed
+            f.leader = None
+            f.n_past = 0
+        seq.followers = []
+        slot = seq.slot
+        if slot is not None:
+            if keep_kv and self.prefix_cache and not seq.prefilling:
+                slot.cached = seq.tokens[: seq.n_past]
+            else:
+                L.llama_memory_seq_rm(self._mem, slot.seq_id, -1, -1)
+                slot.cached = []
+            slot.seq = None
+            seq.slot = None
         if seq.sampler is not None:
             free_sampler(seq.sampler)
             seq.sampler = None
-        free_ids.append(seq.seq_id)
         seq.handle.done = True
+
+    def _fail_all(self, active: list[Seq], err: Exception) -> None:
+        for seq in list(active):
+            seq.handle._deliver(err)
+            self._release(seq, active, keep_kv=False)

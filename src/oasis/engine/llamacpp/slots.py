@@ -1,0 +1,67 @@
+"""Slots and sequences: the engine thread's bookkeeping (no llama.cpp calls here)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from oasis.engine.base import TokenLogprob
+from oasis.engine.textstream import TextStream
+
+if TYPE_CHECKING:
+    from oasis.engine.llamacpp.engine import LlamaHandle
+
+
+@dataclass
+class Seq:
+    """One request being generated: its prompt, its place in the KV cache, its sampler."""
+
+    handle: LlamaHandle
+    prompt: list[int]
+    text: TextStream
+    slot: Slot | None = None
+    sampler: Any = None
+    tokens: list[int] = field(default_factory=list)  # prompt + sampled tokens
+    n_past: int = 0  # tokens[:n_past] are in this sequence's KV cache
+    generated: int = 0
+    cached_tokens: int = 0  # prompt tokens reused from the prefix cache
+    out_index: int = -1  # where this sequence's logits are in the current batch
+    chunk: int = 0  # prompt tokens put in the current batch
+    prompt_lps: list[TokenLogprob] = field(default_factory=list)
+    prompt_out: list[tuple[int, int]] = field(default_factory=list)  # (batch index, prompt pos)
+    leader: Seq | None = None  # an identical prompt being prefilled: copy its KV when done
+    followers: list[Seq] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.tokens = list(self.prompt)
+
+    @property
+    def prefilling(self) -> bool:
+        return self.n_past < len(self.prompt)
+
+    @property
+    def wants_prompt_logprobs(self) -> bool:
+        return self.handle.request.prompt_logprobs
+
+
+@dataclass
+class Slot:
+    """A llama.cpp sequence id. Keeps the KV of its last sequence for prefix reuse."""
+
+    seq_id: int
+    cached: list[int] = field(default_factory=list)  # tokens in the KV when idle
+    seq: Seq | None = None
+
+    def kv_tokens(self) -> list[int]:
+        """The tokens whose KV this slot holds right now."""
+        if self.seq is None:
+            return self.cached
+        return self.seq.tokens[: self.seq.n_past]
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
