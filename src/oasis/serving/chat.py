@@ -30,6 +30,7 @@ from oasis.serving.common import (
     sampling_params,
     submit_all,
     usage,
+    usage_of,
     with_seed,
 )
 from oasis.serving.merge import merge
@@ -202,15 +203,10 @@ class ChatService:
                     finish_reason=st.finish.reason,
                 )
             )
-        finishes = [st.finish for st in states if st.finish is not None]
         return ChatCompletion(
             object="chat.completion",
             choices=choices,
-            usage=usage(
-                n_prompt,
-                sum(f.completion_tokens for f in finishes),
-                max((f.cached_tokens for f in finishes), default=0),
-            ),
+            usage=usage_of(n_prompt, (st.finish for st in states if st.finish is not None)),
             **meta,
         )
 

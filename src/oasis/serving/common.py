@@ -5,13 +5,19 @@ from __future__ import annotations
 import hashlib
 import secrets
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from openai.types.completion_usage import CompletionUsage, PromptTokensDetails
 
 from oasis import __version__
-from oasis.engine.base import Engine, GenerationRequest, RequestHandle, SamplingParams
+from oasis.engine.base import (
+    Engine,
+    FinishEvent,
+    GenerationRequest,
+    RequestHandle,
+    SamplingParams,
+)
 from oasis.errors import (
     ContextLengthExceededError,
     InvalidRequestError,
@@ -153,6 +159,16 @@ def submit_all(engine: Engine, requests: list[GenerationRequest]) -> list[Reques
             h.cancel()
         raise
     return handles
+
+
+def usage_of(prompt_tokens: int, finishes: Iterable[FinishEvent]) -> CompletionUsage:
+    """Usage of a response: prompt counted once, completions of every sequence summed."""
+    done = list(finishes)
+    return usage(
+        prompt_tokens,
+        sum(f.completion_tokens for f in done),
+        max((f.cached_tokens for f in done), default=0),
+    )
 
 
 def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int) -> CompletionUsage:

@@ -23,6 +23,7 @@ from oasis.serving.common import (
     sampling_params,
     submit_all,
     usage,
+    usage_of,
     with_seed,
 )
 from oasis.serving.merge import merge
@@ -260,16 +261,10 @@ class CompletionService:
                         finish_reason=s.finish.reason,
                     )
                 )
-        finishes = [s.finish for s in seqs if s.finish is not None]
-        n_prompt = _prompt_total(seqs)
         return Completion(
             object="text_completion",
             choices=choices,
-            usage=usage(
-                n_prompt,
-                sum(f.completion_tokens for f in finishes),
-                max((f.cached_tokens for f in finishes), default=0),
-            ),
+            usage=usage_of(_prompt_total(seqs), (s.finish for s in seqs if s.finish is not None)),
             **meta,
         )
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -16,6 +16,7 @@ from oasis.server.state import AppState
 from oasis.server.validation import parse_json_body, validate
 
 router = APIRouter()
+M = TypeVar("M", bound=BaseModel)
 
 
 def _state(request: Request) -> AppState:
@@ -50,31 +51,32 @@ async def get_model(model: str, request: Request) -> JSONResponse:
     return JSONResponse(_model(model, _state(request)))
 
 
+async def _parse(request: Request, model: type[M], engine: str | None = None) -> M:
+    body = parse_json_body(await request.body())
+    if engine is not None:
+        body.setdefault("model", engine)  # the legacy /v1/engines/{engine}/... paths
+    return validate(model, body)
+
+
 @router.post("/v1/chat/completions")
 async def chat_completions(request: Request) -> Response:
-    body = parse_json_body(await request.body())
-    req = validate(ChatCompletionRequest, body)
+    req = await _parse(request, ChatCompletionRequest)
     return _respond(await _state(request).chat.create(req))
 
 
 @router.post("/v1/engines/{engine}/chat/completions")
 async def engine_chat_completions(engine: str, request: Request) -> Response:
-    body = parse_json_body(await request.body())
-    body.setdefault("model", engine)
-    req = validate(ChatCompletionRequest, body)
+    req = await _parse(request, ChatCompletionRequest, engine)
     return _respond(await _state(request).chat.create(req))
 
 
 @router.post("/v1/completions")
 async def completions(request: Request) -> Response:
-    body = parse_json_body(await request.body())
-    req = validate(CompletionRequest, body)
+    req = await _parse(request, CompletionRequest)
     return _respond(await _state(request).completions.create(req))
 
 
 @router.post("/v1/engines/{engine}/completions")
 async def engine_completions(engine: str, request: Request) -> Response:
-    body = parse_json_body(await request.body())
-    body.setdefault("model", engine)
-    req = validate(CompletionRequest, body)
+    req = await _parse(request, CompletionRequest, engine)
     return _respond(await _state(request).completions.create(req))
