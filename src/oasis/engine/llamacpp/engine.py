@@ -124,6 +124,7 @@ class LlamaEngine:
         self._mem: Any = None
         self._info: ModelInfo | None = None
         self._slots: list[Slot] = []
+        self._admissions = 0
         # events of the current step, handed to the event loop(s) in one call per step
         self._outbox: list[tuple[LlamaHandle, Event | BaseException]] = []
 
@@ -336,10 +337,21 @@ class LlamaEngine:
             self._stats.requests_total += 1
 
     def _pick_slot(self, free: list[Slot], prompt: list[int]) -> Slot:
-        """The free slot whose kept KV shares the longest prefix with the prompt."""
-        if not self.prefix_cache:
-            return free[0]
-        return max(free, key=lambda s: common_prefix(s.cached, prompt))
+        """A free slot for ``prompt``.
+
+        A slot whose kept conversation the prompt continues (it shares at least 90% of the
+        kept tokens) wins; otherwise the least recently used slot, so that a shared system
+        prompt alone never evicts a conversation that another free slot could have spared.
+        """
+        self._admissions += 1
+        best = min(free, key=lambda s: s.last_used)
+        if self.prefix_cache:
+            hit = max(free, key=lambda s: common_prefix(s.cached, prompt))
+            n = common_prefix(hit.cached, prompt)
+            if n > 0 and 10 * n >= 9 * len(hit.cached):
+                best = hit
+        best.last_used = self._admissions
+        return best
 
     def _reuse_prefix(self, seq: Seq, slot: Slot) -> None:
         """Start from the longest prefix of the prompt whose KV any slot holds.

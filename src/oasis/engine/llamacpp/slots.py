@@ -51,6 +51,7 @@ class Slot:
     seq_id: int
     cached: list[int] = field(default_factory=list)  # tokens in the KV when idle
     seq: Seq | None = None
+    last_used: int = 0  # admission counter when this slot last took a sequence
 
     def kv_tokens(self) -> list[int]:
         """The tokens whose KV this slot holds right now."""
