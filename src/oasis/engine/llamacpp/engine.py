@@ -100,7 +100,7 @@ class LlamaEngine:
         n_batch: int = 512,
         max_queue: int = 64,
         prefix_cache: bool = True,
-        min_copy: int = 32,
+        min_copy: int = 16,
     ) -> None:
         self.path = path
         self.name = name
