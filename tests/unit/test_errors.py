@@ -191,3 +191,16 @@ def test_overload_is_503_with_retry_after(tmp_path: Path, schemas: Schemas) -> N
         err = error_of(r, 503, schemas)
         assert r.headers["retry-after"] == "1"
         assert err["code"] == "server_overloaded"
+
+
+def test_more_sequences_than_the_server_can_hold_is_a_400(tmp_path: Path,
+                                                          schemas: Schemas) -> None:
+    engine = FakeEngine(max_sequences=8)
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    with TestClient(make_app(engine, tmp=tmp_path), headers=headers) as raw:
+        r = raw.post(CHAT, json={"model": "gpt-3.5-turbo", "messages": MSGS, "n": 9})
+        err = error_of(r, 400, schemas)
+        assert err["param"] == "n" and "at most 8 at once" in err["message"]
+        r = raw.post(CHAT, json={"model": "gpt-3.5-turbo", "messages": MSGS, "n": 8})
+        assert r.status_code == 200
+        assert engine.stats().running == 0

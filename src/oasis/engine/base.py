@@ -82,6 +82,8 @@ class ModelInfo:
     bos_token: str
     eos_token: str
     add_bos: bool
+    # Most sequences one request may submit (slots + wait queue); more can never be admitted.
+    max_sequences: int = 1 << 30
 
 
 @dataclass

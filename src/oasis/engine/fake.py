@@ -127,6 +127,7 @@ class FakeEngine:
         n_ctx: int = 256,
         delay: float = 0.0,
         max_running: int | None = None,
+        max_sequences: int = 1 << 30,
         name: str = "fake-model",
     ) -> None:
         self.reply = reply
@@ -141,6 +142,7 @@ class FakeEngine:
             bos_token="<s>",
             eos_token="</s>",
             add_bos=False,
+            max_sequences=max_sequences,
         )
 
     @property

@@ -148,8 +148,23 @@ def check_context(
     return max_tokens
 
 
-def submit_all(engine: Engine, requests: list[GenerationRequest]) -> list[RequestHandle]:
-    """Submit every sequence, or none: a refusal cancels those already submitted."""
+def submit_all(
+    engine: Engine, requests: list[GenerationRequest], *, param: str = "n"
+) -> list[RequestHandle]:
+    """Submit every sequence, or none: a refusal cancels those already submitted.
+
+    A request needing more sequences than the server can ever hold at once gets a 400 naming
+    the limit, not a 503 that no retry could get past.
+    """
+    limit = engine.info.max_sequences
+    if len(requests) > limit:
+        raise InvalidRequestError(
+            f"This request needs {len(requests)} sequences (choices x prompts x best_of), but "
+            f"this server runs at most {limit} at once (OASIS_PARALLEL + OASIS_MAX_QUEUE). "
+            "Reduce n, best_of or the number of prompts, or split the request.",
+            param=param,
+            code="invalid_value",
+        )
     handles: list[RequestHandle] = []
     try:
         for req in requests:

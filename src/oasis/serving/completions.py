@@ -192,7 +192,8 @@ class CompletionService:
                         prompt_logprobs=bool(req.echo and want_lp),
                     )
                 )
-        handles = submit_all(engine, gens)
+        culprit = "best_of" if best_of > n else ("prompt" if len(prompts) > 1 else "n")
+        handles = submit_all(engine, gens, param=culprit)
         meta = {
             "id": new_id("cmpl"),
             "created": int(self.ctx.clock()),

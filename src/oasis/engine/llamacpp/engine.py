@@ -159,6 +159,7 @@ class LlamaEngine:
             bos_token=model.token_text(model.bos_id),
             eos_token=model.token_text(model.eos_id),
             add_bos=model.add_bos,
+            max_sequences=self.n_parallel + self.max_queue,
         )
         self._slots = [Slot(i) for i in range(self.n_parallel)]
         self._stats.kv_total_cells = self._n_ctx_total
