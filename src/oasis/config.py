@@ -62,6 +62,8 @@ class Settings(BaseSettings):
     port: int = Field(default=8000, ge=0, le=65535)
     data_dir: Path = Field(default_factory=_default_data_dir)
     api_key: SecretStr | None = None
+    # SQLAlchemy URL; default: SQLite (WAL) at <data_dir>/oasis.db
+    database_url: str | None = None
     # A GGUF file to serve instead of the bundled SmolLM2-135M-Instruct.
     model: Path | None = None
     # Extra names for `model`.

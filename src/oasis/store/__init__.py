@@ -1,0 +1,1 @@
+"""Persistent state: SQLAlchemy tables, repositories, Alembic migrations."""
