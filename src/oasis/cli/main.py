@@ -11,6 +11,7 @@ import typer
 from pydantic import ValidationError
 from rich.console import Console
 
+from oasis.cli import keys as keys_cli
 from oasis.config import load_settings
 from oasis.errors import ConfigError, OasisError
 
@@ -21,6 +22,7 @@ app = typer.Typer(
     add_completion=False,
 )
 err = Console(stderr=True)
+app.add_typer(keys_cli.app, name="keys")
 
 
 @app.callback()

@@ -1,6 +1,6 @@
 """API keys: create, list, revoke, rotate, verify. Secrets are stored only as hashes.
 
-A secret looks like ``sk-oasis-<8-char id>-<43-char random>``. The first part (the prefix) is
+A secret looks like ``sk-oasis-<8-char id>-<64 hex digits>``. The first part (the prefix) is
 public: it names the key in listings and finds its row; the whole secret's SHA-256 is compared
 in constant time. The secrets are 256-bit random tokens, so a fast hash is enough: a database
 dump reveals no usable key.
@@ -51,7 +51,7 @@ def _hash(secret: str) -> str:
 def _new_secret() -> tuple[str, str]:
     public = secrets.token_urlsafe(6).replace("-", "x").replace("_", "y")[:8]
     prefix = f"{SECRET_PREFIX}{public}"
-    return prefix, f"{prefix}-{secrets.token_urlsafe(32)}"
+    return prefix, f"{prefix}-{secrets.token_hex(32)}"
 
 
 @dataclass(frozen=True)
