@@ -136,7 +136,7 @@ def servers(model: Path, slots: int, ctx: int, threads: int, lcpp_ctx: int) -> l
                                 "-ub", "512", "--no-webui"], p1),
         Server("oasis", [str(bin_dir / "oasis"), "serve", "--port", str(p2),
                          "--parallel", str(slots), "--ctx-size", str(ctx),
-                         "--threads", str(threads), "--alias", "bench",
+                         "--threads", str(threads), "--alias", "bench", "--no-auth",
                          "--log-level", "warning"], p2),
         Server("llama-cpp-python", [sys.executable, "-m", "llama_cpp.server", "--model",
                                     str(model), "--host", "127.0.0.1", "--port", str(p3),

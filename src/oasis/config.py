@@ -62,6 +62,8 @@ class Settings(BaseSettings):
     port: int = Field(default=8000, ge=0, le=65535)
     data_dir: Path = Field(default_factory=_default_data_dir)
     api_key: SecretStr | None = None
+    # Serve without any key check (local tinkering only; refused on non-loopback addresses).
+    no_auth: bool = False
     # SQLAlchemy URL; default: SQLite (WAL) at <data_dir>/oasis.db
     database_url: str | None = None
     # A GGUF file to serve instead of the bundled SmolLM2-135M-Instruct.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -27,3 +28,11 @@ def test_invalid_setting_is_refused(tmp_path: Path) -> None:
                           cwd=tmp_path)
     assert proc.returncode == 2
     assert "port" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_no_auth_is_refused_on_a_network_address(tmp_path: Path) -> None:
+    proc = subprocess.run([OASIS, "serve", "--no-auth", "--host", "0.0.0.0"],
+                          capture_output=True, text=True, cwd=tmp_path,
+                          env={**os.environ, "OASIS_DATA_DIR": str(tmp_path)})
+    assert proc.returncode == 2
+    assert "--no-auth is refused on 0.0.0.0" in proc.stderr

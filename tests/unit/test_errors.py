@@ -143,9 +143,21 @@ def test_auth_missing_and_wrong_key_are_401(tmp_path: Path, schemas: Schemas) ->
             sdk.models.list()
 
 
-def test_no_key_configured_means_open(tmp_path: Path) -> None:
-    with TestClient(make_app(api_key=None, tmp=tmp_path)) as raw:
+def test_no_auth_means_open(tmp_path: Path) -> None:
+    with TestClient(make_app(api_key=None, tmp=tmp_path, no_auth=True)) as raw:
         assert raw.get("/v1/models").status_code == 200
+
+
+def test_database_keys_authenticate_until_revoked(tmp_path: Path, schemas: Schemas) -> None:
+    app = make_app(api_key=None, tmp=tmp_path)
+    store = app.state.oasis.keys
+    info, secret = store.create("alice")
+    with TestClient(app) as raw:
+        ok = raw.get("/v1/models", headers={"Authorization": f"Bearer {secret}"})
+        assert ok.status_code == 200
+        store.revoke(info.prefix)
+        r = raw.get("/v1/models", headers={"Authorization": f"Bearer {secret}"})
+        assert error_of(r, 401, schemas)["code"] == "invalid_api_key"
 
 
 def test_unknown_model_is_404(client: OpenAI, http: TestClient, schemas: Schemas) -> None:

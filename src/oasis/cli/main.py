@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import sys
 from pathlib import Path
@@ -14,6 +15,7 @@ from rich.console import Console
 from oasis.cli import keys as keys_cli
 from oasis.config import load_settings
 from oasis.errors import ConfigError, OasisError
+from oasis.server.state import AppState
 
 app = typer.Typer(
     name="oasis",
@@ -54,6 +56,9 @@ def serve(
         Path | None, typer.Option(help="Where state lives [OASIS_DATA_DIR].")
     ] = None,
     log_level: Annotated[str | None, typer.Option(help="Log level [OASIS_LOG_LEVEL].")] = None,
+    no_auth: Annotated[
+        bool, typer.Option("--no-auth", help="No key check (loopback only) [OASIS_NO_AUTH].")
+    ] = False,
 ) -> None:
     """Start the OpenAI-compatible API server."""
     import uvicorn
@@ -72,12 +77,19 @@ def serve(
             threads=threads,
             data_dir=data_dir,
             log_level=log_level,
+            no_auth=no_auth or None,
         )
     except ValidationError as exc:
         err.print(
             f"[red]error:[/red] invalid setting: {exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}"
         )
         raise typer.Exit(2) from None
+    if settings.no_auth and not _is_loopback(settings.host):
+        err.print(
+            f"[red]error:[/red] --no-auth is refused on {settings.host}: anyone on the network "
+            "could use the server. Bind 127.0.0.1, or create keys with `oasis keys create`."
+        )
+        raise typer.Exit(2)
     logging.basicConfig(
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -87,6 +99,7 @@ def serve(
     except (ConfigError, OasisError) as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
+    _bootstrap_admin_key(application.state.oasis)
     names = ", ".join(n for n, _ in application.state.oasis.serving.registry.names())
     err.print(f"oasis: serving [bold]{names}[/bold]")
     err.print(f"oasis: OpenAI-compatible API at http://{settings.host}:{settings.port}/v1")
@@ -103,6 +116,26 @@ def serve(
     except (ConfigError, OasisError) as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def _bootstrap_admin_key(state: AppState) -> None:
+    """First start with an empty key database: create an admin key and show it once."""
+    if state.keys is None or state.settings.api_key is not None or state.keys.count() > 0:
+        return
+    _, secret = state.keys.create("admin (created by the first `oasis serve`)", is_admin=True)
+    err.print("oasis: no API keys yet, so an admin key was created. It is shown only once:")
+    err.print(f"\n    [bold]{secret}[/bold]\n", soft_wrap=True)
+    err.print(
+        "oasis: use it as the SDK's api_key; make more with `oasis keys create --name NAME`.",
+        soft_wrap=True,
+    )
 
 
 def main() -> None:

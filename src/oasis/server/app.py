@@ -22,6 +22,8 @@ from oasis.server.state import AppState
 from oasis.serving.chat import ChatService
 from oasis.serving.common import ServingContext
 from oasis.serving.completions import CompletionService
+from oasis.store.db import database_url, make_engine, migrate
+from oasis.store.keys import KeyStore
 
 log = logging.getLogger(__name__)
 
@@ -55,11 +57,17 @@ def create_app(
     registry = registry or ModelRegistry(specs_from_settings(settings))
     engines = engines if engines is not None else build_engines(settings, registry)
     serving = ServingContext(registry, engines)
+    keys = None
+    if not settings.no_auth:
+        db = make_engine(database_url(settings.database_url, settings.data_dir))
+        migrate(db)
+        keys = KeyStore(db)
     state = AppState(
         settings=settings,
         serving=serving,
         chat=ChatService(serving),
         completions=CompletionService(serving),
+        keys=keys,
     )
 
     @asynccontextmanager

@@ -8,6 +8,7 @@ from oasis.config import Settings
 from oasis.serving.chat import ChatService
 from oasis.serving.common import ServingContext
 from oasis.serving.completions import CompletionService
+from oasis.store.keys import KeyStore
 
 
 @dataclass
@@ -16,3 +17,4 @@ class AppState:
     serving: ServingContext
     chat: ChatService
     completions: CompletionService
+    keys: KeyStore | None = None

@@ -197,5 +197,7 @@ class KeyStore:
             now = self.clock()
             if info.status(now) != "active":
                 return None
-            row.last_used_at = now
+            last = _utc(row.last_used_at)
+            if last is None or now - last > timedelta(seconds=60):
+                row.last_used_at = now  # written at most once a minute per key
             return info
