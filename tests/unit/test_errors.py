@@ -216,3 +216,18 @@ def test_more_sequences_than_the_server_can_hold_is_a_400(tmp_path: Path,
         r = raw.post(CHAT, json={"model": "gpt-3.5-turbo", "messages": MSGS, "n": 8})
         assert r.status_code == 200
         assert engine.stats().running == 0
+
+
+def test_a_key_restricted_to_models_gets_404_for_others(tmp_path: Path,
+                                                        schemas: Schemas) -> None:
+    app = make_app(api_key=None, tmp=tmp_path)
+    _, secret = app.state.oasis.keys.create("limited", models=["gpt-3.5-turbo"])
+    with TestClient(app, headers={"Authorization": f"Bearer {secret}"}) as raw:
+        ids = [m["id"] for m in raw.get("/v1/models").json()["data"]]
+        assert ids == ["gpt-3.5-turbo"]
+        assert raw.post(CHAT, json={"model": "gpt-3.5-turbo", "messages": MSGS}).status_code == 200
+        r = raw.post(CHAT, json={"model": "fake-model", "messages": MSGS})
+        assert error_of(r, 404, schemas)["code"] == "model_not_found"
+        r = raw.post("/v1/completions", json={"model": "text-davinci-002", "prompt": "x"})
+        assert error_of(r, 404, schemas)["code"] == "model_not_found"
+        assert error_of(raw.get("/v1/models/fake-model"), 404, schemas)["param"] == "model"

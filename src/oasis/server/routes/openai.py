@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from openai.types import Model
 from pydantic import BaseModel
 
+from oasis.gateway.access import check_model, may_use
 from oasis.protocol.requests import ChatCompletionRequest, CompletionRequest
 from oasis.server.sse import dump, sse_events
 from oasis.server.state import AppState
@@ -42,12 +43,14 @@ def _model(name: str, state: AppState) -> dict[str, Any]:
 @router.get("/v1/models")
 async def list_models(request: Request) -> JSONResponse:
     state = _state(request)
-    data = [_model(name, state) for name, _ in state.serving.registry.names()]
+    key = request.state.api_key
+    data = [_model(name, state) for name, _ in state.serving.registry.names() if may_use(key, name)]
     return JSONResponse({"object": "list", "data": data})
 
 
 @router.get("/v1/models/{model:path}")
 async def get_model(model: str, request: Request) -> JSONResponse:
+    check_model(request.state.api_key, model)
     return JSONResponse(_model(model, _state(request)))
 
 
@@ -55,7 +58,9 @@ async def _parse(request: Request, model: type[M], engine: str | None = None) ->
     body = parse_json_body(await request.body())
     if engine is not None:
         body.setdefault("model", engine)  # the legacy /v1/engines/{engine}/... paths
-    return validate(model, body)
+    parsed = validate(model, body)
+    check_model(request.state.api_key, str(getattr(parsed, "model", "")))
+    return parsed
 
 
 @router.post("/v1/chat/completions")
