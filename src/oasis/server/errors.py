@@ -41,10 +41,9 @@ def install_error_handlers(app: FastAPI) -> None:
             )
         elif exc.status_code < 500:
             err = InvalidRequestError(str(exc.detail))
-            return JSONResponse(err.to_dict(), status_code=exc.status_code)
         else:
             err = EngineError("The server had an error while processing your request.")
-        return error_response(err)
+        return JSONResponse(err.to_dict(), status_code=exc.status_code, headers=err.headers)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -106,7 +106,6 @@ class _ChoiceState:
     text: list[str] = field(default_factory=list)
     logprobs: list[ChatCompletionTokenLogprob] = field(default_factory=list)
     finish: FinishEvent | None = None
-    started: bool = False
 
 
 class ChatService:

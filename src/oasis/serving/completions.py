@@ -74,9 +74,12 @@ class _Seq:
     prompt_index: int
     prompt: list[int]
     text: list[str] = field(default_factory=list)
-    lp: _LogprobAcc = field(default_factory=_LogprobAcc)
-    sum_logprob: float = 0.0
+    lps: list[TokenLogprob] = field(default_factory=list)
     finish: FinishEvent | None = None
+
+    def mean_logprob(self) -> float:
+        """best_of ranks candidates by log-probability per token, as OpenAI does."""
+        return sum(lp.logprob or 0.0 for lp in self.lps) / max(1, len(self.lps))
 
 
 def _prompt_total(seqs: list[_Seq]) -> int:
@@ -224,8 +227,7 @@ class CompletionService:
             if isinstance(ev, TokenEvent):
                 s.text.append(ev.text)
                 if ev.logprob is not None:
-                    s.lp.add(ev.logprob)
-                    s.sum_logprob += ev.logprob.logprob or 0.0
+                    s.lps.append(ev.logprob)
             else:
                 s.text.append(ev.text)
                 s.finish = ev
@@ -233,7 +235,7 @@ class CompletionService:
         for pi in range(len({s.prompt_index for s in seqs})):
             group = [s for s in seqs if s.prompt_index == pi]
             if best_of > n:
-                group.sort(key=lambda s: -s.sum_logprob / max(1, len(s.lp.tokens)))
+                group.sort(key=lambda s: -s.mean_logprob())
             for s in group[:n]:
                 assert s.finish is not None
                 text = "".join(s.text)
@@ -245,14 +247,8 @@ class CompletionService:
                     if req.echo and s.finish.prompt_logprobs is not None:
                         for k, plp in enumerate(s.finish.prompt_logprobs):
                             acc.add(plp, first_of_prompt=k == 0)
-                    for tok, lpv, top in zip(
-                        s.lp.tokens, s.lp.token_logprobs, s.lp.top_logprobs, strict=True
-                    ):
-                        acc.tokens.append(tok)
-                        acc.token_logprobs.append(lpv)
-                        acc.top_logprobs.append(top)
-                        acc.text_offset.append(acc.offset)
-                        acc.offset += len(tok)
+                    for lp in s.lps:
+                        acc.add(lp)
                     logprobs = acc.build()
                 choices.append(
                     CompletionChoice(
@@ -291,6 +287,7 @@ class CompletionService:
             return Completion(object="text_completion", choices=[choice], **meta)
 
         echoed: set[int] = set()
+        accs = [_LogprobAcc() for _ in seqs]  # text offsets run on across chunks
         completion_tokens = 0
         cached = 0
         async for i, ev in merge(handles):
@@ -301,13 +298,16 @@ class CompletionService:
                 prefix = self._echo_text(target, s.prompt)
             if isinstance(ev, TokenEvent):
                 if ev.logprob is not None:
-                    s.lp.add(ev.logprob)
-                yield chunk(i, prefix + ev.text, logprobs=s.lp.take() if want_lp else None)
+                    accs[i].add(ev.logprob)
+                yield chunk(i, prefix + ev.text, logprobs=accs[i].take() if want_lp else None)
             else:
                 completion_tokens += ev.completion_tokens
                 cached = max(cached, ev.cached_tokens)
                 yield chunk(
-                    i, prefix + ev.text, finish=ev.reason, logprobs=s.lp.take() if want_lp else None
+                    i,
+                    prefix + ev.text,
+                    finish=ev.reason,
+                    logprobs=accs[i].take() if want_lp else None,
                 )
         if include_usage:
             n_prompt = _prompt_total(seqs)

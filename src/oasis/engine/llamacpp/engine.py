@@ -257,7 +257,7 @@ class LlamaEngine:
                 self._stats.step_seconds_total += time.perf_counter() - t0
                 self._stats.steps_total += 1
                 self._stats.running = len(active)
-                self._stats.kv_used_cells = sum(len(s.kv_tokens()) for s in self._slots)
+                self._stats.kv_used_cells = sum(s.kv_len() for s in self._slots)
         except Exception as exc:  # pragma: no cover - a bug in the engine loop
             log.exception("engine thread crashed")
             err = EngineError(f"the engine stopped: {exc}")
@@ -347,8 +347,9 @@ class LlamaEngine:
         self._admissions += 1
         best = min(free, key=lambda s: s.last_used)
         if self.prefix_cache:
-            hit = max(free, key=lambda s: common_prefix(s.cached, prompt))
-            n = common_prefix(hit.cached, prompt)
+            n, hit = max(
+                ((common_prefix(s.cached, prompt), s) for s in free), key=lambda pair: pair[0]
+            )
             if n > 0 and 10 * n >= 9 * len(hit.cached):
                 best = hit
         best.last_used = self._admissions
@@ -363,7 +364,7 @@ class LlamaEngine:
         best, reuse = slot, 0
         if self.prefix_cache and not seq.wants_prompt_logprobs:
             for other in self._slots:
-                n = common_prefix(other.kv_tokens(), seq.prompt)
+                n = other.shared_prefix(seq.prompt)
                 if n > reuse or (n == reuse and other is slot):
                     best, reuse = other, n
         reuse = min(reuse, len(seq.prompt) - 1)  # the last prompt token is decoded for logits

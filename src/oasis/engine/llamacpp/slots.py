@@ -53,15 +53,20 @@ class Slot:
     seq: Seq | None = None
     last_used: int = 0  # admission counter when this slot last took a sequence
 
-    def kv_tokens(self) -> list[int]:
-        """The tokens whose KV this slot holds right now."""
+    def kv_len(self) -> int:
+        """How many tokens' KV this slot holds right now."""
+        return len(self.cached) if self.seq is None else self.seq.n_past
+
+    def shared_prefix(self, prompt: list[int]) -> int:
+        """How many leading tokens of ``prompt`` this slot's KV already holds."""
         if self.seq is None:
-            return self.cached
-        return self.seq.tokens[: self.seq.n_past]
+            return common_prefix(self.cached, prompt)
+        return common_prefix(self.seq.tokens, prompt, limit=self.seq.n_past)
 
 
-def common_prefix(a: list[int], b: list[int]) -> int:
-    n = min(len(a), len(b))
+def common_prefix(a: list[int], b: list[int], limit: int | None = None) -> int:
+    """Length of the common prefix of ``a`` and ``b`` (at most ``limit``)."""
+    n = min(len(a), len(b)) if limit is None else min(len(a), len(b), limit)
     i = 0
     while i < n and a[i] == b[i]:
         i += 1
