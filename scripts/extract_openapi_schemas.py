@@ -19,6 +19,7 @@ ROOTS = [
     "Model",
     "ListModelsResponse",
     "ErrorResponse",
+    "UsageResponse",
 ]
 DROP = {"description", "example", "examples", "title", "deprecated", "default", "format"}
 

@@ -22,11 +22,11 @@ API_KEY = "sk-test-key-123456"
 
 
 def make_app(engine: FakeEngine | None = None, *, api_key: str | None = API_KEY,
-             tmp: Path | None = None, no_auth: bool = False) -> Any:
+             tmp: Path | None = None, no_auth: bool = False, **options: Any) -> Any:
     engine = engine or FakeEngine()
     spec = ModelSpec("fake-model", Path(__file__), aliases=("gpt-3.5-turbo", "text-davinci-002"))
     settings = Settings(api_key=api_key, data_dir=tmp or Path("/tmp/oasis-test-data"),
-                        no_auth=no_auth)
+                        no_auth=no_auth, **options)
     return create_app(settings, registry=ModelRegistry([spec]),
                       engines={"fake-model": engine})
 

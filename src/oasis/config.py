@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import (
@@ -45,6 +45,16 @@ class ModelConfig(BaseModel):
     ctx_size: int | None = Field(default=None, ge=64)
 
 
+class PriceConfig(BaseModel):
+    """What a model's tokens cost, in USD per million tokens (``[prices."model-name"]``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    input: float = Field(default=0.0, ge=0)
+    output: float = Field(default=0.0, ge=0)
+    cached_input: float | None = Field(default=None, ge=0)
+
+
 def _split_commas(value: Any) -> Any:
     if isinstance(value, str):
         return [part.strip() for part in value.split(",") if part.strip()]
@@ -82,6 +92,18 @@ class Settings(BaseSettings):
     max_queue: int = Field(default=64, ge=0)
     prefix_cache: bool = True
     log_level: str = "info"
+    # Share rate limits and spend counters between replicas (redis://host:port/db).
+    redis_url: str | None = None
+    # Key prefix in Redis, to share one Redis between several oasis deployments.
+    redis_prefix: str = "oasis"
+    # How often journaled usage records are written to the database.
+    usage_flush_seconds: float = Field(default=0.2, gt=0)
+    # Prices per model name (or "*" for any other), USD per million tokens.
+    prices: dict[str, PriceConfig] = Field(default_factory=dict)
+    # How long a verified key is trusted before the database is asked again.
+    key_cache_seconds: float = Field(default=1.0, ge=0)
+    # "fake": a scripted engine without a model, for gateway benchmarks and tests.
+    engine: Literal["llama", "fake"] = "llama"
 
     @field_validator("alias", "default_aliases", mode="before")
     @classmethod

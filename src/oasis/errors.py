@@ -70,6 +70,14 @@ class AuthenticationError(OasisError):
     default_code = "invalid_api_key"
 
 
+class PermissionDeniedError(OasisError):
+    """403: a valid key that may not do this (a non-admin key on the admin API)."""
+
+    status = 403
+    error_type = "invalid_request_error"
+    default_code = "insufficient_permissions"
+
+
 class NotFoundError(OasisError):
     """404: unknown route or object."""
 

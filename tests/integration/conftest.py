@@ -31,7 +31,8 @@ class LiveServer:
 
     def metric(self, name: str) -> float:
         """One sample of GET /metrics (the bundled model's)."""
-        text = httpx.get(f"{self.base_url}/metrics", timeout=10).text
+        text = httpx.get(f"{self.base_url}/metrics", timeout=10,
+                         headers={"Authorization": f"Bearer {self.api_key}"}).text
         for line in text.splitlines():
             if line.startswith(name + "{") or line.startswith(name + " "):
                 return float(line.rsplit(" ", 1)[1])

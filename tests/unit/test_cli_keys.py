@@ -48,7 +48,7 @@ def test_key_lifecycle(tmp_path: Path) -> None:
 
 def test_bad_input_is_one_clear_line(tmp_path: Path) -> None:
     r = run(tmp_path, "revoke", "sk-oasis-nope")
-    assert r.returncode == 1 and "No API key with prefix" in r.stderr
+    assert r.returncode == 1 and "No API key 'sk-oasis-nope'" in r.stderr
     assert "Traceback" not in r.stderr
     r = run(tmp_path, "create", "--name", "x", "--expires", "soon")
     assert r.returncode == 1 and "Invalid duration" in r.stderr

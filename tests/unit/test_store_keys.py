@@ -2,39 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine, text
 
 from oasis.errors import InvalidRequestError
-from oasis.store.db import database_url, make_engine, migrate
 from oasis.store.keys import KeyNotFoundError, KeyStore, parse_duration
-
-POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-
-
-def _drop(engine: Engine) -> None:
-    with engine.begin() as conn:
-        conn.execute(text("DROP TABLE IF EXISTS api_keys"))
-        conn.execute(text("DROP TABLE IF EXISTS alembic_version"))
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
-    if request.param == "sqlite":
-        engine = make_engine(database_url(None, tmp_path))
-    else:
-        engine = make_engine(POSTGRES)
-        _drop(engine)
-    migrate(engine)
-    migrate(engine)  # idempotent
-    yield engine
-    if request.param == "postgresql":
-        _drop(engine)
-    engine.dispose()
 
 
 class Clock:

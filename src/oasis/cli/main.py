@@ -13,6 +13,7 @@ from pydantic import ValidationError
 from rich.console import Console
 
 from oasis.cli import keys as keys_cli
+from oasis.cli import usage as usage_cli
 from oasis.config import load_settings
 from oasis.errors import ConfigError, OasisError
 from oasis.server.state import AppState
@@ -25,6 +26,7 @@ app = typer.Typer(
 )
 err = Console(stderr=True)
 app.add_typer(keys_cli.app, name="keys")
+app.command("usage")(usage_cli.usage)
 
 
 @app.callback()

@@ -106,7 +106,15 @@ class EngineStats:
 
 
 class RequestHandle(Protocol):
-    """A submitted request: iterate its events; cancel to free its slot at the next step."""
+    """A submitted request: iterate its events; cancel to free its slot at the next step.
+
+    ``generated`` counts the tokens sampled so far and ``cached_tokens`` the prompt tokens
+    reused from the prefix cache; billing reads them, so a request whose client went away is
+    still charged for what the engine produced.
+    """
+
+    generated: int
+    cached_tokens: int
 
     def __aiter__(self) -> AsyncIterator[Event]: ...
 

@@ -40,6 +40,8 @@ class FakeHandle:
         self._engine = engine
         self._request = request
         self.cancelled = False
+        self.generated = 0
+        self.cached_tokens = 0
 
     def cancel(self) -> None:
         if not self.cancelled:
@@ -77,6 +79,7 @@ class FakeHandle:
                 else:
                     await asyncio.sleep(0)
                 produced += 1
+                self.generated += 1
                 engine._stats.generated_tokens_total += 1
                 if tok == EOS:
                     break

@@ -6,6 +6,7 @@ import logging
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 
+from anyio import to_thread
 from fastapi import Depends, FastAPI
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -13,10 +14,14 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from oasis import __version__
 from oasis.config import Settings
 from oasis.engine.base import Engine
+from oasis.gateway.limits import Limiter, MemoryLimiter, RedisLimiter
+from oasis.gateway.meter import Gateway
+from oasis.gateway.usage import Ledger, Price
 from oasis.models.registry import ModelRegistry, specs_from_settings
-from oasis.server.auth import require_api_key
+from oasis.server.auth import require_admin, require_api_key
 from oasis.server.errors import install_error_handlers
 from oasis.server.metrics import metrics_registry, render
+from oasis.server.routes import admin as admin_routes
 from oasis.server.routes import openai as openai_routes
 from oasis.server.state import AppState
 from oasis.serving.chat import ChatService
@@ -24,15 +29,26 @@ from oasis.serving.common import ServingContext
 from oasis.serving.completions import CompletionService
 from oasis.store.db import database_url, make_engine, migrate
 from oasis.store.keys import KeyStore
+from oasis.store.usage import UsageStore
 
 log = logging.getLogger(__name__)
 
 
 def build_engines(settings: Settings, registry: ModelRegistry) -> dict[str, Engine]:
-    """One llama.cpp engine per configured model."""
+    """One llama.cpp engine per configured model (or the scripted fake, for benchmarks)."""
+    engines: dict[str, Engine] = {}
+    if settings.engine == "fake":
+        from oasis.engine.fake import FakeEngine
+
+        for spec in registry.specs:
+            engines[spec.id] = FakeEngine(
+                n_ctx=spec.ctx_size or settings.ctx_size,
+                name=spec.id,
+                max_sequences=settings.parallel + settings.max_queue,
+            )
+        return engines
     from oasis.engine.llamacpp import LlamaEngine
 
-    engines: dict[str, Engine] = {}
     for spec in registry.specs:
         engines[spec.id] = LlamaEngine(
             spec.path,
@@ -47,6 +63,32 @@ def build_engines(settings: Settings, registry: ModelRegistry) -> dict[str, Engi
     return engines
 
 
+def build_gateway(settings: Settings) -> Gateway:
+    """Keys, limits and the usage ledger on the configured database (and Redis, if set)."""
+    db = make_engine(database_url(settings.database_url, settings.data_dir))
+    migrate(db)
+    usage = UsageStore(db)
+    limiter: Limiter
+    if settings.redis_url:
+        limiter = RedisLimiter(
+            settings.redis_url, prefix=settings.redis_prefix, run_sync=to_thread.run_sync
+        )
+    else:
+        limiter = MemoryLimiter(run_sync=to_thread.run_sync)
+    prices = {
+        name: Price(input=p.input, output=p.output, cached_input=p.cached_input)
+        for name, p in settings.prices.items()
+    }
+    return Gateway(
+        KeyStore(db),
+        usage,
+        Ledger(usage, settings.data_dir / "journal", flush_interval=settings.usage_flush_seconds),
+        limiter,
+        prices=prices,
+        key_cache_seconds=settings.key_cache_seconds,
+    )
+
+
 def create_app(
     settings: Settings,
     *,
@@ -57,17 +99,14 @@ def create_app(
     registry = registry or ModelRegistry(specs_from_settings(settings))
     engines = engines if engines is not None else build_engines(settings, registry)
     serving = ServingContext(registry, engines)
-    keys = None
-    if not settings.no_auth:
-        db = make_engine(database_url(settings.database_url, settings.data_dir))
-        migrate(db)
-        keys = KeyStore(db)
+    gateway = None if settings.no_auth else build_gateway(settings)
     state = AppState(
         settings=settings,
         serving=serving,
         chat=ChatService(serving),
         completions=CompletionService(serving),
-        keys=keys,
+        keys=gateway.keys if gateway else None,
+        gateway=gateway,
     )
 
     @asynccontextmanager
@@ -75,6 +114,8 @@ def create_app(
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         started: list[Engine] = []
         try:
+            if gateway is not None:
+                await gateway.start()
             for engine in engines.values():
                 engine.start()
                 started.append(engine)
@@ -82,6 +123,8 @@ def create_app(
         finally:
             for engine in started:
                 engine.close()
+            if gateway is not None:
+                await gateway.close()
 
     app = FastAPI(
         title="oasis",
@@ -93,10 +136,11 @@ def create_app(
     app.state.oasis = state
     install_error_handlers(app)
     app.include_router(openai_routes.router, dependencies=[Depends(require_api_key)])
+    app.include_router(admin_routes.router, dependencies=[Depends(require_admin)])
 
     metrics = metrics_registry(engines)
 
-    @app.get("/metrics")
+    @app.get("/metrics", dependencies=[Depends(require_api_key)])
     async def prometheus_metrics() -> Response:
         return Response(render(metrics), media_type=CONTENT_TYPE_LATEST)
 

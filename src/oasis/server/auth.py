@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import hmac
 
-from anyio import to_thread
 from fastapi import Request
 
-from oasis.errors import AuthenticationError
+from oasis.errors import AuthenticationError, PermissionDeniedError
 
 
 def _mask(key: str) -> str:
@@ -20,11 +19,14 @@ async def require_api_key(request: Request) -> None:
     """FastAPI dependency: 401 in OpenAI's envelope unless the bearer token is a valid key.
 
     The key that matched (a database key's ``KeyInfo``, or None for ``--api-key``) is left in
-    ``request.state.api_key`` for limits and metering.
+    ``request.state.api_key`` for limits and metering; ``request.state.is_admin`` says whether
+    it may call the admin API (admin keys and the operator's ``--api-key``).
     """
     state = request.app.state.oasis
     request.state.api_key = None
+    request.state.is_admin = False
     if state.settings.no_auth:
+        request.state.is_admin = True  # loopback-only tinkering
         return
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
@@ -38,11 +40,23 @@ async def require_api_key(request: Request) -> None:
     if static is not None and hmac.compare_digest(
         token.encode(), static.get_secret_value().encode()
     ):
+        request.state.is_admin = True
         return
-    info = await to_thread.run_sync(state.keys.verify, token) if state.keys else None
+    info = await state.gateway.key_cache.verify(token) if state.gateway else None
     if info is None:
         raise AuthenticationError(
             f"Incorrect API key provided: {_mask(token)}. Create keys with `oasis keys create`; "
             "revoked and expired keys no longer work."
         )
     request.state.api_key = info
+    request.state.is_admin = info.is_admin
+
+
+async def require_admin(request: Request) -> None:
+    """FastAPI dependency for the admin API: a valid key that is an admin key, else 403."""
+    await require_api_key(request)
+    if not request.state.is_admin:
+        raise PermissionDeniedError(
+            "You have insufficient permissions for this operation: it needs an admin key "
+            "(`oasis keys create --admin`)."
+        )

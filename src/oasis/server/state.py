@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from oasis.config import Settings
+from oasis.gateway.meter import Gateway
 from oasis.serving.chat import ChatService
 from oasis.serving.common import ServingContext
 from oasis.serving.completions import CompletionService
@@ -18,3 +19,4 @@ class AppState:
     chat: ChatService
     completions: CompletionService
     keys: KeyStore | None = None
+    gateway: Gateway | None = None  # None with --no-auth: no keys, limits or metering

@@ -20,6 +20,8 @@ from oasis.engine.base import FinishEvent, GenerationRequest, TokenEvent, TokenL
 from oasis.errors import InvalidRequestError, UnsupportedParameterError
 from oasis.protocol.requests import ChatCompletionRequest, ChatMessage, TextPart
 from oasis.serving.common import (
+    NO_METER,
+    Meter,
     ServingContext,
     Target,
     check_context,
@@ -129,7 +131,7 @@ class ChatService:
         return engine.tokenize(text, add_special=add_special, parse_special=True)
 
     async def create(
-        self, req: ChatCompletionRequest
+        self, req: ChatCompletionRequest, meter: Meter = NO_METER
     ) -> ChatCompletion | AsyncIterator[ChatCompletionChunk]:
         target = self.ctx.target(req.model)
         refuse_unsupported(req.unsupported())
@@ -162,7 +164,10 @@ class ChatService:
             )
             for i in range(n)
         ]
+        # the rate limit reserves what the request may use: prompt + max_tokens per choice
+        await meter.admit(len(prompt), (max_tokens or 0) * n)
         handles = submit_all(engine, gens)
+        meter.track(handles)
         meta = {
             "id": new_id("chatcmpl"),
             "created": int(self.ctx.clock()),
@@ -173,14 +178,22 @@ class ChatService:
             meta["service_tier"] = "default"
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            return self._stream(handles, meta, n, len(prompt), logprobs is not None, include_usage)
-        return await self._complete(handles, meta, n, len(prompt), logprobs is not None)
+            return self._stream(
+                handles, meta, n, len(prompt), logprobs is not None, include_usage, meter
+            )
+        return await self._complete(handles, meta, n, len(prompt), logprobs is not None, meter)
 
     async def _complete(
-        self, handles: list[Any], meta: dict[str, Any], n: int, n_prompt: int, want_lp: bool
+        self,
+        handles: list[Any],
+        meta: dict[str, Any],
+        n: int,
+        n_prompt: int,
+        want_lp: bool,
+        meter: Meter,
     ) -> ChatCompletion:
         states = [_ChoiceState() for _ in range(n)]
-        async for i, ev in merge(handles):
+        async for i, ev in merge(handles, meter.first_token):
             st = states[i]
             if isinstance(ev, TokenEvent):
                 st.text.append(ev.text)
@@ -217,6 +230,7 @@ class ChatService:
         n_prompt: int,
         want_lp: bool,
         include_usage: bool,
+        meter: Meter,
     ) -> AsyncIterator[ChatCompletionChunk]:
         extra: dict[str, Any] = {"usage": None} if include_usage else {}
 
@@ -238,7 +252,7 @@ class ChatService:
             yield chunk(i, ChoiceDelta(role="assistant", content="", refusal=None))
         completion_tokens = 0
         cached = 0
-        async for i, ev in merge(handles):
+        async for i, ev in merge(handles, meter.first_token):
             if isinstance(ev, TokenEvent):
                 lps = [chat_logprob(ev.logprob)] if ev.logprob is not None else []
                 if ev.text or lps:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import hashlib
 import secrets
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from openai.types.completion_usage import CompletionUsage, PromptTokensDetails
 
@@ -24,6 +25,33 @@ from oasis.errors import (
     UnsupportedParameterError,
 )
 from oasis.models.registry import ModelRegistry, ModelSpec
+
+
+class Meter(Protocol):
+    """What the gateway needs from serving: the token counts to admit a request by (this may
+    raise a 429), the engine handles to bill, and when the first token came."""
+
+    async def admit(self, prompt_tokens: int, completion_tokens: int) -> None: ...
+
+    def track(self, handles: Sequence[RequestHandle]) -> None: ...
+
+    def first_token(self) -> None: ...
+
+
+class NoMeter:
+    """Serving without a gateway (``--no-auth``, unit tests)."""
+
+    async def admit(self, prompt_tokens: int, completion_tokens: int) -> None:
+        return None
+
+    def track(self, handles: Sequence[RequestHandle]) -> None:
+        return None
+
+    def first_token(self) -> None:
+        return None
+
+
+NO_METER = NoMeter()
 
 
 @dataclass

@@ -13,6 +13,8 @@ from oasis.engine.base import FinishEvent, GenerationRequest, TokenEvent, TokenL
 from oasis.errors import InvalidRequestError
 from oasis.protocol.requests import CompletionRequest
 from oasis.serving.common import (
+    NO_METER,
+    Meter,
     ServingContext,
     Target,
     check_context,
@@ -132,7 +134,9 @@ class CompletionService:
             out.append([t for t in tokens if isinstance(t, int)])
         return out
 
-    async def create(self, req: CompletionRequest) -> Completion | AsyncIterator[Completion]:
+    async def create(
+        self, req: CompletionRequest, meter: Meter = NO_METER
+    ) -> Completion | AsyncIterator[Completion]:
         target = self.ctx.target(req.model)
         refuse_unsupported(req.unsupported())
         engine = target.engine
@@ -196,7 +200,10 @@ class CompletionService:
                     )
                 )
         culprit = "best_of" if best_of > n else ("prompt" if len(prompts) > 1 else "n")
+        # the rate limit reserves what the request may use: prompts + max_tokens per sequence
+        await meter.admit(sum(len(p) for p in prompts), max_tokens * len(gens))
         handles = submit_all(engine, gens, param=culprit)
+        meter.track(handles)
         meta = {
             "id": new_id("cmpl"),
             "created": int(self.ctx.clock()),
@@ -205,8 +212,8 @@ class CompletionService:
         }
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            return self._stream(target, req, handles, seqs, meta, include_usage)
-        return await self._complete(target, req, handles, seqs, meta, n, best_of)
+            return self._stream(target, req, handles, seqs, meta, include_usage, meter)
+        return await self._complete(target, req, handles, seqs, meta, n, best_of, meter)
 
     def _echo_text(self, target: Target, tokens: list[int]) -> str:
         return target.engine.detokenize(tokens)
@@ -220,9 +227,10 @@ class CompletionService:
         meta: dict[str, Any],
         n: int,
         best_of: int,
+        meter: Meter,
     ) -> Completion:
         want_lp = req.logprobs is not None
-        async for i, ev in merge(handles):
+        async for i, ev in merge(handles, meter.first_token):
             s = seqs[i]
             if isinstance(ev, TokenEvent):
                 s.text.append(ev.text)
@@ -273,6 +281,7 @@ class CompletionService:
         seqs: list[_Seq],
         meta: dict[str, Any],
         include_usage: bool,
+        meter: Meter,
     ) -> AsyncIterator[Completion]:
         want_lp = req.logprobs is not None
 
@@ -290,7 +299,7 @@ class CompletionService:
         accs = [_LogprobAcc() for _ in seqs]  # text offsets run on across chunks
         completion_tokens = 0
         cached = 0
-        async for i, ev in merge(handles):
+        async for i, ev in merge(handles, meter.first_token):
             s = seqs[i]
             prefix = ""
             if req.echo and i not in echoed:

@@ -4,20 +4,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 
 from oasis.engine.base import Event, FinishEvent, RequestHandle
 
 
-async def merge(handles: Sequence[RequestHandle]) -> AsyncIterator[tuple[int, Event]]:
-    """Yield ``(choice index, event)`` in arrival order until every sequence finished.
+async def merge(
+    handles: Sequence[RequestHandle], on_first: Callable[[], None] | None = None
+) -> AsyncIterator[tuple[int, Event]]:
+    """Yield ``(choice index, event)`` in arrival order until every sequence finished;
+    ``on_first`` is called when the first event arrives (time to first token).
 
     Closing the iterator early (a client that went away) cancels every sequence.
     """
     if len(handles) == 1:
         # the common case: no pump task, no second queue
         try:
+            first = True
             async for ev in handles[0]:
+                if first and on_first is not None:
+                    on_first()
+                first = False
                 yield 0, ev
         finally:
             handles[0].cancel()
@@ -38,6 +45,9 @@ async def merge(handles: Sequence[RequestHandle]) -> AsyncIterator[tuple[int, Ev
             i, item = await q.get()
             if isinstance(item, BaseException):
                 raise item
+            if on_first is not None:
+                on_first()
+                on_first = None
             if isinstance(item, FinishEvent):
                 remaining -= 1
             yield i, item

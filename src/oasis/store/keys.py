@@ -15,6 +15,7 @@ import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
@@ -71,6 +72,11 @@ class KeyInfo:
     expires_at: datetime | None
     revoked_at: datetime | None
     last_used_at: datetime | None
+
+    @property
+    def public_id(self) -> str:
+        """The key's id in the admin and usage APIs; unlike the prefix it survives rotation."""
+        return f"key_{self.id}"
 
     def status(self, now: datetime) -> str:
         if self.revoked_at is not None:
@@ -136,7 +142,7 @@ class KeyStore:
             rpm=rpm,
             tpm=tpm,
             budget_usd=budget_usd,
-            budget_period_s=budget_period_s,
+            budget_period_s=budget_period_s or (30 * 86400 if budget_usd is not None else None),
             models=models or None,
             created_at=now,
             expires_at=now + timedelta(seconds=expires_in_s) if expires_in_s else None,
@@ -155,10 +161,20 @@ class KeyStore:
         with Session(self.engine) as s:
             return int(s.scalar(select(func.count()).select_from(ApiKey)) or 0)
 
-    def _row(self, s: Session, prefix: str) -> ApiKey:
-        row = s.scalar(select(ApiKey).where(ApiKey.prefix == prefix))
+    def _row(self, s: Session, ref: str) -> ApiKey:
+        """A key by its prefix (``sk-oasis-...``) or its id (``key_12``, stable across
+        rotations)."""
+        row = None
+        if ref.startswith("key_") and ref[4:].isdigit():
+            row = s.get(ApiKey, int(ref[4:]))
+        elif ref.startswith(SECRET_PREFIX):
+            row = s.scalar(select(ApiKey).where(ApiKey.prefix == ref[: len(SECRET_PREFIX) + 8]))
         if row is None:
-            raise KeyNotFoundError(f"No API key with prefix {prefix!r}.", param="prefix")
+            raise KeyNotFoundError(
+                f"No API key {ref!r}: name a key by its prefix (sk-oasis-XXXXXXXX) or its id "
+                "(key_12); `oasis keys list` shows both.",
+                param="key",
+            )
         return row
 
     def get(self, prefix: str) -> KeyInfo:
@@ -170,6 +186,23 @@ class KeyStore:
             row = self._row(s, prefix)
             if row.revoked_at is None:
                 row.revoked_at = self.clock()
+            return KeyInfo.of(row)
+
+    UPDATABLE = frozenset({"name", "rpm", "tpm", "budget_usd", "budget_period_s", "models"})
+
+    def update(self, ref: str, **changes: Any) -> KeyInfo:
+        """Change a key's name or limits; a limit given as None is removed."""
+        unknown = set(changes) - self.UPDATABLE
+        if unknown:
+            raise InvalidRequestError(f"Cannot change {sorted(unknown)} of a key.")
+        with Session(self.engine) as s, s.begin():
+            row = self._row(s, ref)
+            for field, value in changes.items():
+                if field == "name" and not value:
+                    continue
+                setattr(row, field, (value or None) if field == "models" else value)
+            if row.budget_usd is not None and row.budget_period_s is None:
+                row.budget_period_s = 30 * 86400
             return KeyInfo.of(row)
 
     def rotate(self, prefix: str) -> tuple[KeyInfo, str]:

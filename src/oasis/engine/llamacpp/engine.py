@@ -54,6 +54,9 @@ class LlamaHandle:
         self._queue: asyncio.Queue[Event | BaseException] = asyncio.Queue()
         self.cancelled = False
         self.done = False
+        # written by the engine thread, read for billing
+        self.generated = 0
+        self.cached_tokens = 0
 
     def _deliver(self, item: Event | BaseException) -> None:
         """Called on the engine thread: queued, handed to the event loop at the end of the step."""
@@ -375,7 +378,7 @@ class LlamaEngine:
         L.llama_memory_seq_rm(self._mem, slot.seq_id, reuse if reuse > 0 else -1, -1)
         slot.cached = []
         seq.n_past = reuse
-        seq.cached_tokens = reuse
+        seq.cached_tokens = seq.handle.cached_tokens = reuse
         if reuse > 0:
             self._stats.prefix_cache_hits_total += 1
             self._stats.cached_tokens_total += reuse
@@ -458,7 +461,7 @@ class LlamaEngine:
         self._copy_kv(leader.slot.seq_id, seq.slot.seq_id)
         seq.leader = None
         seq.n_past = len(seq.prompt)
-        seq.cached_tokens = leader.cached_tokens
+        seq.cached_tokens = seq.handle.cached_tokens = leader.cached_tokens
         if seq.handle.request.max_tokens == 0:
             self._finish(seq, "length", active)
             return
@@ -470,6 +473,7 @@ class LlamaEngine:
         req = seq.handle.request
         token = L.llama_sampler_sample(seq.sampler, self._ctx, index)
         seq.generated += 1
+        seq.handle.generated = seq.generated
         self._stats.generated_tokens_total += 1
         if model.is_eog(token):
             self._finish(seq, "stop", active)

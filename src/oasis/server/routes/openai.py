@@ -3,21 +3,26 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from openai.types import Model
 from pydantic import BaseModel
 
+from oasis.errors import OasisError
 from oasis.gateway.access import check_model, may_use
+from oasis.gateway.meter import Ticket
 from oasis.protocol.requests import ChatCompletionRequest, CompletionRequest
 from oasis.server.sse import dump, sse_events
 from oasis.server.state import AppState
 from oasis.server.validation import parse_json_body, validate
+from oasis.serving.common import Meter
 
 router = APIRouter()
 M = TypeVar("M", bound=BaseModel)
+R = TypeVar("R", bound=BaseModel, contravariant=True)
+CHAT, COMPLETIONS = "/v1/chat/completions", "/v1/completions"
 
 
 def _state(request: Request) -> AppState:
@@ -25,13 +30,15 @@ def _state(request: Request) -> AppState:
     return state
 
 
-def _respond(result: BaseModel | AsyncIterator[Any]) -> Response:
+def _respond(
+    result: BaseModel | AsyncIterator[Any], headers: dict[str, str] | None = None
+) -> Response:
     if isinstance(result, BaseModel):
-        return JSONResponse(dump(result))
+        return JSONResponse(dump(result), headers=headers)
     return StreamingResponse(
         sse_events(result),
         media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **(headers or {})},
     )
 
 
@@ -54,34 +61,64 @@ async def get_model(model: str, request: Request) -> JSONResponse:
     return JSONResponse(_model(model, _state(request)))
 
 
-async def _parse(request: Request, model: type[M], engine: str | None = None) -> M:
+async def _parse(request: Request, model: type[M], engine: str | None, ticket: Ticket | None) -> M:
     body = parse_json_body(await request.body())
     if engine is not None:
         body.setdefault("model", engine)  # the legacy /v1/engines/{engine}/... paths
+    if ticket is not None and isinstance(body.get("model"), str):
+        ticket.target(body["model"])
     parsed = validate(model, body)
-    check_model(request.state.api_key, str(getattr(parsed, "model", "")))
+    name = str(getattr(parsed, "model", ""))
+    check_model(request.state.api_key, name)
+    if ticket is not None:
+        ticket.target(name, _state(request).serving.registry.resolve(name).id)
     return parsed
+
+
+class _Service(Protocol[R]):
+    async def create(self, req: R, meter: Meter = ...) -> BaseModel | AsyncIterator[Any]: ...
+
+
+async def _generate(
+    request: Request, kind: type[M], service: _Service[M], endpoint: str, engine: str | None = None
+) -> Response:
+    """Parse, run and (through the gateway) meter one completion request."""
+    gateway = _state(request).gateway
+    if gateway is None:
+        return _respond(await service.create(await _parse(request, kind, engine, None)))
+    ticket = gateway.ticket(request.state.api_key, endpoint)
+    try:
+        result = await service.create(await _parse(request, kind, engine, ticket), ticket)
+    except OasisError as exc:
+        exc.headers = {**(await ticket.headers()), **exc.headers}
+        await ticket.finish(exc.status)
+        raise
+    except BaseException:
+        await ticket.finish(500)
+        raise
+    headers = await ticket.headers()
+    if isinstance(result, BaseModel):
+        await ticket.finish(200, disconnected=await request.is_disconnected())
+        return _respond(result, headers)
+    return _respond(ticket.metered(result), headers)
 
 
 @router.post("/v1/chat/completions")
 async def chat_completions(request: Request) -> Response:
-    req = await _parse(request, ChatCompletionRequest)
-    return _respond(await _state(request).chat.create(req))
+    return await _generate(request, ChatCompletionRequest, _state(request).chat, CHAT)
 
 
 @router.post("/v1/engines/{engine}/chat/completions")
 async def engine_chat_completions(engine: str, request: Request) -> Response:
-    req = await _parse(request, ChatCompletionRequest, engine)
-    return _respond(await _state(request).chat.create(req))
+    return await _generate(request, ChatCompletionRequest, _state(request).chat, CHAT, engine)
 
 
 @router.post("/v1/completions")
 async def completions(request: Request) -> Response:
-    req = await _parse(request, CompletionRequest)
-    return _respond(await _state(request).completions.create(req))
+    return await _generate(request, CompletionRequest, _state(request).completions, COMPLETIONS)
 
 
 @router.post("/v1/engines/{engine}/completions")
 async def engine_completions(engine: str, request: Request) -> Response:
-    req = await _parse(request, CompletionRequest, engine)
-    return _respond(await _state(request).completions.create(req))
+    state = _state(request)
+    return await _generate(request, CompletionRequest, state.completions, COMPLETIONS, engine)

@@ -1,0 +1,354 @@
+"""Per-key rate limits (requests and tokens per minute) and budget spend counters.
+
+Limits are token buckets, as OpenAI describes its own: a bucket holds at most ``limit`` and
+refills continuously at ``limit`` per minute, so a key that stayed idle may burst up to its limit
+and then runs at the refill rate. A request takes one request and ``prompt + max_tokens`` tokens
+up front; when it finishes the difference to what it really used is given back (or charged).
+
+``MemoryLimiter`` serves one process. ``RedisLimiter`` keeps the same buckets in Redis, updated by
+one Lua script per call, so any number of replicas share one limit atomically; the script reads
+Redis's own clock, so replicas' clocks do not matter.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from oasis.errors import OasisError
+
+
+@dataclass(frozen=True)
+class Limits:
+    """A key's limits; None means unlimited."""
+
+    rpm: int | None = None
+    tpm: int | None = None
+
+    @property
+    def any(self) -> bool:
+        return bool(self.rpm or self.tpm)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The buckets after a call. ``allowed`` is False when the request must wait ``retry_after``
+    seconds (or can never pass: ``too_large``)."""
+
+    limits: Limits
+    requests_left: float
+    tokens_left: float
+    allowed: bool = True
+    retry_after: float = 0.0
+    blocked_by: str | None = None  # "requests" or "tokens"
+    too_large: bool = False
+
+    def headers(self) -> dict[str, str]:
+        """OpenAI's x-ratelimit-* headers, for the limits the key has."""
+        out: dict[str, str] = {}
+        for kind, limit, left in (
+            ("requests", self.limits.rpm, self.requests_left),
+            ("tokens", self.limits.tpm, self.tokens_left),
+        ):
+            if not limit:
+                continue
+            remaining = max(0, math.floor(left))
+            out[f"x-ratelimit-limit-{kind}"] = str(limit)
+            out[f"x-ratelimit-remaining-{kind}"] = str(remaining)
+            # time until the bucket is full again
+            out[f"x-ratelimit-reset-{kind}"] = go_duration(max(0.0, limit - left) * 60 / limit)
+        return out
+
+
+def go_duration(seconds: float) -> str:
+    """A duration the way OpenAI writes it (Go's format): ``20ms``, ``1.5s``, ``6m0s``."""
+    ms = max(0, math.ceil(round(seconds * 1000, 6)))  # rounded first: 0.6 s is 600 ms, not 601
+    if ms < 1000:
+        return f"{ms}ms"
+    seconds = ms / 1000
+    minutes, secs = divmod(seconds, 60)
+    hours, minutes = divmod(int(minutes), 60)
+    text = f"{secs:.3f}".rstrip("0").rstrip(".") + "s"
+    if hours:
+        return f"{hours}h{minutes}m{text}"
+    if minutes:
+        return f"{minutes}m{text}"
+    return text
+
+
+class RateLimitError(OasisError):
+    """429: over the key's requests or tokens per minute. The body's ``type`` names the limit
+    (``requests`` or ``tokens``), as OpenAI's does."""
+
+    status = 429
+    error_type = "requests"
+    default_code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, *, kind: str, headers: dict[str, str]) -> None:
+        super().__init__(message, headers=headers)
+        self.kind = kind
+
+    def to_dict(self) -> dict[str, Any]:
+        body = super().to_dict()
+        body["error"]["type"] = self.kind
+        return body
+
+    @classmethod
+    def of(cls, decision: Decision, model: str, key_name: str) -> RateLimitError:
+        limits = decision.limits
+        headers = decision.headers()
+        if decision.too_large:
+            headers["x-should-retry"] = "false"
+            return cls(
+                f"Request too large for {model} on key {key_name!r}: limit {limits.tpm} tokens "
+                f"per minute, requested {int(decision.retry_after)} (prompt + max_tokens). Use a "
+                "shorter prompt or a smaller max_tokens.",
+                kind="tokens",
+                headers=headers,
+            )
+        kind = decision.blocked_by or "requests"
+        limit = limits.rpm if kind == "requests" else limits.tpm
+        wait = decision.retry_after
+        headers["retry-after"] = str(max(1, math.ceil(wait)))
+        headers["retry-after-ms"] = str(max(1, math.ceil(round(wait * 1000, 6))))
+        return cls(
+            f"Rate limit reached for {model} on key {key_name!r} on {kind} per minute: "
+            f"limit {limit}. Please try again in {go_duration(wait)}.",
+            kind=kind,
+            headers=headers,
+        )
+
+
+class QuotaExceededError(OasisError):
+    """429: the key spent its budget for the current period."""
+
+    status = 429
+    error_type = "insufficient_quota"
+    default_code = "insufficient_quota"
+
+
+class Limiter(Protocol):
+    async def acquire(self, key: str, limits: Limits, tokens: int) -> Decision:
+        """Take one request and ``tokens`` tokens if both buckets allow, else take nothing."""
+        ...
+
+    async def adjust(self, key: str, limits: Limits, tokens: int) -> None:
+        """Charge ``tokens`` more (or give back, if negative) once the real count is known."""
+        ...
+
+    async def peek(self, key: str, limits: Limits) -> Decision: ...
+
+    async def spend(self, key: str, window_end: float, load: Callable[[], float]) -> float:
+        """USD spent in the budget window ending at ``window_end``; ``load`` sums the ledger
+        when the counter is not held yet (it runs in a worker thread)."""
+        ...
+
+    async def add_spend(self, key: str, window_end: float, usd: float) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+def _refill(level: float | None, ts: float, now: float, cap: int) -> float:
+    if level is None:
+        return float(cap)
+    return min(float(cap), level + (now - ts) * cap / 60.0)
+
+
+class MemoryLimiter:
+    """Buckets in this process's memory."""
+
+    def __init__(
+        self,
+        clock: Callable[[], float] = time.monotonic,
+        run_sync: Callable[[Callable[[], float]], Awaitable[float]] | None = None,
+    ) -> None:
+        self.clock = clock
+        self._buckets: dict[str, tuple[float, float, float, float]] = {}
+        self._spend: dict[tuple[str, float], float] = {}
+        self._run_sync = run_sync
+
+    def _levels(self, key: str, limits: Limits, now: float) -> tuple[float, float]:
+        r, rt, t, tt = self._buckets.get(key, (math.nan, 0.0, math.nan, 0.0))
+        req = _refill(None if math.isnan(r) else r, rt, now, limits.rpm or 0)
+        tok = _refill(None if math.isnan(t) else t, tt, now, limits.tpm or 0)
+        return req, tok
+
+    async def acquire(self, key: str, limits: Limits, tokens: int) -> Decision:
+        now = self.clock()
+        req, tok = self._levels(key, limits, now)
+        decision = decide(limits, req, tok, tokens)
+        if decision.allowed:
+            self._buckets[key] = (decision.requests_left, now, decision.tokens_left, now)
+        return decision
+
+    async def adjust(self, key: str, limits: Limits, tokens: int) -> None:
+        if not limits.tpm or not tokens:
+            return
+        now = self.clock()
+        req, tok = self._levels(key, limits, now)
+        self._buckets[key] = (req, now, min(float(limits.tpm), tok - tokens), now)
+
+    async def peek(self, key: str, limits: Limits) -> Decision:
+        req, tok = self._levels(key, limits, self.clock())
+        return Decision(limits, req, tok)
+
+    async def spend(self, key: str, window_end: float, load: Callable[[], float]) -> float:
+        slot = (key, window_end)
+        if slot not in self._spend:
+            value = await self._run_sync(load) if self._run_sync else load()
+            self._spend.setdefault(slot, value)
+        return self._spend[slot]
+
+    async def add_spend(self, key: str, window_end: float, usd: float) -> None:
+        slot = (key, window_end)
+        if slot in self._spend:
+            self._spend[slot] += usd
+
+    async def close(self) -> None:
+        pass
+
+
+def decide(limits: Limits, requests: float, tokens_level: float, tokens: int) -> Decision:
+    """The acquire rule, shared with the Redis script's Python twin in tests."""
+    wait = 0.0
+    blocked: str | None = None
+    if limits.tpm and tokens > limits.tpm:
+        return Decision(limits, requests, tokens_level, False, float(tokens), "tokens", True)
+    if limits.rpm and requests < 1:
+        wait, blocked = (1 - requests) * 60 / limits.rpm, "requests"
+    if limits.tpm and tokens_level < tokens:
+        t_wait = (tokens - tokens_level) * 60 / limits.tpm
+        if t_wait > wait:
+            wait, blocked = t_wait, "tokens"
+    if blocked:
+        return Decision(limits, requests, tokens_level, False, wait, blocked)
+    return Decision(
+        limits,
+        requests - 1 if limits.rpm else requests,
+        tokens_level - tokens if limits.tpm else tokens_level,
+    )
+
+
+# KEYS[1]: the key's bucket hash. ARGV: rpm, tpm, tokens, mode (acquire | adjust | peek).
+# Returns {allowed, requests_left, tokens_left, retry_after, blocked_by, too_large} as strings.
+_BUCKET_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local rpm = tonumber(ARGV[1])
+local tpm = tonumber(ARGV[2])
+local cost = tonumber(ARGV[3])
+local mode = ARGV[4]
+local h = redis.call('HMGET', KEYS[1], 'r', 'rt', 't', 'tt')
+local function level(v, ts, cap)
+  if not v then return cap end
+  local l = tonumber(v) + (now - tonumber(ts)) * cap / 60
+  if l > cap then return cap end
+  return l
+end
+local r = level(h[1], h[2], rpm)
+local tk = level(h[3], h[4], tpm)
+local allowed, wait, blocked, large = 1, 0, '', 0
+if mode == 'acquire' then
+  if tpm > 0 and cost > tpm then
+    allowed, wait, blocked, large = 0, cost, 'tokens', 1
+  else
+    if rpm > 0 and r < 1 then
+      allowed, wait, blocked = 0, (1 - r) * 60 / rpm, 'requests'
+    end
+    if tpm > 0 and tk < cost then
+      local tw = (cost - tk) * 60 / tpm
+      if tw > wait then wait = tw; blocked = 'tokens' end
+      allowed = 0
+    end
+    if allowed == 1 then
+      if rpm > 0 then r = r - 1 end
+      if tpm > 0 then tk = tk - cost end
+    end
+  end
+elseif mode == 'adjust' then
+  if tpm > 0 then
+    tk = tk - cost
+    if tk > tpm then tk = tpm end
+  end
+end
+if mode ~= 'peek' and allowed == 1 then
+  redis.call('HSET', KEYS[1], 'r', tostring(r), 'rt', tostring(now), 't', tostring(tk),
+             'tt', tostring(now))
+  redis.call('EXPIRE', KEYS[1], 120)
+end
+return {tostring(allowed), tostring(r), tostring(tk), tostring(wait), blocked, tostring(large)}
+"""
+
+# KEYS[1]: a spend counter. ARGV: usd. Adds only to a counter that was loaded from the ledger.
+_ADD_SPEND_LUA = """
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  return redis.call('INCRBYFLOAT', KEYS[1], ARGV[1])
+end
+return false
+"""
+
+
+class RedisLimiter:
+    """The same buckets in Redis, shared by every replica using the same ``OASIS_REDIS_URL``."""
+
+    def __init__(
+        self,
+        url: str,
+        prefix: str = "oasis",
+        run_sync: Callable[[Callable[[], float]], Awaitable[float]] | None = None,
+    ) -> None:
+        import redis.asyncio as aioredis
+
+        self.redis: Any = aioredis.Redis.from_url(url)
+        self.prefix = prefix
+        self._bucket = self.redis.register_script(_BUCKET_LUA)
+        self._add_spend = self.redis.register_script(_ADD_SPEND_LUA)
+        self._run_sync = run_sync
+
+    async def _call(self, key: str, limits: Limits, tokens: int, mode: str) -> Decision:
+        raw = await self._bucket(
+            keys=[f"{self.prefix}:rl:{key}"],
+            args=[limits.rpm or 0, limits.tpm or 0, tokens, mode],
+        )
+        allowed, req, tok, wait, blocked, large = (
+            v.decode() if isinstance(v, bytes) else str(v) for v in raw
+        )
+        return Decision(
+            limits,
+            float(req),
+            float(tok),
+            allowed == "1",
+            float(wait),
+            blocked or None,
+            large == "1",
+        )
+
+    async def acquire(self, key: str, limits: Limits, tokens: int) -> Decision:
+        return await self._call(key, limits, tokens, "acquire")
+
+    async def adjust(self, key: str, limits: Limits, tokens: int) -> None:
+        if limits.tpm and tokens:
+            await self._call(key, limits, tokens, "adjust")
+
+    async def peek(self, key: str, limits: Limits) -> Decision:
+        return await self._call(key, limits, 0, "peek")
+
+    async def spend(self, key: str, window_end: float, load: Callable[[], float]) -> float:
+        name = f"{self.prefix}:spend:{key}:{int(window_end)}"
+        value = await self.redis.get(name)
+        if value is None:
+            loaded = await self._run_sync(load) if self._run_sync else load()
+            ttl = max(1, int(window_end - time.time()) + 60)
+            await self.redis.set(name, repr(loaded), nx=True, ex=ttl)
+            value = await self.redis.get(name)
+        return float(value or 0.0)
+
+    async def add_spend(self, key: str, window_end: float, usd: float) -> None:
+        if usd:
+            await self._add_spend(keys=[f"{self.prefix}:spend:{key}:{int(window_end)}"], args=[usd])
+
+    async def close(self) -> None:
+        await self.redis.aclose()

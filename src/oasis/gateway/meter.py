@@ -1,0 +1,244 @@
+"""The gateway: who is calling (a short-lived key cache over the key store), may they (rate limits
+and budget), and what did it cost (one usage record per request).
+
+Each metered request gets a ``Ticket``. Serving calls ``admit`` once the prompt is tokenized
+(this is where a 429 comes from), ``track`` with the engine handles, and ``first_token``; the
+route calls ``finish`` when the response is complete, failed or abandoned. Tokens are read from
+the engine's handles, so a stream without include_usage, or one the client abandoned, is billed
+for what was generated.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+import uuid
+from collections.abc import AsyncIterator, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import anyio
+from anyio import to_thread
+
+from oasis.engine.base import RequestHandle
+from oasis.gateway.limits import Limiter, Limits, QuotaExceededError, RateLimitError
+from oasis.gateway.usage import Ledger, Price
+from oasis.store.keys import KeyInfo, KeyStore
+from oasis.store.usage import Usage, UsageStore
+
+T = TypeVar("T")
+
+
+class KeyCache:
+    """Verified keys for ``ttl`` seconds, so the hot path skips the database. A key revoked
+    through this process's admin API stops at once; one revoked elsewhere (the CLI, another
+    replica) within ``ttl`` seconds."""
+
+    def __init__(self, store: KeyStore, ttl: float, clock: Any = time.monotonic) -> None:
+        self.store = store
+        self.ttl = ttl
+        self.clock = clock
+        self._cache: dict[str, tuple[KeyInfo, float]] = {}
+
+    async def verify(self, token: str) -> KeyInfo | None:
+        digest = hashlib.sha256(token.encode()).hexdigest()
+        now = self.clock()
+        hit = self._cache.get(digest)
+        if hit is not None and now - hit[1] < self.ttl:
+            info = hit[0]
+            if info.expires_at is None or info.expires_at > datetime.now(UTC):
+                return info
+        found: KeyInfo | None = await to_thread.run_sync(self.store.verify, token)
+        if found is None:
+            self._cache.pop(digest, None)
+            return None
+        if len(self._cache) >= 10_000:
+            self._cache.clear()
+        if self.ttl > 0:
+            self._cache[digest] = (found, now)
+        return found
+
+    def invalidate(self) -> None:
+        self._cache.clear()
+
+
+def budget_window(key: KeyInfo, now: float) -> tuple[float, float]:
+    """The key's current budget period: windows of ``budget_period_s`` from its creation."""
+    period = float(key.budget_period_s or 30 * 86400)
+    created = key.created_at.timestamp()
+    start = created + math.floor(max(0.0, now - created) / period) * period
+    return start, start + period
+
+
+class Gateway:
+    def __init__(
+        self,
+        keys: KeyStore,
+        usage: UsageStore,
+        ledger: Ledger,
+        limiter: Limiter,
+        *,
+        prices: Mapping[str, Price] | None = None,
+        key_cache_seconds: float = 1.0,
+    ) -> None:
+        self.keys = keys
+        self.key_cache = KeyCache(keys, key_cache_seconds)
+        self.usage = usage
+        self.ledger = ledger
+        self.limiter = limiter
+        self.prices = dict(prices or {})
+
+    def price(self, *names: str) -> Price:
+        for name in (*names, "*"):
+            if name in self.prices:
+                return self.prices[name]
+        return Price()
+
+    def ticket(self, key: KeyInfo | None, endpoint: str) -> Ticket:
+        return Ticket(self, key, endpoint)
+
+    async def spend(self, key: KeyInfo, now: float | None = None) -> float:
+        """USD the key spent in its current budget period."""
+        start, end = budget_window(key, time.time() if now is None else now)
+        return await self.limiter.spend(
+            str(key.id), end, lambda: self.usage.spend(key.id, int(start))
+        )
+
+    async def start(self) -> None:
+        await self.ledger.start()
+
+    async def close(self) -> None:
+        await self.ledger.close()
+        await self.limiter.close()
+
+
+class Ticket:
+    """One metered request."""
+
+    def __init__(self, gateway: Gateway, key: KeyInfo | None, endpoint: str) -> None:
+        self.gateway = gateway
+        self.key = key
+        self.endpoint = endpoint
+        self.model = ""
+        self.price_names: tuple[str, ...] = ()
+        self.request_id = uuid.uuid4().hex
+        self.created = time.time()
+        self._t0 = time.perf_counter()
+        self._ttft: float | None = None
+        self._handles: Sequence[RequestHandle] = ()
+        self._prompt_tokens = 0
+        self._reserved = 0
+        self._limits = Limits(key.rpm, key.tpm) if key is not None else Limits()
+        self._decision_headers: dict[str, str] | None = None
+        self.finished = False
+
+    def target(self, model: str, *price_names: str) -> None:
+        """The model asked for (recorded) and the names its price may be listed under."""
+        self.model = model
+        self.price_names = (model, *price_names)
+
+    # -- called by serving -------------------------------------------------------------------
+    async def admit(self, prompt_tokens: int, completion_tokens: int) -> None:
+        """Check the budget and take from the rate limits, or raise a 429."""
+        self._prompt_tokens = prompt_tokens
+        key = self.key
+        if key is None:
+            return
+        gw = self.gateway
+        if key.budget_usd is not None:
+            spent = await gw.spend(key)
+            if spent >= key.budget_usd:
+                _, end = budget_window(key, time.time())
+                raise QuotaExceededError(
+                    f"You exceeded your current quota: key {key.name!r} spent "
+                    f"${spent:.4f} of its ${key.budget_usd:g} budget for this period, which "
+                    f"renews at {datetime.fromtimestamp(end, UTC):%Y-%m-%d %H:%M} UTC. Ask an "
+                    "admin to raise the budget or use another key.",
+                    headers={"x-should-retry": "false"},
+                )
+        if not self._limits.any:
+            return
+        tokens = prompt_tokens + completion_tokens
+        decision = await gw.limiter.acquire(str(key.id), self._limits, tokens)
+        self._decision_headers = decision.headers()
+        if not decision.allowed:
+            raise RateLimitError.of(decision, self.model, key.name)
+        self._reserved = tokens
+
+    def track(self, handles: Sequence[RequestHandle]) -> None:
+        self._handles = handles
+
+    def first_token(self) -> None:
+        if self._ttft is None:
+            self._ttft = time.perf_counter() - self._t0
+
+    # -- called by the route -----------------------------------------------------------------
+    async def headers(self) -> dict[str, str]:
+        """x-ratelimit-* for this response (read without taking if the request was not
+        admitted)."""
+        if not self._limits.any or self.key is None:
+            return {}
+        if self._decision_headers is None:
+            d = await self.gateway.limiter.peek(str(self.key.id), self._limits)
+            self._decision_headers = d.headers()
+        return self._decision_headers
+
+    async def finish(self, status: int, *, disconnected: bool = False) -> None:
+        """Record the request (once) and settle its reservation and spend."""
+        if self.finished:
+            return
+        self.finished = True
+        with anyio.CancelScope(shield=True):
+            await self._settle(status, disconnected)
+
+    async def _settle(self, status: int, disconnected: bool) -> None:
+        gw = self.gateway
+        handles = self._handles
+        completion = sum(h.generated for h in handles)
+        cached = max((h.cached_tokens for h in handles), default=0)
+        prompt = self._prompt_tokens if handles else 0
+        cost = gw.price(*self.price_names).cost(prompt, cached, completion)
+        key = self.key
+        gw.ledger.record(
+            Usage(
+                request_id=self.request_id,
+                created_at=int(self.created),
+                key_id=key.id if key is not None else None,
+                model=self.model,
+                endpoint=self.endpoint,
+                prompt_tokens=prompt,
+                cached_tokens=cached,
+                completion_tokens=completion,
+                cost_usd=cost,
+                latency_ms=(time.perf_counter() - self._t0) * 1000,
+                ttft_ms=None if self._ttft is None else self._ttft * 1000,
+                status=status,
+                disconnected=disconnected,
+            )
+        )
+        if key is None:
+            return
+        if self._reserved and self._limits.tpm:
+            await gw.limiter.adjust(str(key.id), self._limits, prompt + completion - self._reserved)
+        if key.budget_usd is not None and cost:
+            _, end = budget_window(key, self.created)
+            await gw.limiter.add_spend(str(key.id), end, cost)
+
+    async def metered(self, chunks: AsyncIterator[T]) -> AsyncIterator[T]:
+        """A response stream that records the request when it ends: completed, failed, or
+        abandoned by the client."""
+        status, disconnected = 200, True
+        try:
+            async for chunk in chunks:
+                yield chunk
+            disconnected = False
+        except Exception as exc:
+            status, disconnected = getattr(exc, "status", 500), False
+            raise
+        finally:
+            aclose = getattr(chunks, "aclose", None)
+            if aclose is not None:
+                with anyio.CancelScope(shield=True):
+                    await aclose()  # cancel the engine work first: its token count is final
+            await self.finish(status, disconnected=disconnected)

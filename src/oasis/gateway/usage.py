@@ -1,0 +1,161 @@
+"""The usage ledger: every metered request becomes one record, and none is lost.
+
+``record`` appends the record to this process's journal (one ``write`` of one JSON line, so once
+it returns the line survives the process being killed) before the response completes; a
+background task moves journaled records into the database in batches, and empties the journal
+when everything in it is stored. At start-up, journals left by processes that died (found by
+their released file lock) are replayed into the database; records carry a unique request id, so
+replaying one that was already stored is harmless.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from anyio import to_thread
+
+from oasis.store.usage import Usage, UsageStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Price:
+    """USD per million tokens."""
+
+    input: float = 0.0
+    output: float = 0.0
+    cached_input: float | None = None  # default: the input price
+
+    def cost(self, prompt: int, cached: int, completion: int) -> float:
+        cached_price = self.input if self.cached_input is None else self.cached_input
+        return (
+            (prompt - cached) * self.input + cached * cached_price + completion * self.output
+        ) / 1e6
+
+
+class Ledger:
+    """Journal + database writer for usage records."""
+
+    def __init__(
+        self, store: UsageStore, journal_dir: Path, *, flush_interval: float = 0.2
+    ) -> None:
+        self.store = store
+        self.journal_dir = journal_dir
+        self.flush_interval = flush_interval
+        self._pending: list[Usage] = []
+        self._fd: int | None = None
+        self._path: Path | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        self.written = 0  # records stored in the database by this process
+
+    # -- start-up ----------------------------------------------------------------------------
+    def replay(self) -> int:
+        """Store the records of journals whose process is gone; returns how many were new."""
+        self.journal_dir.mkdir(parents=True, exist_ok=True)
+        added = 0
+        for path in sorted(self.journal_dir.glob("usage-*.jsonl")):
+            try:
+                fd = os.open(path, os.O_RDWR)
+            except FileNotFoundError:
+                continue
+            try:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue  # a live process owns it
+                records = list(_read_journal(path))
+                added += self.store.add(records)
+                path.unlink()
+                if records:
+                    log.info("replayed %d usage records from %s", len(records), path.name)
+            finally:
+                os.close(fd)
+        return added
+
+    def open(self) -> None:
+        """Replay orphans, then open (and lock) this process's own journal."""
+        self.replay()
+        self._path = self.journal_dir / f"usage-{os.getpid()}-{uuid.uuid4().hex[:8]}.jsonl"
+        self._fd = os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+    async def start(self) -> None:
+        if self._fd is None:
+            await to_thread.run_sync(self.open)
+        self._task = asyncio.create_task(self._run(), name="oasis-usage-ledger")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        with contextlib.suppress(Exception):
+            await self.flush()
+        if self._fd is not None:
+            if not self._pending and self._path is not None:
+                self._path.unlink(missing_ok=True)
+            os.close(self._fd)
+            self._fd = None
+
+    # -- the hot path ------------------------------------------------------------------------
+    def record(self, usage: Usage) -> None:
+        """Journal a record (durable once this returns) and queue it for the database."""
+        if self._fd is not None:
+            line = json.dumps(usage.to_json(), separators=(",", ":")) + "\n"
+            os.write(self._fd, line.encode())
+        self._pending.append(usage)
+        if len(self._pending) >= 256:
+            self._wake.set()
+
+    # -- background --------------------------------------------------------------------------
+    async def flush(self) -> int:
+        """Store the queued records; empty the journal when all of it is stored."""
+        if not self._pending:
+            return 0
+        batch, self._pending = self._pending, []
+        try:
+            added = await to_thread.run_sync(self.store.add, batch)
+        except BaseException:
+            self._pending[:0] = batch  # still in the journal; try again next time
+            raise
+        self.written += len(batch)
+        if not self._pending and self._fd is not None:
+            os.ftruncate(self._fd, 0)  # everything journaled so far is in the database
+        return added
+
+    async def _run(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.flush_interval)
+            self._wake.clear()
+            try:
+                await self.flush()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("could not store usage records; they stay in the journal")
+                await asyncio.sleep(1.0)
+
+
+def _read_journal(path: Path) -> list[Usage]:
+    out: list[Usage] = []
+    with path.open("rb") as f:
+        for raw in f:
+            if not raw.endswith(b"\n"):
+                continue  # a line torn by a crash mid-write was never acknowledged
+            try:
+                out.append(Usage.from_json(json.loads(raw)))
+            except (ValueError, TypeError):
+                log.warning("skipping an unreadable line in %s", path.name)
+    return out

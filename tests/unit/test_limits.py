@@ -1,0 +1,142 @@
+"""Token buckets in memory and in the real Redis: the same rules, shared across instances."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+
+from oasis.gateway.limits import (
+    Decision,
+    Limiter,
+    Limits,
+    MemoryLimiter,
+    RateLimitError,
+    RedisLimiter,
+    go_duration,
+)
+
+REDIS = "redis://127.0.0.1:6379/0"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_go_duration_matches_openais_format() -> None:
+    assert go_duration(0.0172) == "18ms"
+    assert go_duration(1) == "1s"
+    assert go_duration(1.5) == "1.5s"
+    assert go_duration(60) == "1m0s"
+    assert go_duration(366.2) == "6m6.2s"
+    assert go_duration(3725) == "1h2m5s"
+
+
+def test_memory_bucket_refills_continuously() -> None:
+    async def run() -> None:
+        clock = Clock()
+        lim = MemoryLimiter(clock=clock)
+        limits = Limits(rpm=2, tpm=100)
+        d = await lim.acquire("k", limits, 60)
+        assert d.allowed and d.requests_left == 1 and d.tokens_left == 40
+        d = await lim.acquire("k", limits, 50)  # 40 tokens left: wait for 10 more
+        assert not d.allowed and d.blocked_by == "tokens"
+        assert d.retry_after == pytest.approx(6.0)  # 10 tokens at 100/min
+        clock.now += 6
+        d = await lim.acquire("k", limits, 50)
+        assert d.allowed and d.tokens_left == pytest.approx(0)
+        d = await lim.acquire("k", limits, 1)
+        assert not d.allowed and d.blocked_by == "requests"
+        assert d.retry_after == pytest.approx(30 - 6)  # one request back every 30 s
+        # a finished request gives back what it reserved and did not use
+        await lim.adjust("k", limits, -30)
+        assert (await lim.peek("k", limits)).tokens_left == pytest.approx(30)
+        # never more than the limit
+        clock.now += 3600
+        peek = await lim.peek("k", limits)
+        assert peek.requests_left == 2 and peek.tokens_left == 100
+        too_big = await lim.acquire("k", limits, 101)
+        assert not too_big.allowed and too_big.too_large
+
+    asyncio.run(run())
+
+
+def test_headers_and_error_body() -> None:
+    d = Decision(Limits(rpm=60, tpm=1000), requests_left=59.4, tokens_left=250.0)
+    assert d.headers() == {
+        "x-ratelimit-limit-requests": "60",
+        "x-ratelimit-remaining-requests": "59",
+        "x-ratelimit-reset-requests": "600ms",
+        "x-ratelimit-limit-tokens": "1000",
+        "x-ratelimit-remaining-tokens": "250",
+        "x-ratelimit-reset-tokens": "45s",
+    }
+    blocked = Decision(Limits(tpm=1000), 0, 10.0, False, 2.5, "tokens")
+    err = RateLimitError.of(blocked, "gpt-4o", "alice")
+    body = err.to_dict()["error"]
+    assert body["type"] == "tokens" and body["code"] == "rate_limit_exceeded"
+    assert "tokens per minute" in body["message"] and "2.5s" in body["message"]
+    assert err.status == 429 and err.headers["retry-after"] == "3"
+    assert err.headers["retry-after-ms"] == "2500"
+
+
+@pytest.fixture
+async def redis_pair() -> AsyncIterator[tuple[Limiter, Limiter]]:
+    prefix = f"oasis-test-{uuid.uuid4().hex[:8]}"
+    a, b = RedisLimiter(REDIS, prefix=prefix), RedisLimiter(REDIS, prefix=prefix)
+    yield a, b
+    keys = await a.redis.keys(f"{prefix}:*")  # type: ignore[attr-defined]
+    if keys:
+        await a.redis.delete(*keys)  # type: ignore[attr-defined]
+    await a.close()
+    await b.close()
+
+
+@pytest.mark.anyio
+async def test_redis_replicas_share_one_limit(redis_pair: tuple[Limiter, Limiter]) -> None:
+    a, b = redis_pair
+    limits = Limits(rpm=10, tpm=1000)
+    # 40 concurrent acquires through two clients: exactly 10 pass
+    results = await asyncio.gather(*[(a if i % 2 else b).acquire("k1", limits, 10)
+                                     for i in range(40)])
+    assert sum(d.allowed for d in results) == 10
+    refused = [d for d in results if not d.allowed]
+    assert all(d.blocked_by == "requests" and 0 < d.retry_after <= 6.1 for d in refused)
+    peek = await b.peek("k1", limits)
+    assert peek.requests_left < 1 and peek.tokens_left == pytest.approx(900, abs=5)
+    await a.adjust("k1", limits, -50)
+    assert (await b.peek("k1", limits)).tokens_left == pytest.approx(950, abs=5)
+    big = await a.acquire("k2", limits, 1001)
+    assert not big.allowed and big.too_large
+    # an unknown key starts full
+    fresh = await b.peek("k3", limits)
+    assert fresh.requests_left == 10 and fresh.tokens_left == 1000
+
+
+@pytest.mark.anyio
+async def test_spend_counters_load_once_then_add(redis_pair: tuple[Limiter, Limiter]) -> None:
+    a, b = redis_pair
+    loads = []
+
+    def load() -> float:
+        loads.append(1)
+        return 1.5
+
+    assert await a.spend("k", 2e9, load) == 1.5
+    await b.add_spend("k", 2e9, 0.25)
+    assert await b.spend("k", 2e9, load) == 1.75
+    assert len(loads) == 1  # loaded from the ledger once, then kept in Redis
+    # adding to a counter nobody loaded does nothing: the ledger stays the truth
+    await a.add_spend("other", 2e9, 5.0)
+    assert await a.spend("other", 2e9, lambda: 0.0) == 0.0
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
