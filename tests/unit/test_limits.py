@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from oasis.gateway.limits import (
+    Budget,
     Decision,
     Limiter,
     Limits,
@@ -55,7 +56,7 @@ def test_memory_bucket_refills_continuously() -> None:
         assert not d.allowed and d.blocked_by == "requests"
         assert d.retry_after == pytest.approx(30 - 6)  # one request back every 30 s
         # a finished request gives back what it reserved and did not use
-        await lim.adjust("k", limits, -30)
+        await lim.settle("k", limits, -30, None, 0.0)
         assert (await lim.peek("k", limits)).tokens_left == pytest.approx(30)
         # never more than the limit
         clock.now += 3600
@@ -110,7 +111,7 @@ async def test_redis_replicas_share_one_limit(redis_pair: tuple[Limiter, Limiter
     assert all(d.blocked_by == "requests" and 0 < d.retry_after <= 6.1 for d in refused)
     peek = await b.peek("k1", limits)
     assert peek.requests_left < 1 and peek.tokens_left == pytest.approx(900, abs=5)
-    await a.adjust("k1", limits, -50)
+    await a.settle("k1", limits, -50, None, 0.0)
     assert (await b.peek("k1", limits)).tokens_left == pytest.approx(950, abs=5)
     big = await a.acquire("k2", limits, 1001)
     assert not big.allowed and big.too_large
@@ -120,21 +121,39 @@ async def test_redis_replicas_share_one_limit(redis_pair: tuple[Limiter, Limiter
 
 
 @pytest.mark.anyio
-async def test_spend_counters_load_once_then_add(redis_pair: tuple[Limiter, Limiter]) -> None:
+async def test_budget_is_checked_in_the_same_step(redis_pair: tuple[Limiter, Limiter]) -> None:
     a, b = redis_pair
-    loads = []
-
-    def load() -> float:
-        loads.append(1)
-        return 1.5
-
-    assert await a.spend("k", 2e9, load) == 1.5
-    await b.add_spend("k", 2e9, 0.25)
-    assert await b.spend("k", 2e9, load) == 1.75
-    assert len(loads) == 1  # loaded from the ledger once, then kept in Redis
+    limits = Limits(rpm=100)
+    budget = Budget(usd=2.0, window_end=2e9)
+    # the period's counter is not loaded yet: nothing is taken
+    first = await a.acquire("k", limits, 10, budget)
+    assert not first.allowed and first.blocked_by == "unloaded"
+    assert (await a.peek("k", limits)).requests_left == 100
+    assert await a.load_spend("k", 2e9, 1.5) == 1.5
+    assert await b.load_spend("k", 2e9, 9.0) == 1.5  # the first replica to load wins
+    ok = await b.acquire("k", limits, 10, budget)
+    assert ok.allowed and ok.spent == 1.5
+    await a.settle("k", limits, 0, 2e9, 0.75)  # the request cost $0.75
+    assert await b.spent("k", 2e9) == 2.25
+    over = await a.acquire("k", limits, 10, budget)
+    assert not over.allowed and over.blocked_by == "budget" and over.spent == 2.25
     # adding to a counter nobody loaded does nothing: the ledger stays the truth
-    await a.add_spend("other", 2e9, 5.0)
-    assert await a.spend("other", 2e9, lambda: 0.0) == 0.0
+    await a.settle("other", limits, 0, 2e9, 5.0)
+    assert await a.spent("other", 2e9) is None
+
+
+def test_memory_budget_matches() -> None:
+    async def run() -> None:
+        lim = MemoryLimiter()
+        budget = Budget(usd=1.0, window_end=5.0)
+        assert (await lim.acquire("k", Limits(), 1, budget)).blocked_by == "unloaded"
+        await lim.load_spend("k", 5.0, 0.5)
+        assert (await lim.acquire("k", Limits(), 1, budget)).allowed
+        await lim.settle("k", Limits(), 0, 5.0, 0.5)
+        d = await lim.acquire("k", Limits(), 1, budget)
+        assert d.blocked_by == "budget" and d.spent == 1.0
+
+    asyncio.run(run())
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -43,8 +43,9 @@ class Decision:
     tokens_left: float
     allowed: bool = True
     retry_after: float = 0.0
-    blocked_by: str | None = None  # "requests" or "tokens"
+    blocked_by: str | None = None  # "requests", "tokens", "budget" or "unloaded"
     too_large: bool = False
+    spent: float = 0.0  # the period's spend, when a budget was checked
 
     def headers(self) -> dict[str, str]:
         """OpenAI's x-ratelimit-* headers, for the limits the key has."""
@@ -130,23 +131,41 @@ class QuotaExceededError(OasisError):
     default_code = "insufficient_quota"
 
 
+@dataclass(frozen=True)
+class Budget:
+    """A key's budget for one period; ``window_end`` names the period's spend counter."""
+
+    usd: float
+    window_end: float
+
+
 class Limiter(Protocol):
-    async def acquire(self, key: str, limits: Limits, tokens: int) -> Decision:
-        """Take one request and ``tokens`` tokens if both buckets allow, else take nothing."""
+    """Buckets and spend counters. Each method is one atomic step (one Redis round trip)."""
+
+    async def acquire(
+        self, key: str, limits: Limits, tokens: int, budget: Budget | None = None
+    ) -> Decision:
+        """Take one request and ``tokens`` tokens if both buckets allow and the budget is not
+        spent, else take nothing. ``blocked_by`` is ``budget`` when it is spent, or ``unloaded``
+        when the period's spend counter must first be loaded (``load_spend``)."""
         ...
 
-    async def adjust(self, key: str, limits: Limits, tokens: int) -> None:
-        """Charge ``tokens`` more (or give back, if negative) once the real count is known."""
+    async def settle(
+        self, key: str, limits: Limits, tokens: int, window_end: float | None, usd: float
+    ) -> None:
+        """A request ended: charge ``tokens`` more (or give back, if negative) than it reserved,
+        and add ``usd`` to the period's spend counter (if loaded)."""
         ...
 
     async def peek(self, key: str, limits: Limits) -> Decision: ...
 
-    async def spend(self, key: str, window_end: float, load: Callable[[], float]) -> float:
-        """USD spent in the budget window ending at ``window_end``; ``load`` sums the ledger
-        when the counter is not held yet (it runs in a worker thread)."""
+    async def load_spend(self, key: str, window_end: float, usd: float) -> float:
+        """Set the period's spend counter unless another replica did first; its value."""
         ...
 
-    async def add_spend(self, key: str, window_end: float, usd: float) -> None: ...
+    async def spent(self, key: str, window_end: float) -> float | None:
+        """The period's spend counter, or None when not loaded."""
+        ...
 
     async def close(self) -> None: ...
 
@@ -158,17 +177,12 @@ def _refill(level: float | None, ts: float, now: float, cap: int) -> float:
 
 
 class MemoryLimiter:
-    """Buckets in this process's memory."""
+    """Buckets and spend counters in this process's memory."""
 
-    def __init__(
-        self,
-        clock: Callable[[], float] = time.monotonic,
-        run_sync: Callable[[Callable[[], float]], Awaitable[float]] | None = None,
-    ) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock
         self._buckets: dict[str, tuple[float, float, float, float]] = {}
         self._spend: dict[tuple[str, float], float] = {}
-        self._run_sync = run_sync
 
     def _levels(self, key: str, limits: Limits, now: float) -> tuple[float, float]:
         r, rt, t, tt = self._buckets.get(key, (math.nan, 0.0, math.nan, 0.0))
@@ -176,43 +190,49 @@ class MemoryLimiter:
         tok = _refill(None if math.isnan(t) else t, tt, now, limits.tpm or 0)
         return req, tok
 
-    async def acquire(self, key: str, limits: Limits, tokens: int) -> Decision:
+    async def acquire(
+        self, key: str, limits: Limits, tokens: int, budget: Budget | None = None
+    ) -> Decision:
         now = self.clock()
         req, tok = self._levels(key, limits, now)
+        if budget is not None:
+            spent = self._spend.get((key, budget.window_end))
+            if spent is None:
+                return Decision(limits, req, tok, False, 0.0, "unloaded")
+            if spent >= budget.usd:
+                return Decision(limits, req, tok, False, 0.0, "budget", spent=spent)
         decision = decide(limits, req, tok, tokens)
-        if decision.allowed:
+        if decision.allowed and limits.any:
             self._buckets[key] = (decision.requests_left, now, decision.tokens_left, now)
         return decision
 
-    async def adjust(self, key: str, limits: Limits, tokens: int) -> None:
-        if not limits.tpm or not tokens:
-            return
-        now = self.clock()
-        req, tok = self._levels(key, limits, now)
-        self._buckets[key] = (req, now, min(float(limits.tpm), tok - tokens), now)
+    async def settle(
+        self, key: str, limits: Limits, tokens: int, window_end: float | None, usd: float
+    ) -> None:
+        if limits.tpm and tokens:
+            now = self.clock()
+            req, tok = self._levels(key, limits, now)
+            self._buckets[key] = (req, now, min(float(limits.tpm), tok - tokens), now)
+        slot = (key, window_end or 0.0)
+        if window_end is not None and usd and slot in self._spend:
+            self._spend[slot] += usd
 
     async def peek(self, key: str, limits: Limits) -> Decision:
         req, tok = self._levels(key, limits, self.clock())
         return Decision(limits, req, tok)
 
-    async def spend(self, key: str, window_end: float, load: Callable[[], float]) -> float:
-        slot = (key, window_end)
-        if slot not in self._spend:
-            value = await self._run_sync(load) if self._run_sync else load()
-            self._spend.setdefault(slot, value)
-        return self._spend[slot]
+    async def load_spend(self, key: str, window_end: float, usd: float) -> float:
+        return self._spend.setdefault((key, window_end), usd)
 
-    async def add_spend(self, key: str, window_end: float, usd: float) -> None:
-        slot = (key, window_end)
-        if slot in self._spend:
-            self._spend[slot] += usd
+    async def spent(self, key: str, window_end: float) -> float | None:
+        return self._spend.get((key, window_end))
 
     async def close(self) -> None:
         pass
 
 
 def decide(limits: Limits, requests: float, tokens_level: float, tokens: int) -> Decision:
-    """The acquire rule, shared with the Redis script's Python twin in tests."""
+    """The acquire rule for the buckets (the Redis script implements the same)."""
     wait = 0.0
     blocked: str | None = None
     if limits.tpm and tokens > limits.tpm:
@@ -232,15 +252,17 @@ def decide(limits: Limits, requests: float, tokens_level: float, tokens: int) ->
     )
 
 
-# KEYS[1]: the key's bucket hash. ARGV: rpm, tpm, tokens, mode (acquire | adjust | peek).
-# Returns {allowed, requests_left, tokens_left, retry_after, blocked_by, too_large} as strings.
-_BUCKET_LUA = """
+# KEYS[1]: the key's bucket hash; KEYS[2]: the period's spend counter.
+# ARGV: rpm, tpm, tokens, mode (acquire | settle | peek), budget USD (-1: none), USD to add.
+# Returns {allowed, requests_left, tokens_left, retry_after, blocked_by, too_large, spent}.
+_LIMITER_LUA = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local rpm = tonumber(ARGV[1])
 local tpm = tonumber(ARGV[2])
 local cost = tonumber(ARGV[3])
 local mode = ARGV[4]
+local budget = tonumber(ARGV[5])
 local h = redis.call('HMGET', KEYS[1], 'r', 'rt', 't', 'tt')
 local function level(v, ts, cap)
   if not v then return cap end
@@ -250,7 +272,17 @@ local function level(v, ts, cap)
 end
 local r = level(h[1], h[2], rpm)
 local tk = level(h[3], h[4], tpm)
-local allowed, wait, blocked, large = 1, 0, '', 0
+local allowed, wait, blocked, large, spent = 1, 0, '', 0, '0'
+if mode == 'acquire' and budget >= 0 then
+  local sp = redis.call('GET', KEYS[2])
+  if not sp then
+    return {'0', tostring(r), tostring(tk), '0', 'unloaded', '0', '0'}
+  end
+  if tonumber(sp) >= budget then
+    return {'0', tostring(r), tostring(tk), '0', 'budget', '0', sp}
+  end
+  spent = sp
+end
 if mode == 'acquire' then
   if tpm > 0 and cost > tpm then
     allowed, wait, blocked, large = 0, cost, 'tokens', 1
@@ -268,52 +300,56 @@ if mode == 'acquire' then
       if tpm > 0 then tk = tk - cost end
     end
   end
-elseif mode == 'adjust' then
-  if tpm > 0 then
+elseif mode == 'settle' then
+  if tonumber(ARGV[6]) > 0 and redis.call('EXISTS', KEYS[2]) == 1 then
+    redis.call('INCRBYFLOAT', KEYS[2], ARGV[6])
+  end
+  if tpm > 0 and cost ~= 0 then
     tk = tk - cost
     if tk > tpm then tk = tpm end
+  else
+    return {'1', tostring(r), tostring(tk), '0', '', '0', '0'}
   end
 end
-if mode ~= 'peek' and allowed == 1 then
+if mode ~= 'peek' and allowed == 1 and (rpm > 0 or tpm > 0) then
   redis.call('HSET', KEYS[1], 'r', tostring(r), 'rt', tostring(now), 't', tostring(tk),
              'tt', tostring(now))
   redis.call('EXPIRE', KEYS[1], 120)
 end
-return {tostring(allowed), tostring(r), tostring(tk), tostring(wait), blocked, tostring(large)}
-"""
-
-# KEYS[1]: a spend counter. ARGV: usd. Adds only to a counter that was loaded from the ledger.
-_ADD_SPEND_LUA = """
-if redis.call('EXISTS', KEYS[1]) == 1 then
-  return redis.call('INCRBYFLOAT', KEYS[1], ARGV[1])
-end
-return false
+return {tostring(allowed), tostring(r), tostring(tk), tostring(wait), blocked, tostring(large),
+        spent}
 """
 
 
 class RedisLimiter:
-    """The same buckets in Redis, shared by every replica using the same ``OASIS_REDIS_URL``."""
+    """The same buckets and counters in Redis, shared by every replica using the same
+    ``OASIS_REDIS_URL``: one script call per step."""
 
-    def __init__(
-        self,
-        url: str,
-        prefix: str = "oasis",
-        run_sync: Callable[[Callable[[], float]], Awaitable[float]] | None = None,
-    ) -> None:
+    def __init__(self, url: str, prefix: str = "oasis") -> None:
         import redis.asyncio as aioredis
 
         self.redis: Any = aioredis.Redis.from_url(url)
         self.prefix = prefix
-        self._bucket = self.redis.register_script(_BUCKET_LUA)
-        self._add_spend = self.redis.register_script(_ADD_SPEND_LUA)
-        self._run_sync = run_sync
+        self._script = self.redis.register_script(_LIMITER_LUA)
 
-    async def _call(self, key: str, limits: Limits, tokens: int, mode: str) -> Decision:
-        raw = await self._bucket(
-            keys=[f"{self.prefix}:rl:{key}"],
-            args=[limits.rpm or 0, limits.tpm or 0, tokens, mode],
+    def _spend_key(self, key: str, window_end: float | None) -> str:
+        return f"{self.prefix}:spend:{key}:{int(window_end or 0)}"
+
+    async def _call(
+        self,
+        key: str,
+        limits: Limits,
+        tokens: int,
+        mode: str,
+        budget: float = -1,
+        window_end: float | None = None,
+        usd: float = 0.0,
+    ) -> Decision:
+        raw = await self._script(
+            keys=[f"{self.prefix}:rl:{key}", self._spend_key(key, window_end)],
+            args=[limits.rpm or 0, limits.tpm or 0, tokens, mode, budget, repr(usd)],
         )
-        allowed, req, tok, wait, blocked, large = (
+        allowed, req, tok, wait, blocked, large, spent = (
             v.decode() if isinstance(v, bytes) else str(v) for v in raw
         )
         return Decision(
@@ -324,31 +360,34 @@ class RedisLimiter:
             float(wait),
             blocked or None,
             large == "1",
+            float(spent),
         )
 
-    async def acquire(self, key: str, limits: Limits, tokens: int) -> Decision:
-        return await self._call(key, limits, tokens, "acquire")
+    async def acquire(
+        self, key: str, limits: Limits, tokens: int, budget: Budget | None = None
+    ) -> Decision:
+        if budget is None:
+            return await self._call(key, limits, tokens, "acquire")
+        return await self._call(key, limits, tokens, "acquire", budget.usd, budget.window_end)
 
-    async def adjust(self, key: str, limits: Limits, tokens: int) -> None:
-        if limits.tpm and tokens:
-            await self._call(key, limits, tokens, "adjust")
+    async def settle(
+        self, key: str, limits: Limits, tokens: int, window_end: float | None, usd: float
+    ) -> None:
+        if (limits.tpm and tokens) or (window_end is not None and usd):
+            await self._call(key, limits, tokens, "settle", window_end=window_end, usd=usd)
 
     async def peek(self, key: str, limits: Limits) -> Decision:
         return await self._call(key, limits, 0, "peek")
 
-    async def spend(self, key: str, window_end: float, load: Callable[[], float]) -> float:
-        name = f"{self.prefix}:spend:{key}:{int(window_end)}"
-        value = await self.redis.get(name)
-        if value is None:
-            loaded = await self._run_sync(load) if self._run_sync else load()
-            ttl = max(1, int(window_end - time.time()) + 60)
-            await self.redis.set(name, repr(loaded), nx=True, ex=ttl)
-            value = await self.redis.get(name)
-        return float(value or 0.0)
+    async def load_spend(self, key: str, window_end: float, usd: float) -> float:
+        name = self._spend_key(key, window_end)
+        ttl = max(1, int(window_end - time.time()) + 60)
+        await self.redis.set(name, repr(usd), nx=True, ex=ttl)
+        return float(await self.redis.get(name) or 0.0)
 
-    async def add_spend(self, key: str, window_end: float, usd: float) -> None:
-        if usd:
-            await self._add_spend(keys=[f"{self.prefix}:spend:{key}:{int(window_end)}"], args=[usd])
+    async def spent(self, key: str, window_end: float) -> float | None:
+        value = await self.redis.get(self._spend_key(key, window_end))
+        return None if value is None else float(value)
 
     async def close(self) -> None:
         await self.redis.aclose()

@@ -10,6 +10,7 @@ for what was generated.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import math
 import time
@@ -22,7 +23,7 @@ import anyio
 from anyio import to_thread
 
 from oasis.engine.base import RequestHandle
-from oasis.gateway.limits import Limiter, Limits, QuotaExceededError, RateLimitError
+from oasis.gateway.limits import Budget, Limiter, Limits, QuotaExceededError, RateLimitError
 from oasis.gateway.usage import Ledger, Price
 from oasis.store.keys import KeyInfo, KeyStore
 from oasis.store.usage import Usage, UsageStore
@@ -33,13 +34,14 @@ T = TypeVar("T")
 class KeyCache:
     """Verified keys for ``ttl`` seconds, so the hot path skips the database. A key revoked
     through this process's admin API stops at once; one revoked elsewhere (the CLI, another
-    replica) within ``ttl`` seconds."""
+    replica) within ``ttl`` seconds. Concurrent requests with the same key share one lookup."""
 
     def __init__(self, store: KeyStore, ttl: float, clock: Any = time.monotonic) -> None:
         self.store = store
         self.ttl = ttl
         self.clock = clock
         self._cache: dict[str, tuple[KeyInfo, float]] = {}
+        self._inflight: dict[str, asyncio.Future[KeyInfo | None]] = {}
 
     async def verify(self, token: str) -> KeyInfo | None:
         digest = hashlib.sha256(token.encode()).hexdigest()
@@ -49,7 +51,21 @@ class KeyCache:
             info = hit[0]
             if info.expires_at is None or info.expires_at > datetime.now(UTC):
                 return info
-        found: KeyInfo | None = await to_thread.run_sync(self.store.verify, token)
+        pending = self._inflight.get(digest)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future[KeyInfo | None] = asyncio.get_running_loop().create_future()
+        self._inflight[digest] = future
+        try:
+            found: KeyInfo | None = await to_thread.run_sync(self.store.verify, token)
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: waiters re-raise it, nobody logs it as lost
+            raise
+        else:
+            future.set_result(found)
+        finally:
+            del self._inflight[digest]
         if found is None:
             self._cache.pop(digest, None)
             return None
@@ -99,11 +115,14 @@ class Gateway:
         return Ticket(self, key, endpoint)
 
     async def spend(self, key: KeyInfo, now: float | None = None) -> float:
-        """USD the key spent in its current budget period."""
+        """USD the key spent in its current budget period (the counter is loaded from the
+        ledger the first time a period is asked about)."""
         start, end = budget_window(key, time.time() if now is None else now)
-        return await self.limiter.spend(
-            str(key.id), end, lambda: self.usage.spend(key.id, int(start))
-        )
+        value = await self.limiter.spent(str(key.id), end)
+        if value is None:
+            ledger: float = await to_thread.run_sync(self.usage.spend, key.id, int(start))
+            value = await self.limiter.load_spend(str(key.id), end, ledger)
+        return value
 
     async def start(self) -> None:
         await self.ledger.start()
@@ -129,6 +148,7 @@ class Ticket:
         self._handles: Sequence[RequestHandle] = ()
         self._prompt_tokens = 0
         self._reserved = 0
+        self._window_end: float | None = None
         self._limits = Limits(key.rpm, key.tpm) if key is not None else Limits()
         self._decision_headers: dict[str, str] | None = None
         self.finished = False
@@ -140,31 +160,35 @@ class Ticket:
 
     # -- called by serving -------------------------------------------------------------------
     async def admit(self, prompt_tokens: int, completion_tokens: int) -> None:
-        """Check the budget and take from the rate limits, or raise a 429."""
+        """Check the budget and take from the rate limits (one atomic step), or raise a 429."""
         self._prompt_tokens = prompt_tokens
         key = self.key
         if key is None:
             return
-        gw = self.gateway
+        budget = None
         if key.budget_usd is not None:
-            spent = await gw.spend(key)
-            if spent >= key.budget_usd:
-                _, end = budget_window(key, time.time())
-                raise QuotaExceededError(
-                    f"You exceeded your current quota: key {key.name!r} spent "
-                    f"${spent:.4f} of its ${key.budget_usd:g} budget for this period, which "
-                    f"renews at {datetime.fromtimestamp(end, UTC):%Y-%m-%d %H:%M} UTC. Ask an "
-                    "admin to raise the budget or use another key.",
-                    headers={"x-should-retry": "false"},
-                )
-        if not self._limits.any:
+            budget = Budget(key.budget_usd, budget_window(key, self.created)[1])
+        if budget is None and not self._limits.any:
             return
+        gw, kid = self.gateway, str(key.id)
         tokens = prompt_tokens + completion_tokens
-        decision = await gw.limiter.acquire(str(key.id), self._limits, tokens)
+        decision = await gw.limiter.acquire(kid, self._limits, tokens, budget)
+        if decision.blocked_by == "unloaded":
+            await gw.spend(key, self.created)
+            decision = await gw.limiter.acquire(kid, self._limits, tokens, budget)
         self._decision_headers = decision.headers()
+        if decision.blocked_by == "budget" and budget is not None:
+            raise QuotaExceededError(
+                f"You exceeded your current quota: key {key.name!r} spent "
+                f"${decision.spent:.4f} of its ${budget.usd:g} budget for this period, which "
+                f"renews at {datetime.fromtimestamp(budget.window_end, UTC):%Y-%m-%d %H:%M} UTC. "
+                "Ask an admin to raise the budget or use another key.",
+                headers={"x-should-retry": "false", **self._decision_headers},
+            )
         if not decision.allowed:
             raise RateLimitError.of(decision, self.model, key.name)
-        self._reserved = tokens
+        self._reserved = tokens if self._limits.tpm else 0
+        self._window_end = budget.window_end if budget is not None else None
 
     def track(self, handles: Sequence[RequestHandle]) -> None:
         self._handles = handles
@@ -219,11 +243,9 @@ class Ticket:
         )
         if key is None:
             return
-        if self._reserved and self._limits.tpm:
-            await gw.limiter.adjust(str(key.id), self._limits, prompt + completion - self._reserved)
-        if key.budget_usd is not None and cost:
-            _, end = budget_window(key, self.created)
-            await gw.limiter.add_spend(str(key.id), end, cost)
+        delta = prompt + completion - self._reserved if self._reserved else 0
+        if delta or (self._window_end is not None and cost):
+            await gw.limiter.settle(str(key.id), self._limits, delta, self._window_end, cost)
 
     async def metered(self, chunks: AsyncIterator[T]) -> AsyncIterator[T]:
         """A response stream that records the request when it ends: completed, failed, or

@@ -74,7 +74,7 @@ class Ledger:
                 except BlockingIOError:
                     continue  # a live process owns it
                 records = list(_read_journal(path))
-                added += self.store.add(records)
+                added += self.store.add(records, dedupe=True)
                 path.unlink()
                 if records:
                     log.info("replayed %d usage records from %s", len(records), path.name)

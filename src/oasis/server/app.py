@@ -6,7 +6,6 @@ import logging
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 
-from anyio import to_thread
 from fastapi import Depends, FastAPI
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -70,11 +69,9 @@ def build_gateway(settings: Settings) -> Gateway:
     usage = UsageStore(db)
     limiter: Limiter
     if settings.redis_url:
-        limiter = RedisLimiter(
-            settings.redis_url, prefix=settings.redis_prefix, run_sync=to_thread.run_sync
-        )
+        limiter = RedisLimiter(settings.redis_url, prefix=settings.redis_prefix)
     else:
-        limiter = MemoryLimiter(run_sync=to_thread.run_sync)
+        limiter = MemoryLimiter()
     prices = {
         name: Price(input=p.input, output=p.output, cached_input=p.cached_input)
         for name, p in settings.prices.items()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import secrets
 import time
@@ -85,6 +86,7 @@ def new_id(prefix: str) -> str:
     return f"{prefix}-{secrets.token_urlsafe(18).replace('-', 'x').replace('_', 'y')}"
 
 
+@functools.lru_cache(maxsize=64)
 def fingerprint(spec: ModelSpec) -> str:
     """Identifies the backend configuration, as OpenAI's ``system_fingerprint`` does."""
     digest = hashlib.sha256(f"{spec.id}:{spec.path.name}:{__version__}".encode()).hexdigest()

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from typing import Any
 
-from sqlalchemy import Engine, case, func, select
+from sqlalchemy import Engine, case, func, insert, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from oasis.store.models import UsageRecord
@@ -32,7 +33,7 @@ class Usage:
     disconnected: bool
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        return dict(self.__dict__)  # flat fields: no need for asdict's recursive copy
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Usage:
@@ -66,18 +67,29 @@ class UsageStore:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
-    def add(self, records: Sequence[Usage]) -> int:
-        """Insert the records not stored yet (a replayed journal may repeat some); returns how
-        many were new."""
+    def add(self, records: Sequence[Usage], *, dedupe: bool = False) -> int:
+        """Insert records in one statement; returns how many were new.
+
+        With ``dedupe`` (a replayed journal may repeat records already stored, or itself),
+        records whose request id is stored already are skipped. Without it a duplicate is not
+        expected, but if one turns up the batch is retried with ``dedupe``.
+        """
         if not records:
             return 0
-        with Session(self.engine) as s, s.begin():
+        if not dedupe:
+            try:
+                with self.engine.begin() as conn:
+                    conn.execute(insert(UsageRecord), [r.to_json() for r in records])
+                return len(records)
+            except IntegrityError:
+                return self.add(records, dedupe=True)
+        with self.engine.begin() as conn:
             ids = [r.request_id for r in records]
             known: set[str] = set()
             for start in range(0, len(ids), 500):
                 part = ids[start : start + 500]
                 known.update(
-                    s.scalars(
+                    conn.scalars(
                         select(UsageRecord.request_id).where(UsageRecord.request_id.in_(part))
                     )
                 )
@@ -85,7 +97,8 @@ class UsageStore:
             for r in records:
                 if r.request_id not in known:
                     new.setdefault(r.request_id, r)
-            s.add_all(UsageRecord(**r.to_json()) for r in new.values())
+            if new:
+                conn.execute(insert(UsageRecord), [r.to_json() for r in new.values()])
         return len(new)
 
     def count(self) -> int:

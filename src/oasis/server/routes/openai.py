@@ -98,7 +98,9 @@ async def _generate(
         raise
     headers = await ticket.headers()
     if isinstance(result, BaseModel):
-        await ticket.finish(200, disconnected=await request.is_disconnected())
+        # (a client that leaves before a non-streamed answer is complete is not noticed: the
+        # answer is generated, and billed, in full)
+        await ticket.finish(200)
         return _respond(result, headers)
     return _respond(ticket.metered(result), headers)
 
