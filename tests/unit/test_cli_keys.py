@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from oasis.store.db import database_url, make_engine
 from oasis.store.keys import KeyStore
+from oasis.store.usage import Usage, UsageStore
 
 OASIS = str(Path(sys.executable).with_name("oasis"))
 
@@ -52,3 +55,62 @@ def test_bad_input_is_one_clear_line(tmp_path: Path) -> None:
     assert "Traceback" not in r.stderr
     r = run(tmp_path, "create", "--name", "x", "--expires", "soon")
     assert r.returncode == 1 and "Invalid duration" in r.stderr
+
+
+def oasis(tmp: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "OASIS_DATA_DIR": str(tmp), "COLUMNS": "200"}
+    env.pop("OASIS_DATABASE_URL", None)
+    return subprocess.run([OASIS, *args], env=env, capture_output=True, text=True, cwd=tmp)
+
+
+def test_update_limits_and_see_spend(tmp_path: Path) -> None:
+    secret = run(tmp_path, "create", "--name", "bob", "--budget", "2").stdout.strip()
+    engine = make_engine(database_url(None, tmp_path))
+    key = KeyStore(engine).verify(secret)
+    assert key is not None
+    UsageStore(engine).add([usage("a", key.id, cost=0.5), usage("b", key.id, cost=0.25)])
+    listed = oasis(tmp_path, "keys", "list").stdout
+    assert "$0.7500" in listed and "$2/30d" in listed
+    r = run(tmp_path, "update", key.public_id, "--rpm", "30", "--budget", "-1", "--name", "robert")
+    assert r.returncode == 0, r.stderr
+    assert "30 rpm" in r.stderr
+    after = KeyStore(engine).get(key.public_id)
+    assert after.rpm == 30 and after.budget_usd is None and after.name == "robert"
+    bad = run(tmp_path, "update", "key_999", "--rpm", "1")
+    assert bad.returncode == 1 and "No API key 'key_999'" in bad.stderr
+
+
+def usage(rid: str, key_id: int | None, *, cost: float = 0.0, model: str = "gpt-4o",
+          t: int | None = None, status: int = 200) -> Usage:
+    return Usage(request_id=rid, created_at=t or int(time.time()), key_id=key_id,
+                 model=model, endpoint="/v1/chat/completions", prompt_tokens=100,
+                 cached_tokens=20, completion_tokens=50, cost_usd=cost, latency_ms=5.0,
+                 ttft_ms=1.0, status=status, disconnected=False)
+
+
+def test_usage_report(tmp_path: Path) -> None:
+    secret = run(tmp_path, "create", "--name", "carol").stdout.strip()
+    engine = make_engine(database_url(None, tmp_path))
+    key = KeyStore(engine).verify(secret)
+    assert key is not None
+    old = int(time.time()) - 3 * 86400
+    UsageStore(engine).add([
+        usage("a", key.id, cost=1.0), usage("b", key.id, cost=1.0, model="gpt-4o-mini"),
+        usage("c", None, status=429), usage("d", key.id, t=old),
+    ])
+    by_model = oasis(tmp_path, "usage", "--group-by", "model")
+    assert by_model.returncode == 0, by_model.stderr
+    assert "gpt-4o-mini" in by_model.stdout and "total" in by_model.stdout
+    rows = json.loads(oasis(tmp_path, "usage", "--group-by", "key", "--json").stdout)
+    by_key = {r["key"]: r for r in rows}
+    carol = by_key[f"{key.prefix} (carol)"]
+    assert carol["requests"] == 3 and carol["cost_usd"] == 2.0
+    assert carol["prompt_tokens"] == 300 and carol["completion_tokens"] == 150
+    assert by_key["--api-key"]["errors"] == 1
+    recent = json.loads(oasis(tmp_path, "usage", "--since", "1d", "--key", key.public_id,
+                              "--json").stdout)
+    assert sum(r["requests"] for r in recent) == 2
+    days = json.loads(oasis(tmp_path, "usage", "--since", "7d", "--json").stdout)
+    assert len(days) == 2 and sum(r["requests"] for r in days) == 4
+    bad = oasis(tmp_path, "usage", "--group-by", "week")
+    assert bad.returncode == 2 and "day, key or model" in bad.stderr
