@@ -12,6 +12,7 @@ import typer
 from pydantic import ValidationError
 from rich.console import Console
 
+from oasis.cli import apps as apps_cli
 from oasis.cli import keys as keys_cli
 from oasis.cli import usage as usage_cli
 from oasis.config import load_settings
@@ -27,6 +28,7 @@ app = typer.Typer(
 err = Console(stderr=True)
 app.add_typer(keys_cli.app, name="keys")
 app.command("usage")(usage_cli.usage)
+apps_cli.register(app)
 
 
 @app.callback()

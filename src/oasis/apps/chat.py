@@ -1,0 +1,127 @@
+"""A multi-turn conversation that keeps its history and trims the oldest turns when the model's
+context would overflow (the server says so with a 400 ``context_length_exceeded``)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import openai
+from openai import AsyncOpenAI, OpenAI
+
+from oasis.apps.client import DEFAULT_MODEL, as_async, run
+
+
+def _too_long(exc: openai.BadRequestError) -> bool:
+    body = exc.body if isinstance(exc.body, dict) else {}
+    err = body.get("error", body) if isinstance(body, dict) else {}
+    return isinstance(err, dict) and err.get("code") == "context_length_exceeded"
+
+
+class Conversation:
+    """``send`` a message, get the answer; the history goes with every request."""
+
+    def __init__(
+        self,
+        system: str | None = None,
+        *,
+        model: str = DEFAULT_MODEL,
+        temperature: float = 0.7,
+        max_tokens: int | None = None,
+        client: OpenAI | AsyncOpenAI | None = None,
+        on_trim: Callable[[int], None] | None = None,
+    ) -> None:
+        self.model = model
+        self.temperature = temperature
+        self.max_tokens = max_tokens
+        self.system = system
+        self.turns: list[dict[str, str]] = []  # user and assistant messages, oldest first
+        self.on_trim = on_trim
+        self._client = client
+        self._api: AsyncOpenAI | None = None
+
+    @property
+    def api(self) -> AsyncOpenAI:
+        if self._api is None:
+            self._api = as_async(self._client)
+        return self._api
+
+    @property
+    def messages(self) -> list[dict[str, str]]:
+        head = [{"role": "system", "content": self.system}] if self.system else []
+        return head + self.turns
+
+    def reset(self) -> None:
+        self.turns = []
+
+    def set_system(self, text: str | None) -> None:
+        self.system = text or None
+
+    def save(self, path: str | Path) -> None:
+        data = {"model": self.model, "system": self.system, "turns": self.turns}
+        Path(path).write_text(json.dumps(data, ensure_ascii=False, indent=1) + "\n")
+
+    def load(self, path: str | Path) -> None:
+        data = json.loads(Path(path).read_text())
+        if not isinstance(data, dict) or not isinstance(data.get("turns"), list):
+            raise ValueError(f"{path} is not a saved conversation")
+        self.system = data.get("system")
+        self.turns = [{"role": str(t["role"]), "content": str(t["content"])} for t in data["turns"]]
+
+    def _trim_oldest(self) -> bool:
+        """Drop the oldest exchange (never the message being sent)."""
+        if len(self.turns) <= 1:
+            return False
+        drop = 2 if len(self.turns) > 2 and self.turns[1]["role"] == "assistant" else 1
+        del self.turns[:drop]
+        if self.on_trim is not None:
+            self.on_trim(drop)
+        return True
+
+    def _params(self) -> dict[str, Any]:
+        params: dict[str, Any] = {
+            "model": self.model,
+            "messages": self.messages,
+            "temperature": self.temperature,
+        }
+        if self.max_tokens is not None:
+            params["max_tokens"] = self.max_tokens
+        return params
+
+    async def astream(self, text: str) -> AsyncIterator[str]:
+        """Send ``text``; yield the answer as it arrives. The answer (as far as it got, if the
+        caller stops early) joins the history."""
+        self.turns.append({"role": "user", "content": text})
+        while True:
+            try:
+                stream = await self.api.chat.completions.create(**self._params(), stream=True)
+                break
+            except openai.BadRequestError as exc:
+                if not (_too_long(exc) and self._trim_oldest()):
+                    self.turns.pop()
+                    raise
+            except BaseException:
+                self.turns.pop()
+                raise
+        parts: list[str] = []
+        try:
+            async with stream:
+                async for chunk in stream:
+                    if chunk.choices and chunk.choices[0].delta.content:
+                        piece = chunk.choices[0].delta.content
+                        parts.append(piece)
+                        yield piece
+        finally:
+            self.turns.append({"role": "assistant", "content": "".join(parts)})
+
+    async def asend(self, text: str) -> str:
+        return "".join([piece async for piece in self.astream(text)])
+
+    def send(self, text: str) -> str:
+        try:
+            return run(self.asend(text))
+        finally:
+            if not isinstance(self._client, AsyncOpenAI):
+                self._api = None  # its connections belong to the event loop that just ended

@@ -1,0 +1,103 @@
+"""Role-play dialogue: the model plays a character (a doctor, a teacher...) and, for a
+generated dialogue, also the person talking to it."""
+
+from __future__ import annotations
+
+import re
+
+from openai import AsyncOpenAI, OpenAI
+
+from oasis.apps.client import DEFAULT_MODEL, as_async, run
+from oasis.apps.text import achat_once
+
+_CJK = re.compile(r"[\u3400-\u9fff]")
+
+
+def character_prompt(role: str, scenario: str | None = None, language: str | None = None) -> str:
+    """The system prompt that makes the model play ``role``."""
+    zh = language == "zh" or (language is None and bool(_CJK.search(role + (scenario or ""))))
+    if zh:
+        text = f"你是一位{role}。请始终以{role}的身份和口吻说话，回答简洁、专业、友好。"
+        return text + (f"场景：{scenario}" if scenario else "")
+    text = (
+        f"You are a {role}. Always speak as the {role} would: in character, concise, "
+        "professional and kind."
+    )
+    return text + (f" Scenario: {scenario}" if scenario else "")
+
+
+def _counterpart_prompt(role: str, scenario: str | None, zh: bool) -> str:
+    if zh:
+        return (
+            f"你正在和一位{role}交谈。请扮演找{role}的人（例如病人、学生或顾客），"
+            "每次只说一两句话，提出问题或描述情况。" + (f"场景：{scenario}" if scenario else "")
+        )
+    return (
+        f"You are talking to a {role}. Play the person who came to see the {role} (a patient, "
+        "a student, a customer...): say one or two sentences at a time, ask or describe."
+        + (f" Scenario: {scenario}" if scenario else "")
+    )
+
+
+async def aroleplay(
+    role: str,
+    *,
+    scenario: str | None = None,
+    turns: int = 3,
+    language: str | None = None,
+    model: str = DEFAULT_MODEL,
+    temperature: float = 0.8,
+    client: OpenAI | AsyncOpenAI | None = None,
+) -> list[tuple[str, str]]:
+    """A dialogue of ``turns`` exchanges: ``(speaker, text)`` pairs, the visitor first."""
+    api = as_async(client)
+    zh = language == "zh" or (language is None and bool(_CJK.search(role + (scenario or ""))))
+    visitor = "来访者" if zh else "Visitor"
+    character = character_prompt(role, scenario, "zh" if zh else "en")
+    counterpart = _counterpart_prompt(role, scenario, zh)
+    dialogue: list[tuple[str, str]] = []
+    opening = "请开始对话。" if zh else "Start the conversation."
+    for _ in range(max(1, turns)):
+        # the visitor sees the role's lines as the other party's, and vice versa
+        v_msgs = [{"role": "system", "content": counterpart}, {"role": "user", "content": opening}]
+        for who, text in dialogue:
+            v_msgs.append({"role": "assistant" if who == visitor else "user", "content": text})
+        line = (
+            await achat_once(
+                v_msgs, model=model, client=api, temperature=temperature, max_tokens=120
+            )
+        ).strip()
+        dialogue.append((visitor, line or "..."))
+        r_msgs = [{"role": "system", "content": character}]
+        for who, text in dialogue:
+            r_msgs.append({"role": "user" if who == visitor else "assistant", "content": text})
+        answer = (
+            await achat_once(
+                r_msgs, model=model, client=api, temperature=temperature, max_tokens=200
+            )
+        ).strip()
+        dialogue.append((role, answer or "..."))
+    return dialogue
+
+
+def roleplay(
+    role: str,
+    *,
+    scenario: str | None = None,
+    turns: int = 3,
+    language: str | None = None,
+    model: str = DEFAULT_MODEL,
+    temperature: float = 0.8,
+    client: OpenAI | AsyncOpenAI | None = None,
+) -> list[tuple[str, str]]:
+    return run(
+        aroleplay(
+            role,
+            scenario=scenario,
+            turns=turns,
+            language=language,
+            model=model,
+            temperature=temperature,
+            client=client,
+        )
+    )

@@ -1,0 +1,471 @@
+"""The tutorial's applications as commands: chat, complete, summarize, classify, roleplay, batch.
+
+Every command talks to an OpenAI-compatible endpoint through the official SDK: the local oasis
+server by default, or ``--base-url`` / ``OPENAI_BASE_URL`` with ``--api-key`` /
+``OPENAI_API_KEY``. Expected failures are one line on stderr and a non-zero exit status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import openai
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from oasis.apps.batch import BatchInputError, BatchSummary, arun_batch
+from oasis.apps.chat import Conversation
+from oasis.apps.classify import ClassificationError, aclassify
+from oasis.apps.client import DEFAULT_MODEL, ClientConfigError, async_client, resolve
+from oasis.apps.errors import describe
+from oasis.apps.roleplay import aroleplay, character_prompt
+from oasis.apps.summarize import asummarize
+from oasis.apps.text import COMPLETION_MODEL, acomplete, astream_text
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+T = TypeVar("T")
+
+BaseUrl = Annotated[
+    str | None,
+    typer.Option("--base-url", help="API base URL [OPENAI_BASE_URL; default: local oasis]."),
+]
+ApiKey = Annotated[str | None, typer.Option("--api-key", help="API key [OPENAI_API_KEY].")]
+Model = Annotated[str, typer.Option("--model", "-m", help="Model name.")]
+Timeout = Annotated[float, typer.Option(help="Seconds to wait for an answer.")]
+EXIT_WORDS = {"exit", "quit", "退出", "/exit", "/quit"}
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    err.print(f"[red]error:[/red] {message}", markup=True)
+    return typer.Exit(code)
+
+
+def _call(base_url: str | None, api_key: str | None, work: Callable[[], Awaitable[T]]) -> T:
+    """Run ``work``; any API, connection or input error becomes one line and exit status 1."""
+    try:
+        url, _ = resolve(base_url, api_key)
+        return asyncio.run(work())  # type: ignore[arg-type]
+    except ClientConfigError as exc:
+        raise _fail(str(exc)) from None
+    except openai.APIError as exc:
+        raise _fail(describe(exc, url)) from None
+    except (ClassificationError, BatchInputError, ValueError, OSError) as exc:
+        raise _fail(str(exc)) from None
+
+
+# -- complete ----------------------------------------------------------------------------------
+
+
+def complete(
+    prompt: Annotated[str, typer.Argument(help="The text to continue.")],
+    max_tokens: Annotated[int, typer.Option("--max-tokens", min=1)] = 256,
+    temperature: Annotated[float, typer.Option(min=0.0, max=2.0)] = 0.7,
+    n: Annotated[int, typer.Option("-n", min=1, help="How many completions.")] = 1,
+    stop: Annotated[list[str] | None, typer.Option(help="Stop sequence (repeatable).")] = None,
+    stream: Annotated[bool, typer.Option(help="Print the text as it is generated.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the raw API response.")] = False,
+    model: Model = COMPLETION_MODEL,
+    base_url: BaseUrl = None,
+    api_key: ApiKey = None,
+    timeout: Timeout = 600.0,
+) -> None:
+    """Continue a prompt (the tutorial's generate_text)."""
+
+    async def work() -> None:
+        client = async_client(base_url, api_key, timeout=timeout)
+        opts: dict[str, Any] = dict(
+            model=model,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            n=n,
+            stop=stop,
+            client=client,
+        )
+        if stream and not as_json:
+            # choice 0 streams live; the others (generated alongside) follow when done
+            later: dict[int, list[str]] = {}
+            if n > 1:
+                out.print("[0] ", end="", markup=False)
+            async for index, text in astream_text(prompt, **opts):
+                if index == 0:
+                    out.print(text, end="", markup=False)
+                else:
+                    later.setdefault(index, []).append(text)
+            out.print()
+            for index in sorted(later):
+                out.print(f"[{index}] " + "".join(later[index]), markup=False)
+            return
+        done = await acomplete(prompt, **opts)
+        if as_json:
+            out.print(done.model_dump_json(indent=2), markup=False)
+            return
+        for choice in done.choices:
+            prefix = f"[{choice.index}] " if n > 1 else ""
+            out.print(prefix + choice.text.strip(), markup=False)
+
+    _call(base_url, api_key, work)
+
+
+# -- chat --------------------------------------------------------------------------------------
+
+
+def chat(
+    system: Annotated[str | None, typer.Option(help="A system prompt.")] = None,
+    temperature: Annotated[float, typer.Option(min=0.0, max=2.0)] = 0.7,
+    max_tokens: Annotated[int | None, typer.Option("--max-tokens", min=1)] = None,
+    model: Model = DEFAULT_MODEL,
+    base_url: BaseUrl = None,
+    api_key: ApiKey = None,
+    timeout: Timeout = 600.0,
+) -> None:
+    """A terminal chatbot: streams answers, keeps the conversation, /help for commands."""
+    try:
+        url, _ = resolve(base_url, api_key)
+    except ClientConfigError as exc:
+        raise _fail(str(exc)) from None
+
+    def trimmed(n: int) -> None:
+        err.print(f"(the conversation got too long: dropped the oldest {n} message(s))")
+
+    conv = Conversation(
+        system,
+        model=model,
+        temperature=temperature,
+        max_tokens=max_tokens,
+        client=async_client(base_url, api_key, timeout=timeout),
+        on_trim=trimmed,
+    )
+    interactive = sys.stdin.isatty()
+    asyncio.run(_chat_loop(conv, url, interactive))
+
+
+async def _read_line(prompt: str, interactive: bool) -> str | None:
+    """One line from the user, or None at end of input (Ctrl-D)."""
+    try:
+        if interactive:
+            return await asyncio.to_thread(input, prompt)
+        line = await asyncio.to_thread(sys.stdin.readline)
+        return line.rstrip("\n") if line else None
+    except EOFError:
+        return None
+
+
+async def _answer(conv: Conversation, text: str, url: str) -> None:
+    """Stream one answer; Ctrl-C stops the answer, not the program."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    import signal
+
+    stopped = False
+
+    def interrupt() -> None:
+        nonlocal stopped
+        stopped = True
+        task.cancel()
+
+    with contextlib.suppress(NotImplementedError, RuntimeError):
+        loop.add_signal_handler(signal.SIGINT, interrupt)
+    try:
+        async for piece in conv.astream(text):
+            out.print(piece, end="", markup=False)
+        out.print()
+    except asyncio.CancelledError:
+        if not stopped:
+            raise
+        task.uncancel()
+        out.print()
+        err.print("(stopped)")
+    except openai.APIError as exc:
+        out.print()
+        err.print(f"[red]error:[/red] {describe(exc, url)}", markup=True)
+    finally:
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.remove_signal_handler(signal.SIGINT)
+
+
+HELP = (
+    "commands: /reset (forget the conversation), /system TEXT (set the system prompt), "
+    "/save FILE, /load FILE, /help; exit, quit or 退出 (or Ctrl-D) to leave; "
+    "Ctrl-C stops an answer"
+)
+
+
+async def _chat_loop(conv: Conversation, url: str, interactive: bool) -> None:
+    if interactive:
+        err.print(f"chatting with {conv.model} at {url} - {HELP}")
+    while True:
+        try:
+            line = await _read_line("> " if interactive else "", interactive)
+        except KeyboardInterrupt:
+            err.print("(Ctrl-D or exit to leave)")
+            continue
+        if line is None:
+            if interactive:
+                out.print()
+            return
+        text = line.strip()
+        if not text:
+            continue
+        if text.lower() in EXIT_WORDS:
+            return
+        if text.startswith("/"):
+            _command(conv, text)
+            continue
+        await _answer(conv, text, url)
+
+
+def _command(conv: Conversation, text: str) -> None:
+    name, _, arg = text.partition(" ")
+    arg = arg.strip()
+    try:
+        if name == "/reset":
+            conv.reset()
+            err.print("(conversation forgotten)")
+        elif name == "/system":
+            conv.set_system(arg)
+            err.print("(system prompt set)" if arg else "(system prompt removed)")
+        elif name == "/save" and arg:
+            conv.save(arg)
+            err.print(f"(saved {len(conv.turns)} messages to {arg})")
+        elif name == "/load" and arg:
+            conv.load(arg)
+            err.print(f"(loaded {len(conv.turns)} messages from {arg})")
+        else:
+            err.print(HELP)
+    except (OSError, ValueError) as exc:
+        err.print(f"[red]error:[/red] {exc}", markup=True)
+
+
+# -- summarize ---------------------------------------------------------------------------------
+
+
+def summarize(
+    files: Annotated[
+        list[Path] | None, typer.Argument(help="Files to summarize; - for stdin.")
+    ] = None,
+    words: Annotated[int, typer.Option(min=5, help="Length of the summary, in words.")] = 100,
+    language: Annotated[str | None, typer.Option(help="zh or en (default: the text's).")] = None,
+    chunk_tokens: Annotated[int, typer.Option(min=64, help="Tokens per piece.")] = 1200,
+    model: Model = DEFAULT_MODEL,
+    base_url: BaseUrl = None,
+    api_key: ApiKey = None,
+    timeout: Timeout = 600.0,
+) -> None:
+    """Summarize files or stdin; long documents are split by tokens and summarized map-reduce."""
+    if language not in (None, "zh", "en"):
+        raise _fail("--language must be zh or en", 2)
+    sources = files or [Path("-")]
+    texts: list[tuple[str, str]] = []
+    for f in sources:
+        try:
+            texts.append((str(f), sys.stdin.read() if str(f) == "-" else f.read_text()))
+        except OSError as exc:
+            raise _fail(f"cannot read {f}: {exc.strerror}") from None
+
+    async def work() -> None:
+        client = async_client(base_url, api_key, timeout=timeout)
+        for name, text in texts:
+            if not text.strip():
+                raise ValueError(f"{name} is empty")
+            summary = await asummarize(
+                text,
+                words=words,
+                language=language,
+                model=model,
+                chunk_tokens=chunk_tokens,
+                client=client,
+            )
+            if len(texts) > 1:
+                out.print(f"== {name}", markup=False)
+            out.print(summary, markup=False)
+
+    _call(base_url, api_key, work)
+
+
+# -- classify ----------------------------------------------------------------------------------
+
+
+def classify(
+    texts: Annotated[list[str] | None, typer.Argument(help="Texts to classify.")] = None,
+    labels: Annotated[
+        str | None, typer.Option(help="Comma-separated labels (default: sentiment).")
+    ] = None,
+    jsonl: Annotated[
+        Path | None, typer.Option(help='A JSONL file of texts ({"text": ...} or strings).')
+    ] = None,
+    language: Annotated[str | None, typer.Option(help="zh or en sentiment labels.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines.")] = False,
+    model: Model = DEFAULT_MODEL,
+    base_url: BaseUrl = None,
+    api_key: ApiKey = None,
+    timeout: Timeout = 600.0,
+) -> None:
+    """Sentiment (positive/negative/neutral, 积极/消极/中性 in Chinese) or your labels: always
+    exactly one of them, with a confidence when the server gives log-probabilities."""
+    items = list(texts or [])
+    if jsonl is not None:
+        try:
+            for n, raw in enumerate(jsonl.read_text().splitlines(), 1):
+                if not raw.strip():
+                    continue
+                value = json.loads(raw)
+                text = value.get("text") if isinstance(value, dict) else value
+                if not isinstance(text, str):
+                    raise _fail(f"{jsonl}:{n}: expected a string or an object with 'text'")
+                items.append(text)
+        except (OSError, ValueError) as exc:
+            raise _fail(f"cannot read {jsonl}: {exc}") from None
+    if not items:
+        raise _fail("nothing to classify: give texts or --jsonl FILE", 2)
+    chosen = [x.strip() for x in labels.split(",") if x.strip()] if labels else None
+
+    async def work() -> None:
+        client = async_client(base_url, api_key, timeout=timeout)
+        results = await aclassify(items, chosen, language=language, model=model, client=client)
+        for r in results:
+            if as_json or jsonl is not None:
+                line = {
+                    "text": r.text,
+                    "label": r.label,
+                    "confidence": r.confidence,
+                    "scores": r.scores,
+                }
+                out.print(json.dumps(line, ensure_ascii=False), markup=False)
+            else:
+                conf = f"  ({r.confidence:.0%})" if r.confidence is not None else ""
+                out.print(f"{r.label}{conf}\t{r.text}", markup=False)
+
+    _call(base_url, api_key, work)
+
+
+# -- roleplay ----------------------------------------------------------------------------------
+
+
+def roleplay(
+    role: Annotated[str, typer.Option(help="The character, e.g. 医生 or doctor.")],
+    scenario: Annotated[str | None, typer.Option(help="The situation.")] = None,
+    turns: Annotated[int, typer.Option(min=1, max=20, help="Exchanges to generate.")] = 3,
+    interactive: Annotated[bool, typer.Option(help="Talk with the character yourself.")] = False,
+    model: Model = DEFAULT_MODEL,
+    base_url: BaseUrl = None,
+    api_key: ApiKey = None,
+    timeout: Timeout = 600.0,
+) -> None:
+    """A dialogue with a character (the tutorial's role-play), generated or interactive."""
+    if interactive:
+        chat(
+            system=character_prompt(role, scenario),
+            temperature=0.8,
+            max_tokens=None,
+            model=model,
+            base_url=base_url,
+            api_key=api_key,
+            timeout=timeout,
+        )
+        return
+
+    async def work() -> None:
+        client = async_client(base_url, api_key, timeout=timeout)
+        for speaker, text in await aroleplay(
+            role, scenario=scenario, turns=turns, model=model, client=client
+        ):
+            out.print(f"{speaker}: {text}", markup=False)
+
+    _call(base_url, api_key, work)
+
+
+# -- batch -------------------------------------------------------------------------------------
+
+
+def batch(
+    input_file: Annotated[Path, typer.Argument(help="Requests, in OpenAI's batch JSONL format.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Where results go (JSONL).")],
+    jobs: Annotated[
+        int, typer.Option("-j", "--jobs", min=1, max=256, help="Concurrent requests.")
+    ] = 4,
+    retries: Annotated[
+        int, typer.Option(min=0, help="Retries per request (429, 5xx, network).")
+    ] = 5,
+    input_price: Annotated[
+        float | None, typer.Option(help="USD per million prompt tokens, for the cost line.")
+    ] = None,
+    output_price: Annotated[
+        float | None, typer.Option(help="USD per million completion tokens.")
+    ] = None,
+    base_url: BaseUrl = None,
+    api_key: ApiKey = None,
+    timeout: Timeout = 600.0,
+) -> None:
+    """Run many requests at once; resumable (skips custom_ids already in the output)."""
+    progress = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        console=err,
+    )
+    task = progress.add_task("batch", total=None, rate="")
+
+    def started(s: BatchSummary) -> None:
+        progress.update(task, total=s.total, completed=s.skipped)
+        if s.skipped:
+            err.print(f"resuming: {s.skipped} of {s.total} already in {output}")
+
+    def advanced(s: BatchSummary) -> None:
+        rate = (s.prompt_tokens + s.completion_tokens) / s.seconds if s.seconds else 0.0
+        progress.update(task, completed=s.skipped + s.done + s.failed, rate=f"{rate:.0f} tok/s")
+
+    async def work() -> BatchSummary:
+        client = async_client(base_url, api_key, timeout=timeout)
+        return await arun_batch(
+            input_file,
+            output,
+            concurrency=jobs,
+            retries=retries,
+            client=client,
+            on_progress=advanced,
+            on_start=started,
+        )
+
+    try:
+        with progress:
+            summary = _call(base_url, api_key, work)
+    except KeyboardInterrupt:
+        err.print(f"interrupted: what finished is in {output}; run the same command to go on")
+        raise typer.Exit(130) from None
+    cost = summary.cost(input_price, output_price)
+    err.print(
+        f"done: {summary.done} written ({summary.succeeded} ok, {summary.refused} refused by "
+        f"the server), {summary.skipped} from an earlier run, {summary.failed} failed; "
+        f"{summary.prompt_tokens} prompt + {summary.completion_tokens} completion tokens"
+        + (f", ${cost:.6f}" if cost is not None else "")
+        + f" in {summary.seconds:.1f} s"
+    )
+    for line in summary.errors[:5]:
+        err.print(f"  {line}")
+    if summary.failed:
+        raise typer.Exit(1)
+
+
+def register(app: typer.Typer) -> None:
+    for command in (chat, complete, summarize, classify, roleplay, batch):
+        app.command(command.__name__)(command)
