@@ -27,7 +27,7 @@ import httpx
 import openai
 from openai import AsyncOpenAI, OpenAI
 
-from oasis.apps.client import as_async, run
+from oasis.apps.client import run, using
 
 URLS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
 
@@ -138,7 +138,20 @@ async def arun_batch(
     summary.skipped = len(requests) - len(todo)
     if on_start is not None:
         on_start(summary)
-    api = as_async(client).with_options(max_retries=retries)
+    async with using(client) as base:
+        return await _run(
+            base.with_options(max_retries=retries), todo, target, summary, concurrency, on_progress
+        )
+
+
+async def _run(
+    api: AsyncOpenAI,
+    todo: list[dict[str, Any]],
+    target: Path,
+    summary: BatchSummary,
+    concurrency: int,
+    on_progress: Callable[[BatchSummary], None] | None,
+) -> BatchSummary:
     queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
     for item in todo:
         queue.put_nowait(item)

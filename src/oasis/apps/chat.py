@@ -120,8 +120,16 @@ class Conversation:
         return "".join([piece async for piece in self.astream(text)])
 
     def send(self, text: str) -> str:
-        try:
+        if isinstance(self._client, AsyncOpenAI):
             return run(self.asend(text))
-        finally:
-            if not isinstance(self._client, AsyncOpenAI):
-                self._api = None  # its connections belong to the event loop that just ended
+
+        async def once() -> str:
+            try:
+                return await self.asend(text)
+            finally:
+                # a client made here belongs to this event loop: close it before the loop ends
+                if self._api is not None:
+                    await self._api.close()
+                self._api = None
+
+        return run(once())

@@ -23,7 +23,7 @@ from typing import Any
 import openai
 from openai import AsyncOpenAI, OpenAI
 
-from oasis.apps.client import DEFAULT_MODEL, as_async, run
+from oasis.apps.client import DEFAULT_MODEL, run, using
 
 SENTIMENT_EN = ("positive", "negative", "neutral")
 SENTIMENT_ZH = ("积极", "消极", "中性")
@@ -191,11 +191,10 @@ async def aclassify(
     given = tuple(labels) if labels else None
     if given is not None and (len(given) < 2 or len(set(given)) != len(given)):
         raise ValueError("give at least two different labels")
-    api = as_async(client)
     gate = asyncio.Semaphore(max(1, concurrency))
     methods = ["scoring", "schema", "chat"]
 
-    async def one(text: str) -> Classification:
+    async def one(api: AsyncOpenAI, text: str) -> Classification:
         # sentiment labels follow each text's language unless labels or a language are given
         chosen = given or default_labels([text], language)
         async with gate:
@@ -211,7 +210,8 @@ async def aclassify(
                     if methods and methods[0] == method:
                         methods.pop(0)  # this server cannot do it: skip it for the rest
 
-    return list(await asyncio.gather(*(one(t) for t in items)))
+    async with using(client) as api:
+        return list(await asyncio.gather(*(one(api, t) for t in items)))
 
 
 def classify(

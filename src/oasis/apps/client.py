@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
-from collections.abc import Coroutine
+from collections.abc import AsyncIterator, Coroutine
 from typing import Any, TypeVar
 
 from openai import AsyncOpenAI, OpenAI
@@ -65,6 +66,18 @@ def as_async(client: OpenAI | AsyncOpenAI | None) -> AsyncOpenAI:
         timeout=client.timeout,
         max_retries=client.max_retries,
     )
+
+
+@contextlib.asynccontextmanager
+async def using(client: OpenAI | AsyncOpenAI | None) -> AsyncIterator[AsyncOpenAI]:
+    """The async client to use; one made here (from a sync client, or from the environment) is
+    closed on the way out, while its event loop still runs."""
+    api = as_async(client)
+    try:
+        yield api
+    finally:
+        if api is not client:
+            await api.close()
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:

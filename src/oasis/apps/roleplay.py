@@ -7,7 +7,7 @@ import re
 
 from openai import AsyncOpenAI, OpenAI
 
-from oasis.apps.client import DEFAULT_MODEL, as_async, run
+from oasis.apps.client import DEFAULT_MODEL, run, using
 from oasis.apps.text import achat_once
 
 _CJK = re.compile(r"[\u3400-\u9fff]")
@@ -50,7 +50,19 @@ async def aroleplay(
     client: OpenAI | AsyncOpenAI | None = None,
 ) -> list[tuple[str, str]]:
     """A dialogue of ``turns`` exchanges: ``(speaker, text)`` pairs, the visitor first."""
-    api = as_async(client)
+    async with using(client) as api:
+        return await _dialogue(api, role, scenario, turns, language, model, temperature)
+
+
+async def _dialogue(
+    api: AsyncOpenAI,
+    role: str,
+    scenario: str | None,
+    turns: int,
+    language: str | None,
+    model: str,
+    temperature: float,
+) -> list[tuple[str, str]]:
     zh = language == "zh" or (language is None and bool(_CJK.search(role + (scenario or ""))))
     visitor = "来访者" if zh else "Visitor"
     character = character_prompt(role, scenario, "zh" if zh else "en")

@@ -9,7 +9,7 @@ import re
 import openai
 from openai import AsyncOpenAI, OpenAI
 
-from oasis.apps.client import DEFAULT_MODEL, as_async, run
+from oasis.apps.client import DEFAULT_MODEL, run, using
 from oasis.apps.text import achat_once
 
 _CJK = re.compile(r"[\u3400-\u9fff]")
@@ -96,7 +96,19 @@ async def asummarize(
     client: OpenAI | AsyncOpenAI | None = None,
 ) -> str:
     """A summary of ``text`` in at most about ``words`` words (characters, in Chinese)."""
-    api = as_async(client)
+    async with using(client) as api:
+        return await _summarize(api, text, words, language, model, chunk_tokens, concurrency)
+
+
+async def _summarize(
+    api: AsyncOpenAI,
+    text: str,
+    words: int,
+    language: str | None,
+    model: str,
+    chunk_tokens: int,
+    concurrency: int,
+) -> str:
     lang = language or language_of(text)
     gate = asyncio.Semaphore(max(1, concurrency))
 

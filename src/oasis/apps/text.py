@@ -8,7 +8,7 @@ from typing import Any
 from openai import AsyncOpenAI, OpenAI
 from openai.types import Completion
 
-from oasis.apps.client import DEFAULT_MODEL, as_async, run
+from oasis.apps.client import DEFAULT_MODEL, run, using
 
 COMPLETION_MODEL = "text-davinci-002"  # the tutorial's engine; resolves to the bundled model
 
@@ -38,10 +38,10 @@ async def acomplete(
     client: OpenAI | AsyncOpenAI | None = None,
 ) -> Completion:
     """The whole API response."""
-    api = as_async(client)
-    done: Completion = await api.completions.create(
-        prompt=prompt, **_params(model, max_tokens, temperature, n, stop)
-    )
+    async with using(client) as api:
+        done: Completion = await api.completions.create(
+            prompt=prompt, **_params(model, max_tokens, temperature, n, stop)
+        )
     return done
 
 
@@ -56,15 +56,15 @@ async def astream_text(
     client: OpenAI | AsyncOpenAI | None = None,
 ) -> AsyncIterator[tuple[int, str]]:
     """``(choice index, text)`` pieces as the server streams them."""
-    api = as_async(client)
-    stream = await api.completions.create(
-        prompt=prompt, stream=True, **_params(model, max_tokens, temperature, n, stop)
-    )
-    async with stream:
-        async for chunk in stream:
-            for choice in chunk.choices:
-                if choice.text:
-                    yield choice.index, choice.text
+    async with using(client) as api:
+        stream = await api.completions.create(
+            prompt=prompt, stream=True, **_params(model, max_tokens, temperature, n, stop)
+        )
+        async with stream:
+            async for chunk in stream:
+                for choice in chunk.choices:
+                    if choice.text:
+                        yield choice.index, choice.text
 
 
 async def agenerate_text(

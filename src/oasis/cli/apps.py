@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import signal
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Annotated, Any, TypeVar
 
 import openai
 import typer
+from openai import AsyncOpenAI
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -27,7 +29,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from oasis.apps.batch import BatchInputError, BatchSummary, arun_batch
+from oasis.apps.batch import BatchInputError, BatchSummary, arun_batch, read_input
 from oasis.apps.chat import Conversation
 from oasis.apps.classify import ClassificationError, aclassify
 from oasis.apps.client import DEFAULT_MODEL, ClientConfigError, async_client, resolve
@@ -55,11 +57,29 @@ def _fail(message: str, code: int = 1) -> typer.Exit:
     return typer.Exit(code)
 
 
+_OPEN: list[AsyncOpenAI] = []
+
+
+def _client(base_url: str | None, api_key: str | None, timeout: float) -> AsyncOpenAI:
+    """A client for this command, closed by ``_call`` before its event loop ends."""
+    client = async_client(base_url, api_key, timeout=timeout)
+    _OPEN.append(client)
+    return client
+
+
 def _call(base_url: str | None, api_key: str | None, work: Callable[[], Awaitable[T]]) -> T:
     """Run ``work``; any API, connection or input error becomes one line and exit status 1."""
+
+    async def main() -> T:
+        try:
+            return await work()
+        finally:
+            while _OPEN:
+                await _OPEN.pop().close()
+
     try:
         url, _ = resolve(base_url, api_key)
-        return asyncio.run(work())  # type: ignore[arg-type]
+        return asyncio.run(main())
     except ClientConfigError as exc:
         raise _fail(str(exc)) from None
     except openai.APIError as exc:
@@ -87,7 +107,7 @@ def complete(
     """Continue a prompt (the tutorial's generate_text)."""
 
     async def work() -> None:
-        client = async_client(base_url, api_key, timeout=timeout)
+        client = _client(base_url, api_key, timeout)
         opts: dict[str, Any] = dict(
             model=model,
             max_tokens=max_tokens,
@@ -151,7 +171,14 @@ def chat(
         on_trim=trimmed,
     )
     interactive = sys.stdin.isatty()
-    asyncio.run(_chat_loop(conv, url, interactive))
+
+    async def main() -> None:
+        try:
+            await _chat_loop(conv, url, interactive)
+        finally:
+            await conv.api.close()
+
+    asyncio.run(main())
 
 
 async def _read_line(prompt: str, interactive: bool) -> str | None:
@@ -166,37 +193,14 @@ async def _read_line(prompt: str, interactive: bool) -> str | None:
 
 
 async def _answer(conv: Conversation, text: str, url: str) -> None:
-    """Stream one answer; Ctrl-C stops the answer, not the program."""
-    loop = asyncio.get_running_loop()
-    task = asyncio.current_task()
-    assert task is not None
-    import signal
-
-    stopped = False
-
-    def interrupt() -> None:
-        nonlocal stopped
-        stopped = True
-        task.cancel()
-
-    with contextlib.suppress(NotImplementedError, RuntimeError):
-        loop.add_signal_handler(signal.SIGINT, interrupt)
+    """Stream one answer to the terminal."""
     try:
         async for piece in conv.astream(text):
             out.print(piece, end="", markup=False)
         out.print()
-    except asyncio.CancelledError:
-        if not stopped:
-            raise
-        task.uncancel()
-        out.print()
-        err.print("(stopped)")
     except openai.APIError as exc:
         out.print()
         err.print(f"[red]error:[/red] {describe(exc, url)}", markup=True)
-    finally:
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.remove_signal_handler(signal.SIGINT)
 
 
 HELP = (
@@ -209,12 +213,20 @@ HELP = (
 async def _chat_loop(conv: Conversation, url: str, interactive: bool) -> None:
     if interactive:
         err.print(f"chatting with {conv.model} at {url} - {HELP}")
+    loop = asyncio.get_running_loop()
+    answering: list[asyncio.Task[None]] = []
+
+    def on_ctrl_c() -> None:
+        """Ctrl-C stops the answer being written, never the program."""
+        if answering and not answering[0].done():
+            answering[0].cancel()
+        else:
+            err.print("\n(Ctrl-D or exit to leave)")
+
+    with contextlib.suppress(NotImplementedError, RuntimeError):
+        loop.add_signal_handler(signal.SIGINT, on_ctrl_c)
     while True:
-        try:
-            line = await _read_line("> " if interactive else "", interactive)
-        except KeyboardInterrupt:
-            err.print("(Ctrl-D or exit to leave)")
-            continue
+        line = await _read_line("> " if interactive else "", interactive)
         if line is None:
             if interactive:
                 out.print()
@@ -227,7 +239,17 @@ async def _chat_loop(conv: Conversation, url: str, interactive: bool) -> None:
         if text.startswith("/"):
             _command(conv, text)
             continue
-        await _answer(conv, text, url)
+        task = asyncio.create_task(_answer(conv, text, url))
+        answering[:] = [task]
+        try:
+            await task
+        except asyncio.CancelledError:
+            if not task.cancelled():
+                raise
+            out.print()
+            err.print("(stopped)")
+        finally:
+            answering.clear()
 
 
 def _command(conv: Conversation, text: str) -> None:
@@ -279,7 +301,7 @@ def summarize(
             raise _fail(f"cannot read {f}: {exc.strerror}") from None
 
     async def work() -> None:
-        client = async_client(base_url, api_key, timeout=timeout)
+        client = _client(base_url, api_key, timeout)
         for name, text in texts:
             if not text.strip():
                 raise ValueError(f"{name} is empty")
@@ -336,7 +358,7 @@ def classify(
     chosen = [x.strip() for x in labels.split(",") if x.strip()] if labels else None
 
     async def work() -> None:
-        client = async_client(base_url, api_key, timeout=timeout)
+        client = _client(base_url, api_key, timeout)
         results = await aclassify(items, chosen, language=language, model=model, client=client)
         for r in results:
             if as_json or jsonl is not None:
@@ -381,7 +403,7 @@ def roleplay(
         return
 
     async def work() -> None:
-        client = async_client(base_url, api_key, timeout=timeout)
+        client = _client(base_url, api_key, timeout)
         for speaker, text in await aroleplay(
             role, scenario=scenario, turns=turns, model=model, client=client
         ):
@@ -413,6 +435,10 @@ def batch(
     timeout: Timeout = 600.0,
 ) -> None:
     """Run many requests at once; resumable (skips custom_ids already in the output)."""
+    try:
+        read_input(input_file)  # a bad file fails before any work
+    except (BatchInputError, OSError) as exc:
+        raise _fail(str(exc)) from None
     progress = Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -435,7 +461,7 @@ def batch(
         progress.update(task, completed=s.skipped + s.done + s.failed, rate=f"{rate:.0f} tok/s")
 
     async def work() -> BatchSummary:
-        client = async_client(base_url, api_key, timeout=timeout)
+        client = _client(base_url, api_key, timeout)
         return await arun_batch(
             input_file,
             output,
