@@ -218,17 +218,25 @@ def batch_file(path: Path, n: int) -> None:
 def test_batch_killed_halfway_then_resumed(live: LiveServer, tmp_path: Path) -> None:
     src, dst = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     batch_file(src, 30)
-    proc = subprocess.Popen([OASIS, "batch", str(src), "-o", str(dst), "-j", "2"],
-                            env=env_for(live), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if dst.exists() and len(dst.read_bytes().splitlines()) >= 8:
-            break
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+
+    def start_and_stop_after(lines: int, sig: int) -> int:
+        proc = subprocess.Popen([OASIS, "batch", str(src), "-o", str(dst), "-j", "2"],
+                                env=env_for(live), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if dst.exists() and len(dst.read_bytes().splitlines()) >= lines:
+                break
+            time.sleep(0.05)
+        proc.send_signal(sig)
+        return proc.wait()
+
+    # Ctrl-C: exit status 130, and every line written is whole
+    assert start_and_stop_after(4, signal.SIGINT) == 130
+    assert all(json.loads(x) for x in dst.read_text().splitlines())
+    start_and_stop_after(10, signal.SIGKILL)
     first = len(dst.read_bytes().splitlines())
-    assert 8 <= first < 30
+    assert 10 <= first < 30
     r = subprocess.run([OASIS, "batch", str(src), "-o", str(dst), "-j", "4"],
                        env=env_for(live), capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
