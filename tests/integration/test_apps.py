@@ -15,8 +15,8 @@ import pexpect
 import pytest
 
 from oasis.apps import (
-    Conversation,
     agenerate_text,
+    chat,
     classify,
     generate_text,
     roleplay,
@@ -113,7 +113,7 @@ def test_chat_quits_on_ctrl_d(live: LiveServer) -> None:
 def test_conversation_keeps_history_and_trims_when_too_long(live: LiveServer) -> None:
     trims: list[int] = []
     client = sync_client(live.v1, live.api_key)
-    conv = Conversation("You are terse.", max_tokens=8, client=client, on_trim=trims.append)
+    conv = chat("You are terse.", max_tokens=8, client=client, on_trim=trims.append)
     conv.send("My name is Ada.")
     conv.send("What is my name?")
     assert [t["role"] for t in conv.turns] == ["user", "assistant", "user", "assistant"]

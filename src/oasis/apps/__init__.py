@@ -6,7 +6,7 @@ you pass in. Every function has an async form (``a``-prefixed) and a sync one.
 """
 
 from oasis.apps.batch import BatchSummary, arun_batch, run_batch
-from oasis.apps.chat import Conversation
+from oasis.apps.chat import Conversation, chat
 from oasis.apps.classify import Classification, aclassify, classify
 from oasis.apps.client import async_client, sync_client
 from oasis.apps.roleplay import aroleplay, roleplay
@@ -23,6 +23,7 @@ __all__ = [
     "arun_batch",
     "asummarize",
     "async_client",
+    "chat",
     "classify",
     "generate_text",
     "roleplay",
