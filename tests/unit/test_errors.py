@@ -80,7 +80,6 @@ def test_unrecognized_argument_is_400(http: TestClient, schemas: Schemas) -> Non
     ("extra", "param"),
     [
         ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
-        ({"response_format": {"type": "json_object"}}, "response_format"),
         ({"functions": [{"name": "f"}]}, "functions"),
         ({"audio": {"voice": "alloy", "format": "mp3"}}, "audio"),
         ({"store": True}, "store"),

@@ -36,6 +36,8 @@ class GenerationRequest:
     logprobs: int | None = None
     # Also return logprobs for the prompt tokens (completions with echo + logprobs).
     prompt_logprobs: bool = False
+    # A GBNF grammar the output must follow (structured outputs); checked with check_grammar.
+    grammar: str | None = None
 
 
 @dataclass(frozen=True)
@@ -134,6 +136,10 @@ class Engine(Protocol):
     def detokenize(self, tokens: list[int]) -> str: ...
 
     def token_piece(self, token: int) -> bytes: ...
+
+    def check_grammar(self, gbnf: str) -> None:
+        """Raise ValueError unless the engine can enforce this grammar."""
+        ...
 
     def submit(self, request: GenerationRequest) -> RequestHandle: ...
 

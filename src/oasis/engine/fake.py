@@ -136,6 +136,7 @@ class FakeEngine:
         self.reply = reply
         self.delay = delay
         self.max_running = max_running
+        self.last_request: GenerationRequest | None = None
         self._stats = EngineStats()
         self._info = ModelInfo(
             name=name,
@@ -162,9 +163,16 @@ class FakeEngine:
     def token_piece(self, token: int) -> bytes:
         return bytes([token - OFFSET]) if token >= OFFSET else b""
 
+    def check_grammar(self, gbnf: str) -> None:
+        """The fake engine cannot constrain: tests script a reply that fits (``reply``), and
+        ``bad_grammar`` makes it refuse like llama.cpp does."""
+        if "bad_grammar" in gbnf:
+            raise ValueError("could not parse the grammar")
+
     def submit(self, request: GenerationRequest) -> FakeHandle:
         if self.max_running is not None and self._stats.running >= self.max_running:
             raise OverloadedError("The engine is busy; retry shortly.")
+        self.last_request = request
         return FakeHandle(self, request)
 
     def stats(self) -> EngineStats:

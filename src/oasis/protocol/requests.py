@@ -127,8 +127,6 @@ class ChatCompletionRequest(_SamplingFields):
         found = [name for name in names if getattr(self, name) is not None]
         if self.modalities is not None and "audio" in self.modalities:
             found.append("modalities")
-        if self.response_format is not None and self.response_format.get("type") != "text":
-            found.append("response_format")
         if self.store:
             found.append("store")
         if self.service_tier in ("flex", "scale", "priority"):

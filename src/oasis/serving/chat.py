@@ -16,7 +16,7 @@ from openai.types.chat.chat_completion_token_logprob import (
     TopLogprob,
 )
 
-from oasis.engine.base import FinishEvent, GenerationRequest, TokenEvent, TokenLogprob
+from oasis.engine.base import Engine, FinishEvent, GenerationRequest, TokenEvent, TokenLogprob
 from oasis.errors import InvalidRequestError, UnsupportedParameterError
 from oasis.protocol.requests import ChatCompletionRequest, ChatMessage, TextPart
 from oasis.serving.common import (
@@ -37,6 +37,7 @@ from oasis.serving.common import (
 )
 from oasis.serving.merge import merge
 from oasis.serving.prompt import ChatTemplate
+from oasis.serving.structured import grammar_for
 
 SUPPORTED_ROLES = {"system", "developer", "user", "assistant"}
 
@@ -103,6 +104,14 @@ def message_dicts(messages: list[ChatMessage]) -> list[dict[str, Any]]:
     return out
 
 
+def _text_of(m: ChatMessage) -> str:
+    if m.content is None:
+        return ""
+    if isinstance(m.content, str):
+        return m.content
+    return " ".join(p.text for p in m.content if isinstance(p, TextPart))
+
+
 @dataclass
 class _ChoiceState:
     text: list[str] = field(default_factory=list)
@@ -154,6 +163,7 @@ class ChatService:
         )
         n = req.n or 1
         logprobs = (req.top_logprobs or 0) if req.logprobs else None
+        grammar = self._grammar(req, engine)
         gens = [
             GenerationRequest(
                 prompt=prompt,
@@ -161,6 +171,7 @@ class ChatService:
                 sampling=with_seed(params, i),
                 stop=req.stop_list(),
                 logprobs=logprobs,
+                grammar=grammar,
             )
             for i in range(n)
         ]
@@ -182,6 +193,34 @@ class ChatService:
                 handles, meta, n, len(prompt), logprobs is not None, include_usage, meter
             )
         return await self._complete(handles, meta, n, len(prompt), logprobs is not None, meter)
+
+    @staticmethod
+    def _grammar(req: ChatCompletionRequest, engine: Engine) -> str | None:
+        """The grammar response_format asks for, checked against the engine (a 400 if it
+        cannot be enforced)."""
+        fmt = req.response_format
+        if (
+            fmt is not None
+            and fmt.get("type") == "json_object"
+            and not any("json" in _text_of(m).lower() for m in req.messages)
+        ):
+            raise InvalidRequestError(
+                "'messages' must contain the word 'json' in some form, to use "
+                "'response_format' of type 'json_object'.",
+                param="messages",
+                code="invalid_value",
+            )
+        grammar = grammar_for(fmt)
+        if grammar is not None:
+            try:
+                engine.check_grammar(grammar)
+            except ValueError as exc:
+                raise UnsupportedParameterError(
+                    f"Structured outputs: the engine cannot enforce this schema ({exc}); the "
+                    "request is refused rather than answered unconstrained.",
+                    param="response_format",
+                ) from None
+        return grammar
 
     async def _complete(
         self,

@@ -36,7 +36,14 @@ from oasis.engine.base import (
     TokenLogprob,
 )
 from oasis.engine.llamacpp.model import LoadedModel
-from oasis.engine.llamacpp.sampling import build_sampler, free_sampler, logits_row, token_logprob
+from oasis.engine.llamacpp.sampling import (
+    ConstrainedSampler,
+    build_sampler,
+    compile_grammar,
+    free_sampler,
+    logits_row,
+    token_logprob,
+)
 from oasis.engine.llamacpp.slots import Seq, Slot, common_prefix
 from oasis.engine.textstream import TextStream
 from oasis.errors import EngineError, OverloadedError
@@ -203,6 +210,11 @@ class LlamaEngine:
     def detokenize(self, tokens: list[int]) -> str:
         return b"".join(self.token_piece(t) for t in tokens).decode("utf-8", errors="replace")
 
+    def check_grammar(self, gbnf: str) -> None:
+        """Raise GrammarError unless llama.cpp can build a sampler from this grammar."""
+        assert self._model is not None
+        L.llama_sampler_free(compile_grammar(self._model.vocab, gbnf))
+
     def token_piece(self, token: int) -> bytes:
         assert self._model is not None
         return self._model.pieces[token] if 0 <= token < self._model.n_vocab else b""
@@ -317,6 +329,10 @@ class LlamaEngine:
             self._dequeued()
             req = seq.handle.request
             seq.sampler = build_sampler(req.sampling, self._model.n_vocab, req.max_tokens)
+            if req.grammar is not None:
+                # checked by serving (check_grammar) before submit, so this builds
+                grammar = compile_grammar(self._model.vocab, req.grammar)
+                seq.sampler = ConstrainedSampler(seq.sampler, grammar, self._model.n_vocab)
             leader = None
             if not seq.wants_prompt_logprobs:
                 leader = next(
@@ -471,7 +487,10 @@ class LlamaEngine:
         assert self._model is not None
         model = self._model
         req = seq.handle.request
-        token = L.llama_sampler_sample(seq.sampler, self._ctx, index)
+        if isinstance(seq.sampler, ConstrainedSampler):
+            token = seq.sampler.sample(self._ctx, index)
+        else:
+            token = L.llama_sampler_sample(seq.sampler, self._ctx, index)
         seq.generated += 1
         seq.handle.generated = seq.generated
         self._stats.generated_tokens_total += 1
@@ -530,9 +549,11 @@ class LlamaEngine:
                 slot.cached = []
             slot.seq = None
             seq.slot = None
-        if seq.sampler is not None:
+        if isinstance(seq.sampler, ConstrainedSampler):
+            seq.sampler.free()
+        elif seq.sampler is not None:
             free_sampler(seq.sampler)
-            seq.sampler = None
+        seq.sampler = None
         seq.handle.done = True
 
     def _fail_all(self, active: list[Seq], err: Exception) -> None:

@@ -73,3 +73,80 @@ def token_logprob(
         idx = idx[np.argsort(-x[idx])]
         top = tuple((pieces[int(i)], float(x[i] - lse)) for i in idx)
     return TokenLogprob(token, pieces[token], float(x[token] - lse), top)
+
+
+class GrammarError(ValueError):
+    """llama.cpp could not build a sampler from the grammar."""
+
+
+def compile_grammar(vocab: Any, gbnf: str) -> Any:
+    """A llama.cpp grammar sampler, or GrammarError: a constraint that cannot be built is
+    refused, never dropped."""
+    sampler = L.llama_sampler_init_grammar(vocab, gbnf.encode(), b"root")
+    if not sampler:
+        raise GrammarError("llama.cpp could not parse the grammar")
+    return sampler
+
+
+_TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])
+
+
+class ConstrainedSampler:
+    """A sampler chain under a grammar (structured outputs).
+
+    Checking the grammar against every token of the vocabulary at every step is what makes
+    constrained decoding slow, so, as llama.cpp's own common sampler does, the chain samples
+    first and only the sampled token is checked; only when the grammar rejects it is the
+    grammar applied to the whole vocabulary and the chain asked again. Both samplers then
+    accept the token.
+    """
+
+    def __init__(self, chain: Any, grammar: Any, n_vocab: int) -> None:
+        self.chain = chain
+        self.grammar = grammar
+        self.n_vocab = n_vocab
+        self._buf = np.zeros(n_vocab, dtype=_TOKEN_DATA)
+        self._ids = np.arange(n_vocab, dtype=np.int32)
+        self._one = (L.llama_token_data * 1)()
+        self.full_checks = 0  # steps where the grammar had to mask the whole vocabulary
+
+    def _array(self, data: Any, size: int) -> Any:
+        return L.llama_token_data_array(
+            data=ctypes.cast(data, L.llama_token_data_p), size=size, selected=-1, sorted=False
+        )
+
+    def _apply(self, sampler: Any, row: np.ndarray[Any, Any], mask: bool) -> int:
+        buf = self._buf
+        buf["id"] = self._ids
+        buf["logit"] = row
+        buf["p"] = 0.0
+        arr = self._array(buf.ctypes.data, self.n_vocab)
+        if mask:
+            L.llama_sampler_apply(self.grammar, ctypes.byref(arr))
+        L.llama_sampler_apply(sampler, ctypes.byref(arr))
+        data = np.ctypeslib.as_array(
+            ctypes.cast(arr.data, ctypes.POINTER(ctypes.c_int32)), shape=(arr.size * 3,)
+        )
+        return int(data[arr.selected * 3])
+
+    def _allowed(self, token: int) -> bool:
+        self._one[0].id = token
+        self._one[0].logit = 0.0
+        self._one[0].p = 0.0
+        arr = self._array(self._one, 1)
+        L.llama_sampler_apply(self.grammar, ctypes.byref(arr))
+        return bool(np.isfinite(self._one[0].logit))
+
+    def sample(self, ctx: Any, index: int) -> int:
+        row = logits_row(ctx, index, self.n_vocab)
+        token = self._apply(self.chain, row, mask=False)
+        if not self._allowed(token):
+            self.full_checks += 1
+            token = self._apply(self.chain, row, mask=True)
+        L.llama_sampler_accept(self.grammar, token)
+        L.llama_sampler_accept(self.chain, token)
+        return token
+
+    def free(self) -> None:
+        L.llama_sampler_free(self.chain)
+        L.llama_sampler_free(self.grammar)

@@ -1,0 +1,163 @@
+"""Structured-outputs benchmark: decode tokens/s with a JSON-schema constraint versus without,
+same prompt, model and server, same run.
+
+Both runs stream; decode speed is (completion tokens - 1) / (time of the last token - time of
+the first), so prompt evaluation is left out. The unconstrained run bans the end tokens so it
+runs to ``max_tokens``; the constrained one ends when the JSON is complete, so both report
+tokens/s over their own length. Saves bench/results/<date>-structured.json and rewrites the
+README's table.
+
+    python -m bench.structured [--requests 6] [--concurrency 1,4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bench.engine import RESULTS, ROOT, Server, console, free_port
+
+PROMPT = "List eight famous explorers with a one-line description of each."
+SCHEMA = {
+    "type": "object",
+    "properties": {
+        "explorers": {
+            "type": "array",
+            "minItems": 8,
+            "maxItems": 8,
+            "items": {
+                "type": "object",
+                "properties": {
+                    "name": {"type": "string", "maxLength": 40},
+                    "century": {"type": "integer"},
+                    "known_for": {"type": "string", "maxLength": 80},
+                    "continent": {"enum": ["Europe", "Asia", "Africa", "Americas", "Oceania"]},
+                },
+                "required": ["name", "century", "known_for", "continent"],
+                "additionalProperties": False,
+            },
+        }
+    },
+    "required": ["explorers"],
+    "additionalProperties": False,
+}
+NO_END = {"0": -100, "2": -100}
+
+
+async def one(http: httpx.AsyncClient, url: str, constrained: bool, max_tokens: int) -> float:
+    body: dict[str, Any] = {
+        "model": "gpt-4o-mini",
+        "messages": [{"role": "user", "content": PROMPT}],
+        "max_tokens": max_tokens,
+        "temperature": 0.7,
+        "seed": 1,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    if constrained:
+        body["response_format"] = {
+            "type": "json_schema",
+            "json_schema": {"name": "explorers", "schema": SCHEMA, "strict": True},
+        }
+    else:
+        body["logit_bias"] = NO_END
+    first = last = None
+    tokens = 0
+    text: list[str] = []
+    async with http.stream("POST", url, json=body) as r:
+        r.raise_for_status()
+        async for line in r.aiter_lines():
+            if not line.startswith("data: {"):
+                continue
+            data = json.loads(line[6:])
+            if data.get("usage"):
+                tokens = data["usage"]["completion_tokens"]
+            for c in data.get("choices") or []:
+                if c["delta"].get("content"):
+                    text.append(c["delta"]["content"])
+                    now = time.perf_counter()
+                    first = first or now
+                    last = now
+    if constrained:
+        json.loads("".join(text))  # the constraint held (raises if not)
+    assert first is not None and last is not None and last > first
+    return (tokens - 1) / (last - first)
+
+
+async def level(url: str, constrained: bool, clients: int, n: int, max_tokens: int) -> float:
+    async with httpx.AsyncClient(timeout=600) as http:
+        rates: list[float] = []
+        queue = list(range(n))
+
+        async def worker() -> None:
+            while queue:
+                queue.pop()
+                rates.append(await one(http, url, constrained, max_tokens))
+
+        await asyncio.gather(*[worker() for _ in range(clients)])
+    return sum(rates) / len(rates)  # per-stream decode tokens/s
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--requests", type=int, default=6)
+    ap.add_argument("--concurrency", default="1,4")
+    ap.add_argument("--max-tokens", type=int, default=800)
+    ap.add_argument("--no-readme", action="store_true")
+    args = ap.parse_args()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    log = ROOT / "bench" / ".cache" / "structured-server.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    oasis = str(Path(sys.executable).with_name("oasis"))
+    server = Server("oasis", [oasis, "serve", "--port", str(port), "--no-auth", "--parallel", "4",
+                              "--ctx-size", "8192", "--data-dir", str(log.parent / "sdata")],
+                    port, health="/health")
+    url = f"http://127.0.0.1:{port}/v1/chat/completions"
+    rows = []
+    server.start(log)
+    try:
+        asyncio.run(level(url, True, 1, 1, args.max_tokens))  # warm-up
+        for c in [int(x) for x in args.concurrency.split(",")]:
+            with console.status(f"{c} stream(s): unconstrained"):
+                free = asyncio.run(level(url, False, c, args.requests, args.max_tokens))
+            with console.status(f"{c} stream(s): JSON schema"):
+                held = asyncio.run(level(url, True, c, args.requests, args.max_tokens))
+            rows.append({"concurrency": c, "unconstrained_tps": round(free, 1),
+                         "constrained_tps": round(held, 1), "ratio": round(held / free, 3)})
+            console.print(rows[-1])
+    finally:
+        server.stop()
+    date = dt.date.today().isoformat()
+    meta = {"date": date, "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+            "requests": args.requests, "max_tokens": args.max_tokens}
+    out = RESULTS / f"{date}-structured.json"
+    out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    table = "\n".join(
+        [f"{date}, {meta['machine']}, SmolLM2-135M, per-stream decode tokens/s:", "",
+         "| streams | unconstrained | JSON schema | ratio |", "| --- | --- | --- | --- |"]
+        + [f"| {r['concurrency']} | {r['unconstrained_tps']} | {r['constrained_tps']} | "
+           f"{r['ratio']:.2f}x |" for r in rows])
+    console.print(table)
+    if not args.no_readme:
+        readme = ROOT / "README.md"
+        text = readme.read_text()
+        start, end = "<!-- bench:structured:start -->", "<!-- bench:structured:end -->"
+        if start in text:
+            head, rest = text.split(start, 1)
+            _, tail = rest.split(end, 1)
+            readme.write_text(f"{head}{start}\n{table}\n{end}{tail}")
+
+
+if __name__ == "__main__":
+    main()
