@@ -118,9 +118,7 @@ def _to_gbnf(schema: dict[str, Any]) -> str:
         ) from None
     # JSON strings may not hold raw control characters (a newline must be written \n); the
     # converter's rule allows them, which json.loads would then reject.
-    lines = [
-        STRICT_CHAR if line.startswith("char ::=") else line for line in gbnf.splitlines()
-    ]
+    lines = [STRICT_CHAR if line.startswith("char ::=") else line for line in gbnf.splitlines()]
     return "\n".join(lines) + "\n"
 
 
