@@ -189,7 +189,9 @@ def test_roleplay(live: LiveServer) -> None:
     r = oasis(live, "roleplay", "--role", "doctor", "--turns", "2",
               "--scenario", "a patient with a cough")
     assert r.returncode == 0, r.stderr
-    speakers = [line.split(":", 1)[0] for line in r.stdout.splitlines() if ":" in line]
+    # one unindented line per turn, "speaker: text"; a turn's further lines are indented
+    turns = [line for line in r.stdout.splitlines() if line and not line.startswith(" ")]
+    speakers = [line.split(":", 1)[0] for line in turns]
     assert speakers[:4] == ["Visitor", "doctor", "Visitor", "doctor"]
     dialogue = roleplay("医生", turns=1, client=sync_client(live.v1, live.api_key))
     assert [who for who, _ in dialogue] == ["来访者", "医生"]

@@ -407,7 +407,9 @@ def roleplay(
         for speaker, text in await aroleplay(
             role, scenario=scenario, turns=turns, model=model, client=client
         ):
-            out.print(f"{speaker}: {text}", markup=False)
+            # a turn of several lines is indented under its speaker
+            body = "\n    ".join(line for line in text.splitlines() if line.strip())
+            out.print(f"{speaker}: {body}", markup=False)
 
     _call(base_url, api_key, work)
 

@@ -332,7 +332,13 @@ class LlamaEngine:
             if req.grammar is not None:
                 # checked by serving (check_grammar) before submit, so this builds
                 grammar = compile_grammar(self._model.vocab, req.grammar)
-                seq.sampler = ConstrainedSampler(seq.sampler, grammar, self._model.n_vocab)
+                s = req.sampling
+                stateful = bool(
+                    s.presence_penalty or s.frequency_penalty or s.repeat_penalty != 1.0
+                )
+                seq.sampler = ConstrainedSampler(
+                    seq.sampler, grammar, self._model.n_vocab, stateful=stateful
+                )
             leader = None
             if not seq.wants_prompt_logprobs:
                 leader = next(

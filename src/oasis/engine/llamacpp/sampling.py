@@ -101,10 +101,13 @@ class ConstrainedSampler:
     accept the token.
     """
 
-    def __init__(self, chain: Any, grammar: Any, n_vocab: int) -> None:
+    def __init__(self, chain: Any, grammar: Any, n_vocab: int, *, stateful: bool = True) -> None:
         self.chain = chain
         self.grammar = grammar
         self.n_vocab = n_vocab
+        # A chain without penalties keeps no history, so its first draw may go through
+        # llama.cpp's own sample call (which also "accepts" the token into the chain).
+        self.stateful = stateful
         self._buf = np.zeros(n_vocab, dtype=_TOKEN_DATA)
         self._ids = np.arange(n_vocab, dtype=np.int32)
         self._one = (L.llama_token_data * 1)()
@@ -138,13 +141,17 @@ class ConstrainedSampler:
         return bool(np.isfinite(self._one[0].logit))
 
     def sample(self, ctx: Any, index: int) -> int:
-        row = logits_row(ctx, index, self.n_vocab)
-        token = self._apply(self.chain, row, mask=False)
+        if self.stateful:
+            row = logits_row(ctx, index, self.n_vocab)
+            token = self._apply(self.chain, row, mask=False)
+        else:
+            token = L.llama_sampler_sample(self.chain, ctx, index)
         if not self._allowed(token):
             self.full_checks += 1
-            token = self._apply(self.chain, row, mask=True)
+            token = self._apply(self.chain, logits_row(ctx, index, self.n_vocab), mask=True)
         L.llama_sampler_accept(self.grammar, token)
-        L.llama_sampler_accept(self.chain, token)
+        if self.stateful:
+            L.llama_sampler_accept(self.chain, token)
         return token
 
     def free(self) -> None:
