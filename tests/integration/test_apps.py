@@ -83,7 +83,8 @@ def test_chat_in_a_terminal(live: LiveServer, tmp_path: Path) -> None:
         assert child.before.strip()
         # Ctrl-C stops a long answer, not the program
         child.sendline("Write a very long story about the sea, with many chapters.")
-        time.sleep(1.5)  # the answer is streaming by now
+        child.expect_exact("chapters.\r\n")  # the terminal's echo of the line
+        child.expect(r"\S")  # the first piece of the answer: interrupt it right away
         child.sendintr()
         child.expect(r"\(stopped\)")
         child.expect("> ")
