@@ -51,3 +51,19 @@ def test_label_matching_and_language() -> None:
     assert default_labels(["今天很好"]) == SENTIMENT_ZH
     assert default_labels(["good day"]) == SENTIMENT_EN
     assert default_labels(["good day"], "zh") == SENTIMENT_ZH
+
+
+def test_sync_functions_work_inside_a_running_loop() -> None:
+    """A notebook runs an event loop; the sync API must still work there."""
+    import asyncio
+
+    from oasis.apps.client import run
+
+    async def answer() -> int:
+        return 42
+
+    async def notebook_cell() -> int:
+        return run(answer())  # called synchronously while a loop runs
+
+    assert asyncio.run(notebook_cell()) == 42
+    assert run(answer()) == 42

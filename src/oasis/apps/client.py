@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import os
 from collections.abc import AsyncIterator, Coroutine
@@ -81,5 +82,11 @@ async def using(client: OpenAI | AsyncOpenAI | None) -> AsyncIterator[AsyncOpenA
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
-    """Run an application's coroutine from synchronous code."""
-    return asyncio.run(coro)
+    """Run an application's coroutine from synchronous code; inside a running event loop (a
+    Jupyter notebook) it runs on a helper thread with a loop of its own."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
