@@ -12,12 +12,11 @@ import openai
 from openai import AsyncOpenAI, OpenAI
 
 from oasis.apps.client import DEFAULT_MODEL, as_async, run
+from oasis.apps.errors import error_fields
 
 
 def _too_long(exc: openai.BadRequestError) -> bool:
-    body = exc.body if isinstance(exc.body, dict) else {}
-    err = body.get("error", body) if isinstance(body, dict) else {}
-    return isinstance(err, dict) and err.get("code") == "context_length_exceeded"
+    return error_fields(exc).get("code") == "context_length_exceeded"
 
 
 class Conversation:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,10 +23,10 @@ import openai
 from openai import AsyncOpenAI, OpenAI
 
 from oasis.apps.client import DEFAULT_MODEL, run, using
+from oasis.apps.lang import has_cjk, wants_chinese
 
 SENTIMENT_EN = ("positive", "negative", "neutral")
 SENTIMENT_ZH = ("积极", "消极", "中性")
-_CJK = re.compile(r"[\u3400-\u9fff]")
 
 
 @dataclass(frozen=True)
@@ -46,7 +45,7 @@ class ClassificationError(Exception):
 def default_labels(texts: list[str], language: str | None = None) -> tuple[str, ...]:
     """Sentiment labels: Chinese ones when asked in Chinese (``language="zh"`` or Chinese
     text), English ones otherwise."""
-    if language == "zh" or (language is None and any(_CJK.search(t) for t in texts)):
+    if wants_chinese(language, *texts):
         return SENTIMENT_ZH
     return SENTIMENT_EN
 
@@ -56,7 +55,7 @@ def _is_sentiment(labels: tuple[str, ...]) -> bool:
 
 
 def _prompt(text: str, labels: tuple[str, ...]) -> str:
-    if any(_CJK.search(label) for label in labels):
+    if has_cjk(*labels):
         task = "情感" if _is_sentiment(labels) else "类别"
         return f"判断下面文本的{task}，从{'、'.join(labels)}中选一个。\n文本：{text}\n{task}："
     task = "Sentiment" if _is_sentiment(labels) else "Label"
@@ -65,7 +64,7 @@ def _prompt(text: str, labels: tuple[str, ...]) -> str:
 
 
 def _joiner(labels: tuple[str, ...]) -> str:
-    return "" if any(_CJK.search(label) for label in labels) else " "
+    return "" if has_cjk(*labels) else " "
 
 
 class _Unsupported(Exception):

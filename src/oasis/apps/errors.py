@@ -3,7 +3,17 @@ message, and what to do."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import openai
+
+
+def error_fields(exc: openai.APIStatusError) -> dict[str, Any]:
+    """OpenAI's ``{"message", "type", "param", "code"}`` of an API error (the SDK keeps either
+    the envelope or its inside in ``body``)."""
+    body = exc.body if isinstance(exc.body, dict) else {}
+    err = body.get("error", body)
+    return err if isinstance(err, dict) else {}
 
 
 def describe(exc: BaseException, base_url: str) -> str:
@@ -13,11 +23,10 @@ def describe(exc: BaseException, base_url: str) -> str:
     if isinstance(exc, openai.APIConnectionError):
         return f"no server at {root} - start one with `make serve` (or pass --base-url)"
     if isinstance(exc, openai.APIStatusError):
-        body = exc.body if isinstance(exc.body, dict) else {}
-        err = body.get("error", body) if isinstance(body, dict) else {}
-        etype = (err or {}).get("type") or type(exc).__name__
-        code = (err or {}).get("code")
-        message = (err or {}).get("message") or str(exc)
+        err = error_fields(exc)
+        etype = err.get("type") or type(exc).__name__
+        code = err.get("code")
+        message = err.get("message") or str(exc)
         what = f"{exc.status_code} {etype}" + (f"/{code}" if code else "")
         hint = _hint(exc)
         return f"{what}: {message}" + (f" - {hint}" if hint else "")

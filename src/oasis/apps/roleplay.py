@@ -3,19 +3,16 @@ generated dialogue, also the person talking to it."""
 
 from __future__ import annotations
 
-import re
-
 from openai import AsyncOpenAI, OpenAI
 
 from oasis.apps.client import DEFAULT_MODEL, run, using
+from oasis.apps.lang import wants_chinese
 from oasis.apps.text import achat_once
-
-_CJK = re.compile(r"[\u3400-\u9fff]")
 
 
 def character_prompt(role: str, scenario: str | None = None, language: str | None = None) -> str:
     """The system prompt that makes the model play ``role``."""
-    zh = language == "zh" or (language is None and bool(_CJK.search(role + (scenario or ""))))
+    zh = wants_chinese(language, role, scenario or "")
     if zh:
         text = f"你是一位{role}。请始终以{role}的身份和口吻说话，回答简洁、专业、友好。"
         return text + (f"场景：{scenario}" if scenario else "")
@@ -63,32 +60,31 @@ async def _dialogue(
     model: str,
     temperature: float,
 ) -> list[tuple[str, str]]:
-    zh = language == "zh" or (language is None and bool(_CJK.search(role + (scenario or ""))))
+    zh = wants_chinese(language, role, scenario or "")
     visitor = "来访者" if zh else "Visitor"
     character = character_prompt(role, scenario, "zh" if zh else "en")
     counterpart = _counterpart_prompt(role, scenario, zh)
     dialogue: list[tuple[str, str]] = []
     opening = "请开始对话。" if zh else "Start the conversation."
+
+    async def speak(system: str, head: list[dict[str, str]], me: str, max_tokens: int) -> str:
+        """The next line of ``me``: its own lines are the assistant's, the other's the user's."""
+        messages = [{"role": "system", "content": system}, *head]
+        for who, text in dialogue:
+            messages.append({"role": "assistant" if who == me else "user", "content": text})
+        line = await achat_once(
+            messages, model=model, client=api, temperature=temperature, max_tokens=max_tokens
+        )
+        return line.strip() or "..."
+
     for _ in range(max(1, turns)):
-        # the visitor sees the role's lines as the other party's, and vice versa
-        v_msgs = [{"role": "system", "content": counterpart}, {"role": "user", "content": opening}]
-        for who, text in dialogue:
-            v_msgs.append({"role": "assistant" if who == visitor else "user", "content": text})
-        line = (
-            await achat_once(
-                v_msgs, model=model, client=api, temperature=temperature, max_tokens=120
+        dialogue.append(
+            (
+                visitor,
+                await speak(counterpart, [{"role": "user", "content": opening}], visitor, 120),
             )
-        ).strip()
-        dialogue.append((visitor, line or "..."))
-        r_msgs = [{"role": "system", "content": character}]
-        for who, text in dialogue:
-            r_msgs.append({"role": "user" if who == visitor else "assistant", "content": text})
-        answer = (
-            await achat_once(
-                r_msgs, model=model, client=api, temperature=temperature, max_tokens=200
-            )
-        ).strip()
-        dialogue.append((role, answer or "..."))
+        )
+        dialogue.append((role, await speak(character, [], role, 200)))
     return dialogue
 
 

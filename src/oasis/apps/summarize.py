@@ -10,14 +10,14 @@ import openai
 from openai import AsyncOpenAI, OpenAI
 
 from oasis.apps.client import DEFAULT_MODEL, run, using
+from oasis.apps.lang import CJK
 from oasis.apps.text import achat_once
 
-_CJK = re.compile(r"[\u3400-\u9fff]")
 _SENTENCE = re.compile(r"(?<=[.!?。！？；;\n])\s*")
 
 
 def language_of(text: str) -> str:
-    return "zh" if len(_CJK.findall(text[:2000])) > 20 else "en"
+    return "zh" if len(CJK.findall(text[:2000])) > 20 else "en"
 
 
 def _instruction(words: int, language: str, partial: bool) -> str:
@@ -34,7 +34,7 @@ def _instruction(words: int, language: str, partial: bool) -> str:
 def _estimate(text: str) -> int:
     """Tokens of text when the server cannot count them: ~4 characters per token, CJK ~1.5 per
     character."""
-    cjk = len(_CJK.findall(text))
+    cjk = len(CJK.findall(text))
     return int((len(text) - cjk) / 4 + cjk * 1.5) + 1
 
 

@@ -49,7 +49,7 @@ class KeyCache:
         hit = self._cache.get(digest)
         if hit is not None and now - hit[1] < self.ttl:
             info = hit[0]
-            if info.expires_at is None or info.expires_at > datetime.now(UTC):
+            if info.status(datetime.now(UTC)) == "active":  # it may have expired meanwhile
                 return info
         pending = self._inflight.get(digest)
         if pending is not None:
