@@ -79,8 +79,8 @@ def test_unrecognized_argument_is_400(http: TestClient, schemas: Schemas) -> Non
 @pytest.mark.parametrize(
     ("extra", "param"),
     [
-        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
-        ({"functions": [{"name": "f"}]}, "functions"),
+        ({"prediction": {"type": "content", "content": "x"}}, "prediction"),
+        ({"web_search_options": {}}, "web_search_options"),
         ({"audio": {"voice": "alloy", "format": "mp3"}}, "audio"),
         ({"store": True}, "store"),
         ({"reasoning_effort": "low"}, "reasoning_effort"),
@@ -96,7 +96,9 @@ def test_documented_but_unsupported_parameters_are_named(
     assert f"'{param}'" in err["message"]
 
 
-def test_image_parts_and_tool_messages_are_refused(http: TestClient, schemas: Schemas) -> None:
+def test_image_parts_and_orphan_tool_messages_are_refused(
+    http: TestClient, schemas: Schemas
+) -> None:
     img = {"role": "user", "content": [{"type": "image_url",
                                         "image_url": {"url": "http://x/y.png"}}]}
     err = error_of(http.post(CHAT, json={"model": "gpt-3.5-turbo", "messages": [img]}), 400,

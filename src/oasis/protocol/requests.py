@@ -46,7 +46,7 @@ class ChatMessage(_Strict):
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     content: str | list[ContentPart] | None = None
     name: str | None = None
-    # Fields of assistant/tool messages; tool calling is not supported yet (refused in serving).
+    # Fields of assistant / tool messages (checked in serving/chat.py).
     tool_calls: list[dict[str, Any]] | None = None
     tool_call_id: str | None = None
     function_call: dict[str, Any] | None = None
@@ -88,15 +88,16 @@ class ChatCompletionRequest(_SamplingFields):
     service_tier: Literal["auto", "default", "flex", "scale", "priority"] | None = None
     prompt_cache_key: str | None = None
     safety_identifier: str | None = None
+    # Tool calling and structured outputs (serving/tools.py, serving/structured.py).
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: Any = None
     parallel_tool_calls: StrictBool | None = None
+    functions: list[dict[str, Any]] | None = None
+    function_call: Any = None
+    response_format: dict[str, Any] | None = None
     # Documented by OpenAI, not supported yet: refused when set (see ``unsupported``).
     audio: dict[str, Any] | None = None
     modalities: list[Literal["text", "audio"]] | None = None
-    function_call: Any = None
-    functions: list[dict[str, Any]] | None = None
-    tools: list[dict[str, Any]] | None = None
-    tool_choice: Any = None
-    response_format: dict[str, Any] | None = None
     prediction: dict[str, Any] | None = None
     reasoning_effort: str | None = None
     verbosity: str | None = None
@@ -114,10 +115,6 @@ class ChatCompletionRequest(_SamplingFields):
         """Names of documented parameters that are set but not supported yet."""
         names = [
             "audio",
-            "function_call",
-            "functions",
-            "tools",
-            "tool_choice",
             "prediction",
             "reasoning_effort",
             "verbosity",

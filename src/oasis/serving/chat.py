@@ -6,11 +6,25 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from openai.types.chat import ChatCompletion, ChatCompletionChunk, ChatCompletionMessage
+from openai.types.chat import (
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionMessage,
+    ChatCompletionMessageFunctionToolCall,
+)
 from openai.types.chat.chat_completion import Choice, ChoiceLogprobs
 from openai.types.chat.chat_completion_chunk import Choice as ChunkChoice
-from openai.types.chat.chat_completion_chunk import ChoiceDelta
+from openai.types.chat.chat_completion_chunk import (
+    ChoiceDelta,
+    ChoiceDeltaFunctionCall,
+    ChoiceDeltaToolCall,
+    ChoiceDeltaToolCallFunction,
+)
 from openai.types.chat.chat_completion_chunk import ChoiceLogprobs as ChunkLogprobs
+from openai.types.chat.chat_completion_message import FunctionCall
+from openai.types.chat.chat_completion_message_function_tool_call import (
+    Function as ToolFunction,
+)
 from openai.types.chat.chat_completion_token_logprob import (
     ChatCompletionTokenLogprob,
     TopLogprob,
@@ -19,6 +33,7 @@ from openai.types.chat.chat_completion_token_logprob import (
 from oasis.engine.base import Engine, FinishEvent, GenerationRequest, TokenEvent, TokenLogprob
 from oasis.errors import InvalidRequestError, UnsupportedParameterError
 from oasis.protocol.requests import ChatCompletionRequest, ChatMessage, TextPart
+from oasis.serving import tools as tools_mod
 from oasis.serving.common import (
     NO_METER,
     Meter,
@@ -37,9 +52,7 @@ from oasis.serving.common import (
 )
 from oasis.serving.merge import merge
 from oasis.serving.prompt import ChatTemplate
-from oasis.serving.structured import grammar_for
-
-SUPPORTED_ROLES = {"system", "developer", "user", "assistant"}
+from oasis.serving.structured import GrammarBuilder, answer_schema
 
 
 def _piece_text(piece: bytes) -> str:
@@ -57,50 +70,171 @@ def chat_logprob(lp: TokenLogprob) -> ChatCompletionTokenLogprob:
     )
 
 
-def message_dicts(messages: list[ChatMessage]) -> list[dict[str, Any]]:
-    """Messages as the chat template expects them; anything we cannot honour is refused."""
-    out: list[dict[str, Any]] = []
-    for i, m in enumerate(messages):
-        if m.role not in SUPPORTED_ROLES:
+def _content_text(m: ChatMessage, at: str) -> str:
+    if m.content is None:
+        return ""
+    if isinstance(m.content, str):
+        return m.content
+    parts: list[str] = []
+    for j, part in enumerate(m.content):
+        if not isinstance(part, TextPart):
             raise UnsupportedParameterError(
-                f"Messages with role '{m.role}' need tool calling, which oasis does not "
-                "support yet.",
-                param=f"messages.[{i}].role",
+                f"Content parts of type '{part.type}' are not supported by this model; "
+                "only 'text' parts are.",
+                param=f"{at}.content.[{j}].type",
             )
-        for name in ("tool_calls", "function_call", "audio", "tool_call_id"):
-            if getattr(m, name) is not None:
-                raise UnsupportedParameterError(
-                    f"Unsupported parameter: 'messages.[{i}].{name}' is not supported by oasis "
-                    "yet.",
-                    param=f"messages.[{i}].{name}",
-                )
-        if m.content is None:
-            if m.role != "assistant":
+        parts.append(part.text)
+    return "".join(parts)
+
+
+def _history_call(raw: dict[str, Any], at: str) -> tuple[str, str, str]:
+    """(id, name, arguments) of a tool call in an earlier assistant message."""
+    call_id = raw.get("id")
+    fn = raw.get("function")
+    if raw.get("type", "function") != "function":
+        raise UnsupportedParameterError(
+            f"Tool calls of type {raw.get('type')!r} are not supported by oasis.",
+            param=f"{at}.type",
+        )
+    for key, value in (("id", call_id), ("function", fn)):
+        if value is None:
+            raise InvalidRequestError(
+                f"Missing required parameter: '{at}.{key}'.",
+                param=f"{at}.{key}",
+                code="missing_required_parameter",
+            )
+    name = fn.get("name") if isinstance(fn, dict) else None
+    arguments = fn.get("arguments", "") if isinstance(fn, dict) else None
+    if not isinstance(call_id, str) or not isinstance(name, str) or not isinstance(arguments, str):
+        raise InvalidRequestError(
+            f'Invalid \'{at}\': expected {{"id": string, "type": "function", '
+            '"function": {"name": string, "arguments": string}}.',
+            param=at,
+            code="invalid_type",
+        )
+    return call_id, name, arguments
+
+
+def _unanswered(pending: dict[str, str], index: int) -> InvalidRequestError:
+    return InvalidRequestError(
+        "An assistant message with 'tool_calls' must be followed by tool messages responding "
+        "to each 'tool_call_id'. The following tool_call_ids did not have response messages: "
+        + ", ".join(pending),
+        param=f"messages.[{index}].role",
+        code="invalid_value",
+    )
+
+
+def message_dicts(messages: list[ChatMessage], tools: str | None = None) -> list[dict[str, Any]]:
+    """Messages as the chat template expects them; anything we cannot honour is refused.
+
+    Earlier tool calls become text in the assistant turn and their results a user turn of
+    ``<tool_response>`` blocks (see serving/tools.py), so any chat template can render them;
+    ``tools`` (the description of the functions) joins the system message.
+    """
+    out: list[dict[str, Any]] = []
+    pending: dict[str, str] = {}  # tool_call_id -> function name, still waiting for a result
+    pending_at = -1
+    responses = -1  # index in out of the user turn collecting tool results
+    for i, m in enumerate(messages):
+        at = f"messages.[{i}]"
+        if m.audio is not None:
+            raise UnsupportedParameterError(
+                f"Unsupported parameter: '{at}.audio' is not supported by oasis yet.",
+                param=f"{at}.audio",
+            )
+        if m.role in ("tool", "function"):
+            if m.content is None:
                 raise InvalidRequestError(
-                    f"Invalid value for 'messages.[{i}].content': expected a string or an "
-                    "array of content parts, got null.",
-                    param=f"messages.[{i}].content",
+                    f"Invalid value for '{at}.content': expected a string or an array of "
+                    "content parts, got null.",
+                    param=f"{at}.content",
                     code="invalid_type",
                 )
-            text = ""
-        elif isinstance(m.content, str):
-            text = m.content
-        else:
-            parts: list[str] = []
-            for j, part in enumerate(m.content):
-                if not isinstance(part, TextPart):
-                    raise UnsupportedParameterError(
-                        f"Content parts of type '{part.type}' are not supported by this model; "
-                        "only 'text' parts are.",
-                        param=f"messages.[{i}].content.[{j}].type",
+            if m.role == "tool":
+                if m.tool_call_id is None:
+                    raise InvalidRequestError(
+                        f"Missing required parameter: '{at}.tool_call_id'.",
+                        param=f"{at}.tool_call_id",
+                        code="missing_required_parameter",
                     )
-                parts.append(part.text)
-            text = "".join(parts)
+                if m.tool_call_id not in pending:
+                    raise InvalidRequestError(
+                        "Invalid parameter: messages with role 'tool' must be a response to a "
+                        f"preceding message with 'tool_calls' (no call {m.tool_call_id!r} is "
+                        "waiting for its result).",
+                        param=f"{at}.role",
+                        code="invalid_value",
+                    )
+                name: str | None = pending.pop(m.tool_call_id)
+            else:
+                if m.name is None:
+                    raise InvalidRequestError(
+                        f"Missing required parameter: '{at}.name' (messages with role "
+                        "'function' name the function whose result they hold).",
+                        param=f"{at}.name",
+                        code="missing_required_parameter",
+                    )
+                name = m.name
+            block = tools_mod.response_text(name, _content_text(m, at))
+            if responses == len(out) - 1 and responses >= 0:
+                out[-1]["content"] += "\n" + block
+            else:
+                out.append({"role": "user", "content": block})
+                responses = len(out) - 1
+            continue
+        if pending:
+            raise _unanswered(pending, pending_at)
+        for key in (
+            ("tool_call_id",)
+            if m.role == "assistant"
+            else ("tool_call_id", "tool_calls", "function_call")
+        ):
+            if getattr(m, key) is not None:
+                raise InvalidRequestError(
+                    f"Invalid parameter: '{at}.{key}' is only allowed on messages with role "
+                    f"'{'tool' if key == 'tool_call_id' else 'assistant'}'.",
+                    param=f"{at}.{key}",
+                    code="invalid_value",
+                )
+        if m.content is None and m.role != "assistant":
+            raise InvalidRequestError(
+                f"Invalid value for '{at}.content': expected a string or an array of "
+                "content parts, got null.",
+                param=f"{at}.content",
+                code="invalid_type",
+            )
+        text = _content_text(m, at)
+        calls: list[str] = []
+        for j, raw in enumerate(m.tool_calls or []):
+            call_id, fn_name, arguments = _history_call(raw, f"{at}.tool_calls[{j}]")
+            pending[call_id] = fn_name
+            calls.append(tools_mod.call_text(fn_name, arguments))
+        pending_at = i
+        if m.function_call is not None:
+            fc = m.function_call
+            if not isinstance(fc.get("name"), str) or not isinstance(fc.get("arguments"), str):
+                raise InvalidRequestError(
+                    f"Invalid '{at}.function_call': expected {{\"name\": string, "
+                    '"arguments": string}.',
+                    param=f"{at}.function_call",
+                    code="invalid_type",
+                )
+            calls.append(tools_mod.call_text(fc["name"], fc["arguments"]))
+        if calls:
+            text = "\n".join([text, *calls] if text else calls)
         role = "system" if m.role == "developer" else m.role
         entry: dict[str, Any] = {"role": role, "content": text}
         if m.name is not None:
             entry["name"] = m.name
         out.append(entry)
+    if pending:
+        raise _unanswered(pending, pending_at)
+    if tools:
+        if out and out[0]["role"] == "system":
+            out[0]["content"] = f"{out[0]['content']}\n\n{tools}"
+        else:
+            out.insert(0, {"role": "system", "content": tools})
     return out
 
 
@@ -114,9 +248,29 @@ def _text_of(m: ChatMessage) -> str:
 
 @dataclass
 class _ChoiceState:
+    reply: tools_mod.ReplyParser | None
     text: list[str] = field(default_factory=list)
     logprobs: list[ChatCompletionTokenLogprob] = field(default_factory=list)
     finish: FinishEvent | None = None
+
+    def feed(self, text: str) -> list[tools_mod.Event]:
+        """The text's events: plain text, or tool calls when the plan allows them."""
+        if self.reply is None:
+            return [tools_mod.Text(text)] if text else []
+        return self.reply.feed(text)
+
+    def finish_reason(self, plan: tools_mod.ToolPlan | None) -> Any:
+        assert self.finish is not None
+        # a call cut short (max_tokens, a stop sequence) keeps the engine's reason
+        if (
+            plan is not None
+            and self.reply is not None
+            and self.reply.is_calls
+            and self.finish.reason == "stop"
+            and self.reply.complete
+        ):
+            return "function_call" if plan.legacy else "tool_calls"
+        return self.finish.reason
 
 
 class ChatService:
@@ -132,9 +286,11 @@ class ChatService:
             self._templates[target.spec.id] = t
         return t
 
-    def prompt_tokens(self, target: Target, messages: list[ChatMessage]) -> list[int]:
+    def prompt_tokens(
+        self, target: Target, messages: list[ChatMessage], tools: str | None = None
+    ) -> list[int]:
         engine = target.engine
-        text = self._template(target).render(message_dicts(messages))
+        text = self._template(target).render(message_dicts(messages, tools))
         bos = engine.info.bos_token
         add_special = engine.info.add_bos and not (bos and text.startswith(bos))
         return engine.tokenize(text, add_special=add_special, parse_special=True)
@@ -145,7 +301,9 @@ class ChatService:
         target = self.ctx.target(req.model)
         refuse_unsupported(req.unsupported())
         engine = target.engine
-        prompt = self.prompt_tokens(target, req.messages)
+        plan = tools_mod.plan_tools(req)
+        tools_text = tools_mod.system_text(plan) if plan is not None else None
+        prompt = self.prompt_tokens(target, req.messages, tools_text)
         max_tokens = req.max_completion_tokens or req.max_tokens
         budget = check_context(
             engine.info.n_ctx, len(prompt), max_tokens, what="messages", param="messages"
@@ -163,7 +321,7 @@ class ChatService:
         )
         n = req.n or 1
         logprobs = (req.top_logprobs or 0) if req.logprobs else None
-        grammar = self._grammar(req, engine)
+        grammar = self._grammar(req, engine, plan)
         gens = [
             GenerationRequest(
                 prompt=prompt,
@@ -179,25 +337,32 @@ class ChatService:
         await meter.admit(len(prompt), (max_tokens or 0) * n)
         handles = submit_all(engine, gens)
         meter.track(handles)
-        meta = {
-            "id": new_id("chatcmpl"),
-            "created": int(self.ctx.clock()),
-            "model": target.requested,
-            "system_fingerprint": fingerprint(target.spec),
-        }
+        reply = _Reply(
+            meta={
+                "id": new_id("chatcmpl"),
+                "created": int(self.ctx.clock()),
+                "model": target.requested,
+                "system_fingerprint": fingerprint(target.spec),
+            },
+            n=n,
+            n_prompt=len(prompt),
+            want_lp=logprobs is not None,
+            plan=plan,
+            meter=meter,
+        )
         if req.service_tier is not None:
-            meta["service_tier"] = "default"
+            reply.meta["service_tier"] = "default"
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            return self._stream(
-                handles, meta, n, len(prompt), logprobs is not None, include_usage, meter
-            )
-        return await self._complete(handles, meta, n, len(prompt), logprobs is not None, meter)
+            return reply.stream(handles, include_usage)
+        return await reply.complete(handles)
 
     @staticmethod
-    def _grammar(req: ChatCompletionRequest, engine: Engine) -> str | None:
-        """The grammar response_format asks for, checked against the engine (a 400 if it
-        cannot be enforced)."""
+    def _grammar(
+        req: ChatCompletionRequest, engine: Engine, plan: tools_mod.ToolPlan | None
+    ) -> str | None:
+        """The grammar response_format and the tools ask for, checked against the engine (a
+        400 if it cannot be enforced)."""
         fmt = req.response_format
         if (
             fmt is not None
@@ -210,68 +375,142 @@ class ChatService:
                 param="messages",
                 code="invalid_value",
             )
-        grammar = grammar_for(fmt)
-        if grammar is not None:
-            try:
-                engine.check_grammar(grammar)
-            except ValueError as exc:
-                raise UnsupportedParameterError(
-                    f"Structured outputs: the engine cannot enforce this schema ({exc}); the "
-                    "request is refused rather than answered unconstrained.",
-                    param="response_format",
-                ) from None
+        answer = answer_schema(fmt)
+        if plan is not None:
+            grammar: str | None = tools_mod.tool_grammar(plan, answer)
+            param = "functions" if plan.legacy else "tools"
+        elif answer is not None:
+            builder = GrammarBuilder()
+            grammar = builder.build(builder.schema(answer, "answer", param="response_format"))
+            param = "response_format"
+        else:
+            return None
+        assert grammar is not None
+        try:
+            engine.check_grammar(grammar)
+        except ValueError as exc:
+            raise UnsupportedParameterError(
+                f"Structured outputs: the engine cannot enforce this schema ({exc}); the "
+                "request is refused rather than answered unconstrained.",
+                param=param,
+            ) from None
         return grammar
 
-    async def _complete(
-        self,
-        handles: list[Any],
-        meta: dict[str, Any],
-        n: int,
-        n_prompt: int,
-        want_lp: bool,
-        meter: Meter,
-    ) -> ChatCompletion:
-        states = [_ChoiceState() for _ in range(n)]
-        async for i, ev in merge(handles, meter.first_token):
+
+@dataclass
+class _Reply:
+    """One response's choices, built from the engine's events (a body or a chunk stream)."""
+
+    meta: dict[str, Any]
+    n: int
+    n_prompt: int
+    want_lp: bool
+    plan: tools_mod.ToolPlan | None
+    meter: Meter
+
+    def _states(self) -> list[_ChoiceState]:
+        return [
+            _ChoiceState(tools_mod.ReplyParser() if self.plan is not None else None)
+            for _ in range(self.n)
+        ]
+
+    def _message(self, st: _ChoiceState) -> ChatCompletionMessage:
+        text = "".join(st.text)
+        if st.reply is None or not st.reply.is_calls:
+            return ChatCompletionMessage(role="assistant", content=text, refusal=None)
+        calls = st.reply.calls
+        assert self.plan is not None
+        if self.plan.legacy:
+            fc = (
+                FunctionCall(name=calls[0].name, arguments="".join(calls[0].arguments))
+                if calls
+                else None
+            )
+            return ChatCompletionMessage(
+                role="assistant", content=None, refusal=None, function_call=fc
+            )
+        return ChatCompletionMessage(
+            role="assistant",
+            content=None,
+            refusal=None,
+            tool_calls=[
+                ChatCompletionMessageFunctionToolCall(
+                    id=c.id,
+                    type="function",
+                    function=ToolFunction(name=c.name, arguments="".join(c.arguments)),
+                )
+                for c in calls
+            ]
+            or None,
+        )
+
+    async def complete(self, handles: list[Any]) -> ChatCompletion:
+        states = self._states()
+        async for i, ev in merge(handles, self.meter.first_token):
             st = states[i]
+            for e in st.feed(ev.text):
+                if isinstance(e, tools_mod.Text):
+                    st.text.append(e.text)
             if isinstance(ev, TokenEvent):
-                st.text.append(ev.text)
                 if ev.logprob is not None:
                     st.logprobs.append(chat_logprob(ev.logprob))
             else:
-                st.text.append(ev.text)
                 st.finish = ev
+                for e in st.reply.finish() if st.reply is not None else []:
+                    if isinstance(e, tools_mod.Text):
+                        st.text.append(e.text)
         choices = []
         for i, st in enumerate(states):
             assert st.finish is not None
             choices.append(
                 Choice(
                     index=i,
-                    message=ChatCompletionMessage(
-                        role="assistant", content="".join(st.text), refusal=None
+                    message=self._message(st),
+                    logprobs=(
+                        ChoiceLogprobs(content=st.logprobs, refusal=None) if self.want_lp else None
                     ),
-                    logprobs=ChoiceLogprobs(content=st.logprobs, refusal=None) if want_lp else None,
-                    finish_reason=st.finish.reason,
+                    finish_reason=st.finish_reason(self.plan),
                 )
             )
         return ChatCompletion(
             object="chat.completion",
             choices=choices,
-            usage=usage_of(n_prompt, (st.finish for st in states if st.finish is not None)),
-            **meta,
+            usage=usage_of(self.n_prompt, (st.finish for st in states if st.finish is not None)),
+            **self.meta,
         )
 
-    async def _stream(
-        self,
-        handles: list[Any],
-        meta: dict[str, Any],
-        n: int,
-        n_prompt: int,
-        want_lp: bool,
-        include_usage: bool,
-        meter: Meter,
+    def _delta(self, e: tools_mod.Event, first: bool) -> ChoiceDelta:
+        """A stream delta for one event; the first of a choice carries the role."""
+        head: dict[str, Any] = {"role": "assistant", "refusal": None} if first else {}
+        if isinstance(e, tools_mod.Text):
+            return ChoiceDelta(content=e.text, **head)
+        if first:
+            head["content"] = None
+        assert self.plan is not None
+        if isinstance(e, tools_mod.CallStart):
+            if self.plan.legacy:
+                return ChoiceDelta(
+                    function_call=ChoiceDeltaFunctionCall(name=e.call.name, arguments=""), **head
+                )
+            call = ChoiceDeltaToolCall(
+                index=e.index,
+                id=e.call.id,
+                type="function",
+                function=ChoiceDeltaToolCallFunction(name=e.call.name, arguments=""),
+            )
+            return ChoiceDelta(tool_calls=[call], **head)
+        if self.plan.legacy:
+            return ChoiceDelta(function_call=ChoiceDeltaFunctionCall(arguments=e.fragment), **head)
+        call = ChoiceDeltaToolCall(
+            index=e.index, function=ChoiceDeltaToolCallFunction(arguments=e.fragment)
+        )
+        return ChoiceDelta(tool_calls=[call], **head)
+
+    async def stream(
+        self, handles: list[Any], include_usage: bool
     ) -> AsyncIterator[ChatCompletionChunk]:
         extra: dict[str, Any] = {"usage": None} if include_usage else {}
+        want_lp = self.want_lp
 
         def chunk(
             i: int,
@@ -284,28 +523,48 @@ class ChatService:
                 kw["logprobs"] = ChunkLogprobs(content=lps or [], refusal=None)
             choice = ChunkChoice(index=i, delta=delta, finish_reason=finish, **kw)
             return ChatCompletionChunk(
-                object="chat.completion.chunk", choices=[choice], **meta, **extra
+                object="chat.completion.chunk", choices=[choice], **self.meta, **extra
             )
 
-        for i in range(n):
-            yield chunk(i, ChoiceDelta(role="assistant", content="", refusal=None))
+        states = self._states()
+        # Plain text: the role goes first, at once. With tools, it goes with the first event,
+        # when the reply is known to be text or calls (OpenAI's content "" or null).
+        started = [st.reply is None for st in states]
+        for i in range(self.n):
+            if started[i]:
+                yield chunk(i, ChoiceDelta(role="assistant", content="", refusal=None))
         completion_tokens = 0
         cached = 0
-        async for i, ev in merge(handles, meter.first_token):
-            if isinstance(ev, TokenEvent):
-                lps = [chat_logprob(ev.logprob)] if ev.logprob is not None else []
-                if ev.text or lps:
-                    yield chunk(i, ChoiceDelta(content=ev.text), lps=lps)
-            else:
-                if ev.text:
-                    yield chunk(i, ChoiceDelta(content=ev.text))
+        async for i, ev in merge(handles, self.meter.first_token):
+            st = states[i]
+            events = st.feed(ev.text)
+            final = isinstance(ev, FinishEvent)
+            if final and st.reply is not None:
+                events += st.reply.finish()
+            lps = (
+                [chat_logprob(ev.logprob)]
+                if isinstance(ev, TokenEvent) and ev.logprob is not None
+                else []
+            )
+            for e in events:
+                yield chunk(i, self._delta(e, not started[i]), lps=lps)
+                started[i], lps = True, []
+            if lps and started[i]:
+                yield chunk(i, ChoiceDelta(), lps=lps)
+            elif lps:  # held back while the reply's shape is undecided
+                st.logprobs += lps
+            if isinstance(ev, FinishEvent):
+                st.finish = ev
                 completion_tokens += ev.completion_tokens
                 cached = max(cached, ev.cached_tokens)
-                yield chunk(i, ChoiceDelta(), finish=ev.reason)
+                if not started[i]:
+                    yield chunk(i, ChoiceDelta(role="assistant", content=None, refusal=None))
+                    started[i] = True
+                yield chunk(i, ChoiceDelta(), finish=st.finish_reason(self.plan))
         if include_usage:
             yield ChatCompletionChunk(
                 object="chat.completion.chunk",
                 choices=[],
-                usage=usage(n_prompt, completion_tokens, cached),
-                **meta,
+                usage=usage(self.n_prompt, completion_tokens, cached),
+                **self.meta,
             )

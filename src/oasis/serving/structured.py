@@ -8,7 +8,6 @@ work: a constraint is never silently dropped.
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any
 
@@ -30,25 +29,25 @@ TYPES = {"object", "array", "string", "number", "integer", "boolean", "null"}
 _NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 
 
-def _refuse(feature: str, where: str) -> UnsupportedParameterError:
+def _refuse(feature: str, where: str, param: str) -> UnsupportedParameterError:
     return UnsupportedParameterError(
         f"Structured outputs: {feature} at {where} cannot be enforced by oasis's constrained "
         "decoding, so the request is refused rather than answered unconstrained. Supported: "
         "type, properties, required, additionalProperties, items, prefixItems, minItems, "
         "maxItems, enum, const, anyOf, oneOf, $ref/$defs, pattern, minLength, maxLength, format "
         f"({', '.join(sorted(FORMATS))}).",
-        param="response_format",
+        param=param,
     )
 
 
-def check_schema(node: Any, where: str = "schema") -> None:
+def check_schema(node: Any, where: str = "schema", param: str = "response_format") -> None:
     """Raise a 400 naming the first keyword (or value) the grammar cannot enforce."""
     if isinstance(node, bool) and where != "schema":
         return  # true / false sub-schemas
     if not isinstance(node, dict):
         raise InvalidRequestError(
             f"Invalid schema at {where}: expected an object, got {type(node).__name__}.",
-            param="response_format",
+            param=param,
             code="invalid_value",
         )
     for key, value in node.items():
@@ -56,70 +55,147 @@ def check_schema(node: Any, where: str = "schema") -> None:
         if key in ANNOTATIONS:
             continue
         if key not in ENFORCED:
-            raise _refuse(f"the keyword '{key}'", where)
+            raise _refuse(f"the keyword '{key}'", where, param)
         if key == "type":
             types = value if isinstance(value, list) else [value]
             for t in types:
                 if t not in TYPES:
                     raise InvalidRequestError(
                         f"Invalid schema at {at}: unknown type {t!r}.",
-                        param="response_format",
+                        param=param,
                         code="invalid_value",
                     )
         elif key == "format" and value not in FORMATS:
-            raise _refuse(f"format '{value}'", where)
+            raise _refuse(f"format '{value}'", where, param)
         elif key == "$ref":
             if not isinstance(value, str) or not value.startswith("#/"):
-                raise _refuse(f"the reference {value!r} (only local #/ references)", where)
+                raise _refuse(f"the reference {value!r} (only local #/ references)", where, param)
         elif key in ("properties", "$defs", "definitions"):
             if not isinstance(value, dict):
                 raise InvalidRequestError(
                     f"Invalid schema at {at}: expected an object.",
-                    param="response_format",
+                    param=param,
                     code="invalid_value",
                 )
             for name, sub in value.items():
-                check_schema(sub, f"{at}.{name}")
+                check_schema(sub, f"{at}.{name}", param)
         elif key in ("anyOf", "oneOf", "prefixItems"):
             if not isinstance(value, list) or not value:
                 raise InvalidRequestError(
                     f"Invalid schema at {at}: expected a non-empty array.",
-                    param="response_format",
+                    param=param,
                     code="invalid_value",
                 )
             for i, sub in enumerate(value):
-                check_schema(sub, f"{at}[{i}]")
+                check_schema(sub, f"{at}[{i}]", param)
         elif key == "items":
             if isinstance(value, list):
                 for i, sub in enumerate(value):
-                    check_schema(sub, f"{at}[{i}]")
+                    check_schema(sub, f"{at}[{i}]", param)
             else:
-                check_schema(value, at)
+                check_schema(value, at, param)
         elif key == "additionalProperties" and not isinstance(value, bool):
-            check_schema(value, at)
+            check_schema(value, at, param)
         elif key == "enum" and (not isinstance(value, list) or not value):
             raise InvalidRequestError(
                 f"Invalid schema at {at}: enum must be a non-empty array.",
-                param="response_format",
+                param=param,
                 code="invalid_value",
             )
 
 
-def _to_gbnf(schema: dict[str, Any]) -> str:
-    from llama_cpp.llama_grammar import json_schema_to_gbnf
+class GrammarBuilder:
+    """One GBNF grammar from several JSON schemas plus hand-written rules (tool calls).
 
-    try:
-        gbnf: str = json_schema_to_gbnf(json.dumps(schema))
-    except Exception as exc:  # the converter's own refusals (a regex feature, a bad $ref...)
-        raise UnsupportedParameterError(
-            f"Structured outputs: the schema cannot be turned into a grammar ({exc}); the "
-            "request is refused rather than answered unconstrained.",
-            param="response_format",
-        ) from None
-    # JSON strings may not hold raw control characters (a newline must be written \n); the
-    # converter's rule allows them, which json.loads would then reject.
-    lines = [STRICT_CHAR if line.startswith("char ::=") else line for line in gbnf.splitlines()]
-    return "\n".join(lines) + "\n"
+    Each schema's references are hoisted into uniquely named definitions first: llama.cpp's
+    converter names a referenced rule by the last part of its path, so two schemas that both
+    define ``$defs/Item`` (or a definition called ``string``) would otherwise share one rule.
+    """
+
+    def __init__(self) -> None:
+        from llama_cpp.llama_grammar import SchemaConverter
+
+        self._conv = SchemaConverter(
+            prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False
+        )
+        self._rules: list[str] = []
+        self._count = 0
+
+    def schema(self, schema: dict[str, Any], name: str, *, param: str) -> str:
+        """Add the rules for one schema; return the name of its top rule."""
+        tag = f"oasis-s{self._count}"
+        self._count += 1
+        try:
+            resolved = self._conv.resolve_refs(_hoist(schema, tag, param), tag)
+            rule: str = self._conv.visit(resolved, name)
+        except Exception as exc:  # the converter's own refusals (a regex feature...)
+            raise UnsupportedParameterError(
+                f"Structured outputs: the schema cannot be turned into a grammar ({exc}); the "
+                "request is refused rather than answered unconstrained.",
+                param=param,
+            ) from None
+        return rule
+
+    def rule(self, name: str, body: str) -> None:
+        self._rules.append(f"{name} ::= {body}")
+
+    def build(self, root: str) -> str:
+        # JSON strings may not hold raw control characters (a newline must be written \n);
+        # the converter's rule allows them, which json.loads would then reject.
+        lines = [
+            STRICT_CHAR if line.startswith("char ::=") else line
+            for line in self._conv.format_grammar().splitlines()
+        ]
+        return "\n".join([f"root ::= {root}", *self._rules, *lines]) + "\n"
+
+
+def _hoist(schema: dict[str, Any], tag: str, param: str) -> dict[str, Any]:
+    """The schema with every local ``$ref`` pointing at a definition named after ``tag`` and the
+    reference's path (``#/$defs/Item`` -> ``#/$defs/<tag>-defs-Item``, ``#`` -> ``<tag>``)."""
+    defs: dict[str, Any] = {}
+
+    def target(ref: str) -> str:
+        path = ref[1:].lstrip("/")
+        key = tag + ("-" + re.sub(r"[^a-zA-Z0-9]+", "-", path).strip("-") if path else "")
+        if key not in defs:
+            node: Any = schema
+            for part in path.split("/") if path else []:
+                part = part.replace("~1", "/").replace("~0", "~")
+                if isinstance(node, list) and part.isdigit() and int(part) < len(node):
+                    node = node[int(part)]
+                elif isinstance(node, dict) and part in node:
+                    node = node[part]
+                else:
+                    raise InvalidRequestError(
+                        f"Invalid schema: the reference {ref!r} points at nothing.",
+                        param=param,
+                        code="invalid_value",
+                    )
+            defs[key] = None  # reserve: a definition may refer to itself
+            defs[key] = rewrite(node, top=node is schema)
+        return f"#/$defs/{key}"
+
+    def rewrite(node: Any, top: bool = False) -> Any:
+        if isinstance(node, list):
+            return [rewrite(x) for x in node]
+        if not isinstance(node, dict):
+            return node
+        out: dict[str, Any] = {}
+        for k, v in node.items():
+            if top and k in ("$defs", "definitions"):
+                continue
+            if k == "$ref" and isinstance(v, str) and v.startswith("#"):
+                out[k] = target(v)
+            elif k in ("properties", "$defs", "definitions") and isinstance(v, dict):
+                out[k] = {name: rewrite(sub) for name, sub in v.items()}
+            else:
+                out[k] = rewrite(v)
+        return out
+
+    root: dict[str, Any] = rewrite(schema, top=True)
+    if defs:
+        root["$defs"] = defs
+    return root
 
 
 STRICT_CHAR = (
@@ -129,15 +205,15 @@ STRICT_CHAR = (
 JSON_OBJECT: dict[str, Any] = {"type": "object"}
 
 
-def grammar_for(response_format: dict[str, Any] | None) -> str | None:
-    """The GBNF grammar a chat response_format asks for (None for plain text)."""
+def answer_schema(response_format: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The JSON schema a chat ``response_format`` asks for (None for plain text), checked."""
     if response_format is None:
         return None
     kind = response_format.get("type")
     if kind == "text":
         return None
     if kind == "json_object":
-        return _to_gbnf(JSON_OBJECT)
+        return JSON_OBJECT
     if kind != "json_schema":
         raise InvalidRequestError(
             f"Invalid value for 'response_format.type': {kind!r}. Supported values are: "
@@ -164,4 +240,13 @@ def grammar_for(response_format: dict[str, Any] | None) -> str | None:
     if schema is True:
         schema = JSON_OBJECT
     check_schema(schema)
-    return _to_gbnf(schema)
+    return dict(schema)
+
+
+def grammar_for(response_format: dict[str, Any] | None) -> str | None:
+    """The GBNF grammar a chat response_format asks for (None for plain text)."""
+    schema = answer_schema(response_format)
+    if schema is None:
+        return None
+    builder = GrammarBuilder()
+    return builder.build(builder.schema(schema, "answer", param="response_format"))
