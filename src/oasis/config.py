@@ -19,6 +19,7 @@ from pydantic_settings import (
 # resolve to the default model so that code runs unchanged.
 OPENAI_ALIASES = (
     "gpt-3.5-turbo",
+    "gpt-3.5-turbo-0613",
     "gpt-4o-mini",
     "gpt-4o",
     "gpt-4",

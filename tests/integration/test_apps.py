@@ -184,6 +184,24 @@ def test_classify_command(live: LiveServer, tmp_path: Path) -> None:
     assert all(x["label"] in {"good", "bad"} for x in rows)
     plain = oasis(live, "classify", "What a great day")
     assert plain.stdout.split()[0] in {"positive", "negative", "neutral"}
+    assert all(x["method"] == "scoring" for x in rows)  # auto: log-probabilities first
+
+
+def test_classify_by_enum_constrained_output(live: LiveServer) -> None:
+    texts = ["I love it", "这个产品太差了", "", "😡", "The bus leaves at noon.", "meh"]
+    r = oasis(live, "classify", *texts, "--method", "schema", "--json")
+    assert r.returncode == 0, r.stderr
+    rows = [json.loads(x) for x in r.stdout.splitlines()]
+    assert [x["text"] for x in rows] == texts
+    assert all(x["method"] == "schema" for x in rows)
+    assert all(x["label"] in {"positive", "negative", "neutral"} for x in rows if x != rows[1])
+    assert rows[1]["label"] in {"积极", "消极", "中性"}
+    labels = ["sports", "politics", "cooking", "science"]
+    results = classify(["The striker scored twice", "A new vaccine"] * 4, labels,
+                       method="schema", client=sync_client(live.v1, live.api_key))
+    assert all(x.label in labels and x.method == "schema" for x in results)
+    bad = oasis(live, "classify", "x", "--method", "guess")
+    assert bad.returncode == 2 and "--method" in bad.stderr
 
 
 def test_roleplay(live: LiveServer) -> None:

@@ -65,6 +65,30 @@ for chunk in openai.ChatCompletion.create(model="gpt-3.5-turbo", stream=True, ma
 print("STREAMED", len(parts) > 1, bool("".join(parts)))
 '''
 
+LEGACY_FUNCTIONS = '''
+import json
+import openai
+openai.api_key = "{key}"
+openai.api_base = "{base}"
+functions = [{{"name": "get_current_weather", "description": "Get the current weather",
+              "parameters": {{"type": "object", "properties": {{
+                  "location": {{"type": "string", "description": "The city"}},
+                  "unit": {{"type": "string", "enum": ["celsius", "fahrenheit"]}}}},
+                  "required": ["location"]}}}}]
+messages = [{{"role": "user", "content": "What's the weather like in Boston?"}}]
+response = openai.ChatCompletion.create(model="gpt-3.5-turbo-0613", messages=messages,
+    functions=functions, function_call={{"name": "get_current_weather"}}, max_tokens=100)
+message = response["choices"][0]["message"]
+print("FINISH", response["choices"][0]["finish_reason"])
+args = json.loads(message["function_call"]["arguments"])
+print("CALL", message["function_call"]["name"], isinstance(args["location"], str))
+messages += [message, {{"role": "function", "name": "get_current_weather",
+                        "content": json.dumps({{"temperature": "72", "unit": "fahrenheit"}})}}]
+second = openai.ChatCompletion.create(model="gpt-3.5-turbo-0613", messages=messages,
+                                      functions=functions, function_call="none", max_tokens=40)
+print("ANSWER", bool(second["choices"][0]["message"]["content"].strip()))
+'''
+
 
 @pytest.fixture(scope="module")
 def legacy_python_path() -> Path:
@@ -109,3 +133,10 @@ def test_legacy_sdk_sees_openai_errors(live: LiveServer, legacy_python_path: Pat
 def test_legacy_sdk_streams(live: LiveServer, legacy_python_path: Path) -> None:
     out = run(TUTORIAL_STREAM.format(key=live.api_key, base=live.v1), legacy_python_path)
     assert "STREAMED True True" in out
+
+
+def test_legacy_sdk_function_calling(live: LiveServer, legacy_python_path: Path) -> None:
+    out = run(LEGACY_FUNCTIONS.format(key=live.api_key, base=live.v1), legacy_python_path)
+    assert "FINISH function_call" in out
+    assert "CALL get_current_weather True" in out
+    assert "ANSWER True" in out

@@ -9,6 +9,12 @@ How, in order of preference:
    servers that support it and not the above.
 3. A chat answer checked against the labels, asked again (up to ``retries`` times) until it
    is one of them.
+
+``method="auto"`` goes down that list, skipping what the server refuses; ``method="schema"``
+(``oasis classify --method schema``) asks for the enum-constrained answer only, and so on.
+Scoring comes first because it is the exact most likely label under the model (which greedy
+enum-constrained decoding only approximates, one token at a time) and the only way to get a
+probability per label.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ import asyncio
 import json
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import openai
 from openai import AsyncOpenAI, OpenAI
@@ -27,6 +33,8 @@ from oasis.apps.lang import has_cjk, wants_chinese
 
 SENTIMENT_EN = ("positive", "negative", "neutral")
 SENTIMENT_ZH = ("积极", "消极", "中性")
+METHODS = ("scoring", "schema", "chat")
+Method = Literal["auto", "scoring", "schema", "chat"]
 
 
 @dataclass(frozen=True)
@@ -183,30 +191,37 @@ async def aclassify(
     model: str = DEFAULT_MODEL,
     retries: int = 3,
     concurrency: int = 4,
+    method: Method = "auto",
     client: OpenAI | AsyncOpenAI | None = None,
 ) -> list[Classification]:
-    """One ``Classification`` per text, in order."""
+    """One ``Classification`` per text, in order (``method``: see the module's docstring)."""
     items = [texts] if isinstance(texts, str) else list(texts)
     given = tuple(labels) if labels else None
     if given is not None and (len(given) < 2 or len(set(given)) != len(given)):
         raise ValueError("give at least two different labels")
     gate = asyncio.Semaphore(max(1, concurrency))
-    methods = ["scoring", "schema", "chat"]
+    if method != "auto" and method not in METHODS:
+        raise ValueError(f"method must be auto or one of {', '.join(METHODS)}")
+    methods = list(METHODS) if method == "auto" else [method]
 
     async def one(api: AsyncOpenAI, text: str) -> Classification:
         # sentiment labels follow each text's language unless labels or a language are given
         chosen = given or default_labels([text], language)
         async with gate:
             while True:
-                method = methods[0]
+                current = methods[0]
                 try:
-                    if method == "scoring":
+                    if current == "scoring":
                         return await _by_scoring(api, text, chosen, model)
-                    if method == "schema":
+                    if current == "schema":
                         return await _by_schema(api, text, chosen, model)
                     return await _by_chat(api, text, chosen, model, retries)
-                except _Unsupported:
-                    if methods and methods[0] == method:
+                except _Unsupported as exc:
+                    if len(methods) == 1:  # nothing else to try (the method asked for)
+                        raise ClassificationError(
+                            f"the server cannot classify by {current}: {exc}"
+                        ) from None
+                    if methods and methods[0] == current:
                         methods.pop(0)  # this server cannot do it: skip it for the rest
 
     async with using(client) as api:
@@ -221,6 +236,7 @@ def classify(
     model: str = DEFAULT_MODEL,
     retries: int = 3,
     concurrency: int = 4,
+    method: Method = "auto",
     client: OpenAI | AsyncOpenAI | None = None,
 ) -> list[Classification]:
     return run(
@@ -231,6 +247,7 @@ def classify(
             model=model,
             retries=retries,
             concurrency=concurrency,
+            method=method,
             client=client,
         )
     )

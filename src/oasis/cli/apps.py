@@ -14,7 +14,7 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, TypeVar, cast
 
 import openai
 import typer
@@ -31,7 +31,7 @@ from rich.progress import (
 
 from oasis.apps.batch import BatchInputError, BatchSummary, arun_batch, read_input
 from oasis.apps.chat import Conversation
-from oasis.apps.classify import ClassificationError, aclassify
+from oasis.apps.classify import METHODS, ClassificationError, Method, aclassify
 from oasis.apps.client import DEFAULT_MODEL, ClientConfigError, async_client, resolve
 from oasis.apps.errors import describe
 from oasis.apps.roleplay import aroleplay, character_prompt
@@ -333,6 +333,13 @@ def classify(
     ] = None,
     language: Annotated[str | None, typer.Option(help="zh or en sentiment labels.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines.")] = False,
+    method: Annotated[
+        str,
+        typer.Option(
+            help="auto (scoring, then schema, then chat), scoring (label log-probabilities), "
+            "schema (enum-constrained JSON) or chat (answer checked, asked again)."
+        ),
+    ] = "auto",
     model: Model = DEFAULT_MODEL,
     base_url: BaseUrl = None,
     api_key: ApiKey = None,
@@ -356,10 +363,19 @@ def classify(
     if not items:
         raise _fail("nothing to classify: give texts or --jsonl FILE", 2)
     chosen = [x.strip() for x in labels.split(",") if x.strip()] if labels else None
+    if method not in ("auto", *METHODS):
+        raise _fail(f"--method must be auto, {', '.join(METHODS)}", 2)
 
     async def work() -> None:
         client = _client(base_url, api_key, timeout)
-        results = await aclassify(items, chosen, language=language, model=model, client=client)
+        results = await aclassify(
+            items,
+            chosen,
+            language=language,
+            model=model,
+            method=cast(Method, method),
+            client=client,
+        )
         for r in results:
             if as_json or jsonl is not None:
                 line = {
@@ -367,6 +383,7 @@ def classify(
                     "label": r.label,
                     "confidence": r.confidence,
                     "scores": r.scores,
+                    "method": r.method,
                 }
                 out.print(json.dumps(line, ensure_ascii=False), markup=False)
             else:
