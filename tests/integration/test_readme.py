@@ -16,7 +16,7 @@ BLOCK = re.compile(r"<!-- readme-test: ([\w-]+) -->\n```\w+\n(.*?)```", re.S)
 
 def examples() -> dict[str, str]:
     found = dict(BLOCK.findall((ROOT / "README.md").read_text()))
-    assert set(found) == {"curl", "python", "python-apps"}, found
+    assert set(found) == {"curl", "python", "python-apps", "python-tools"}, found
     return found
 
 
@@ -36,7 +36,7 @@ def test_curl_example(live: LiveServer) -> None:
     assert body["choices"][0]["message"]["content"]
 
 
-@pytest.mark.parametrize("name", ["python", "python-apps"])
+@pytest.mark.parametrize("name", ["python", "python-apps", "python-tools"])
 def test_python_example(live: LiveServer, name: str) -> None:
     proc = subprocess.run([sys.executable, "-c", as_written(examples()[name], live)],
                           capture_output=True, text=True, timeout=120)
