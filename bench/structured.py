@@ -1,11 +1,19 @@
 """Structured-outputs benchmark: decode tokens/s with a JSON-schema constraint versus without,
-same prompt, model and server, same run.
+same prompt, model and server, same run; and the same for tool calling.
 
-Both runs stream; decode speed is (completion tokens - 1) / (time of the last token - time of
+Every run streams; decode speed is (completion tokens - 1) / (time of the last token - time of
 the first), so prompt evaluation is left out. The constrained run ends when the JSON is
-complete; the unconstrained one then bans the end tokens and runs to the constrained run's mean
-length, so both decode the same number of tokens. Saves bench/results/<date>-structured.json
-and rewrites the README's table.
+complete; the others then ban the end tokens and run to the constrained run's mean length, so
+all decode the same number of tokens. Four ways of asking:
+
+- unconstrained: the plain prompt;
+- JSON schema: ``response_format`` with the schema;
+- tool call: the schema as a function's parameters, that function named in ``tool_choice``
+  (the arguments are timed as they stream);
+- tools offered: that function offered under ``tool_choice: auto``, the model answering in
+  text (the grammar's text branch is checked at every token).
+
+Saves bench/results/<date>-structured.json and rewrites the README's table.
 
     python -m bench.structured [--requests 6] [--concurrency 1,4]
 """
@@ -54,8 +62,12 @@ SCHEMA = {
 NO_END = {"0": -100, "2": -100}
 
 
+TOOL = {"type": "function", "function": {"name": "record_explorers", "parameters": SCHEMA}}
+MODES = ("free", "schema", "tool", "auto")
+
+
 async def one(
-    http: httpx.AsyncClient, url: str, constrained: bool, max_tokens: int
+    http: httpx.AsyncClient, url: str, mode: str, max_tokens: int
 ) -> tuple[float, int]:
     body: dict[str, Any] = {
         "model": "gpt-4o-mini",
@@ -66,13 +78,18 @@ async def one(
         "stream": True,
         "stream_options": {"include_usage": True},
     }
-    if constrained:
+    if mode == "schema":
         body["response_format"] = {
             "type": "json_schema",
             "json_schema": {"name": "explorers", "schema": SCHEMA, "strict": True},
         }
+    elif mode == "tool":
+        body["tools"] = [TOOL]
+        body["tool_choice"] = {"type": "function", "function": {"name": "record_explorers"}}
     else:
         body["logit_bias"] = NO_END
+        if mode == "auto":
+            body["tools"] = [TOOL]
     first = last = None
     tokens = 0
     text: list[str] = []
@@ -85,19 +102,26 @@ async def one(
             if data.get("usage"):
                 tokens = data["usage"]["completion_tokens"]
             for c in data.get("choices") or []:
-                if c["delta"].get("content"):
-                    text.append(c["delta"]["content"])
+                delta = c["delta"]
+                piece = delta.get("content")
+                for call in delta.get("tool_calls") or []:
+                    piece = call["function"].get("arguments")
+                if piece:
+                    text.append(piece)
                     now = time.perf_counter()
                     first = first or now
                     last = now
-    if constrained:
+    if mode in ("schema", "tool"):
         json.loads("".join(text))  # the constraint held (raises if not)
     assert first is not None and last is not None and last > first
-    return (tokens - 1) / (last - first), tokens
+    # a tool call's fixed head (<tool_call>, the name) is decoded before the first argument
+    # piece: count the pieces timed, one per token
+    timed = len(text) if mode == "tool" else tokens
+    return (timed - 1) / (last - first), tokens
 
 
 async def level(
-    url: str, constrained: bool, clients: int, n: int, max_tokens: int
+    url: str, mode: str, clients: int, n: int, max_tokens: int
 ) -> tuple[float, int]:
     """Mean per-stream decode tokens/s, and mean completion tokens."""
     async with httpx.AsyncClient(timeout=600) as http:
@@ -107,7 +131,7 @@ async def level(
         async def worker() -> None:
             while queue:
                 queue.pop()
-                runs.append(await one(http, url, constrained, max_tokens))
+                runs.append(await one(http, url, mode, max_tokens))
 
         await asyncio.gather(*[worker() for _ in range(clients)])
     return sum(r for r, _ in runs) / len(runs), round(sum(t for _, t in runs) / len(runs))
@@ -132,16 +156,25 @@ def main() -> None:
     rows = []
     server.start(log)
     try:
-        asyncio.run(level(url, True, 1, 1, args.max_tokens))  # warm-up
+        asyncio.run(level(url, "schema", 1, 1, args.max_tokens))  # warm-up
         for c in [int(x) for x in args.concurrency.split(",")]:
             with console.status(f"{c} stream(s): JSON schema"):
-                held, length = asyncio.run(level(url, True, c, args.requests, args.max_tokens))
-            # the same length unconstrained: decode slows as the KV cache grows
-            with console.status(f"{c} stream(s): unconstrained, {length} tokens"):
-                free, _ = asyncio.run(level(url, False, c, args.requests, length))
+                held, length = asyncio.run(
+                    level(url, "schema", c, args.requests, args.max_tokens))
+            speed = {"schema": held}
+            # the same length for the others: decode slows as the KV cache grows
+            for mode in ("free", "tool", "auto"):
+                with console.status(f"{c} stream(s): {mode}, {length} tokens"):
+                    cap = args.max_tokens if mode == "tool" else length
+                    speed[mode], _ = asyncio.run(level(url, mode, c, args.requests, cap))
+            free = speed["free"]
             rows.append({"concurrency": c, "tokens": length,
                          "unconstrained_tps": round(free, 1),
-                         "constrained_tps": round(held, 1), "ratio": round(held / free, 3)})
+                         "constrained_tps": round(held, 1), "ratio": round(held / free, 3),
+                         "tool_call_tps": round(speed["tool"], 1),
+                         "tool_call_ratio": round(speed["tool"] / free, 3),
+                         "tools_offered_tps": round(speed["auto"], 1),
+                         "tools_offered_ratio": round(speed["auto"] / free, 3)})
             console.print(rows[-1])
     finally:
         server.stop()
@@ -152,10 +185,13 @@ def main() -> None:
     out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     table = "\n".join(
         [f"{date}, {meta['machine']}, SmolLM2-135M, per-stream decode tokens/s:", "",
-         "| streams | tokens per answer | unconstrained | JSON schema | ratio |",
-         "| --- | --- | --- | --- | --- |"]
+         "| streams | tokens per answer | unconstrained | JSON schema | tool call "
+         "| tools offered, text answer |",
+         "| --- | --- | --- | --- | --- | --- |"]
         + [f"| {r['concurrency']} | {r['tokens']} | {r['unconstrained_tps']} | "
-           f"{r['constrained_tps']} | {r['ratio']:.2f}x |" for r in rows])
+           f"{r['constrained_tps']} ({r['ratio']:.2f}x) | {r['tool_call_tps']} "
+           f"({r['tool_call_ratio']:.2f}x) | {r['tools_offered_tps']} "
+           f"({r['tools_offered_ratio']:.2f}x) |" for r in rows])
     console.print(table)
     if not args.no_readme:
         readme = ROOT / "README.md"

@@ -128,6 +128,22 @@ def test_streamed_calls_arrive_as_openai_deltas(client: OpenAI, engine: FakeEngi
     assert chunks[-1].choices[0].finish_reason == "tool_calls"
 
 
+@pytest.mark.parametrize("reply", [CALL, "<i>text</i>", "<tool", ""])
+def test_streamed_logprobs_cover_every_token(client: OpenAI, engine: FakeEngine,
+                                             reply: str) -> None:
+    engine.reply = reply
+    chunks = list(client.chat.completions.create(
+        model="gpt-3.5-turbo", messages=ASK, tools=[WEATHER], temperature=0, stream=True,
+        logprobs=True, stream_options={"include_usage": True}))
+    tokens = "".join(lp.token for c in chunks if c.choices and c.choices[0].logprobs
+                     for lp in c.choices[0].logprobs.content or [])
+    assert tokens == reply  # byte tokens: none lost while the reply's shape was undecided
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert sum(1 for c in chunks if c.choices and c.choices[0].delta.role) == 1
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == ("" if reply == CALL else reply)
+
+
 def test_the_sdk_stream_helper_assembles_the_calls(client: OpenAI, engine: FakeEngine) -> None:
     engine.reply = CALL
     with client.chat.completions.stream(model="gpt-3.5-turbo", messages=ASK, tools=[WEATHER],

@@ -546,20 +546,24 @@ class _Reply:
                 if isinstance(ev, TokenEvent) and ev.logprob is not None
                 else []
             )
+            if st.logprobs and (events or final):  # the ones held back come first
+                lps, st.logprobs = st.logprobs + lps, []
+            elif lps and not started[i] and not final:  # the reply's shape is undecided
+                st.logprobs, lps = st.logprobs + lps, []
             for e in events:
                 yield chunk(i, self._delta(e, not started[i]), lps=lps)
                 started[i], lps = True, []
-            if lps and started[i]:
+            if final and not started[i]:  # nothing written: empty text, or a call cut early
+                calls = st.reply is not None and st.reply.is_calls
+                role = ChoiceDelta(role="assistant", content=None if calls else "", refusal=None)
+                yield chunk(i, role, lps=lps)
+                started[i], lps = True, []
+            if lps:
                 yield chunk(i, ChoiceDelta(), lps=lps)
-            elif lps:  # held back while the reply's shape is undecided
-                st.logprobs += lps
             if isinstance(ev, FinishEvent):
                 st.finish = ev
                 completion_tokens += ev.completion_tokens
                 cached = max(cached, ev.cached_tokens)
-                if not started[i]:
-                    yield chunk(i, ChoiceDelta(role="assistant", content=None, refusal=None))
-                    started[i] = True
                 yield chunk(i, ChoiceDelta(), finish=st.finish_reason(self.plan))
         if include_usage:
             yield ChatCompletionChunk(
