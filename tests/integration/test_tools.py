@@ -229,3 +229,41 @@ def test_structured_answer_cut_short_is_reported_like_openai(live: LiveServer) -
         sync(live).chat.completions.parse(
             model="gpt-4o-mini", messages=[{"role": "user", "content": "A long story."}],
             response_format=Story, max_tokens=5)
+
+
+def test_tools_with_same_named_definitions_and_a_response_format(live: LiveServer) -> None:
+    """Two functions whose schemas both define $defs/Item (differently), and a text answer held
+    to response_format under auto: each part keeps its own schema in the one grammar."""
+    item_a = {"type": "object", "properties": {"sku": {"type": "integer"}},
+              "required": ["sku"], "additionalProperties": False}
+    item_b = {"type": "object", "properties": {"colour": {"enum": ["red", "blue"]}},
+              "required": ["colour"], "additionalProperties": False}
+    schemas = {
+        name: {"type": "object", "properties": {"items": {
+            "type": "array", "items": {"$ref": "#/$defs/Item"}, "minItems": 1, "maxItems": 2}},
+            "required": ["items"], "additionalProperties": False, "$defs": {"Item": item}}
+        for name, item in (("order", item_a), ("paint", item_b))
+    }
+    tools = [{"type": "function", "function": {"name": n, "parameters": s}}
+             for n, s in schemas.items()]
+    answer = {"type": "object", "properties": {"reply": {"type": "string", "maxLength": 40}},
+              "required": ["reply"], "additionalProperties": False}
+    client = sync(live)
+    texts = calls = 0
+    for seed in range(8):
+        r = client.chat.completions.create(
+            model="gpt-4o-mini", seed=seed, max_tokens=200, tools=tools,
+            tool_choice="required" if seed % 2 else "auto",
+            messages=[{"role": "user", "content": "Order two red things."}],
+            response_format={"type": "json_schema", "json_schema": {
+                "name": "reply", "schema": answer, "strict": True}})
+        choice = r.choices[0]
+        for call in choice.message.tool_calls or []:
+            jsonschema.validate(json.loads(call.function.arguments),
+                                schemas[call.function.name])
+            calls += 1
+        if choice.message.tool_calls is None:
+            assert choice.finish_reason == "stop"
+            jsonschema.validate(json.loads(choice.message.content or ""), answer)
+            texts += 1
+    assert calls >= 4 and texts + calls >= 8
