@@ -316,6 +316,8 @@ def test_bad_tool_requests_are_400s_naming_the_problem(client: OpenAI) -> None:
         tools=[{"type": "function", "function": {"name": "f", "parameters": {
             "type": "object", "properties": {"n": {"type": "integer", "minimum": 1}}}}}])
     bad(client, "tools", "used twice", tools=[WEATHER, WEATHER])
+    bad(client, "tools[0].function.strictly", "Unrecognized request argument",
+        tools=[{"type": "function", "function": {"name": "f", "strictly": True}}])
     bad(client, "functions", "not both", tools=[WEATHER], functions=[WEATHER["function"]])
     bad(client, "messages.[0].role", "must be a response to a preceding message",
         messages=[{"role": "tool", "tool_call_id": "call_1", "content": "1"}])

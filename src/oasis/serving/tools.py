@@ -37,7 +37,7 @@ _NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 _ALPHABET = string.ascii_letters + string.digits
 
 
-def _bad(message: str, param: str, code: str = "invalid_value") -> InvalidRequestError:
+def _bad(message: str, param: str, code: str | None = "invalid_value") -> InvalidRequestError:
     return InvalidRequestError(message, param=param, code=code)
 
 
@@ -73,7 +73,7 @@ def _function(raw: Any, where: str) -> Function:
         raise _bad(
             f"Unrecognized request argument supplied: {where}.{unknown[0]}",
             f"{where}.{unknown[0]}",
-            "unknown_parameter",
+            None,  # as OpenAI's own unrecognized arguments
         )
     name = raw.get("name")
     if name is None:
@@ -168,7 +168,7 @@ def plan_tools(req: ChatCompletionRequest) -> ToolPlan | None:
             raise _bad(
                 f"Unrecognized request argument supplied: {where}.{unknown[0]}",
                 f"{where}.{unknown[0]}",
-                "unknown_parameter",
+                None,  # as OpenAI's own unrecognized arguments
             )
         if "function" not in tool:
             raise _bad(
