@@ -96,3 +96,28 @@ def test_an_abandoned_stream_is_billed_for_what_was_generated(
     assert received <= usage.completion_tokens < 200
     assert usage.completion_tokens == engine.stats().generated_tokens_total
     assert usage.prompt_tokens > 0
+
+
+def test_a_client_that_leaves_before_a_plain_answer_stops_it(
+    slow_server: tuple[str, FakeEngine], slow_app: Any
+) -> None:
+    base, engine = slow_server
+    body = {"model": "gpt-3.5-turbo", "messages": [{"role": "user", "content": "hi"}],
+            "max_tokens": 1000}  # not streamed: ~20 s of generation
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    with (
+        httpx.Client(base_url=base, headers=headers, timeout=0.5) as http,
+        pytest.raises(httpx.ReadTimeout),
+    ):
+        http.post("/v1/chat/completions", json=body)
+    deadline = time.monotonic() + 5
+    while engine.stats().running and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert engine.stats().running == 0 and engine.stats().cancelled_total == 1
+    assert engine.stats().generated_tokens_total < 200  # stopped, not generated to the end
+    gateway = slow_app.state.oasis.gateway
+    while gateway.ledger.written == 0 and time.monotonic() < deadline + 5:
+        time.sleep(0.05)
+    [usage] = gateway.usage.records()
+    assert usage.disconnected and usage.status == 499
+    assert 0 < usage.completion_tokens == engine.stats().generated_tokens_total

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any, Protocol, TypeVar
 
 from fastapi import APIRouter, Request
@@ -21,6 +22,7 @@ from oasis.serving.common import Meter
 
 router = APIRouter()
 M = TypeVar("M", bound=BaseModel)
+T = TypeVar("T")
 R = TypeVar("R", bound=BaseModel, contravariant=True)
 CHAT, COMPLETIONS = "/v1/chat/completions", "/v1/completions"
 
@@ -75,6 +77,43 @@ async def _parse(request: Request, model: type[M], engine: str | None, ticket: T
     return parsed
 
 
+class _ClientLeft(Exception):
+    """The client closed the connection before the answer was ready."""
+
+
+async def _left(request: Request) -> None:
+    # The body has been read, so the next ASGI message is the disconnect (uvicorn sends it
+    # when the client goes away, or once the response is complete): no polling.
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _unless_client_leaves(request: Request, work: Awaitable[T]) -> T:
+    """``work``'s result, or ``_ClientLeft`` with ``work`` cancelled (which cancels its engine
+    sequences) when the client disconnects first: a non-streamed answer nobody will read is
+    not generated to the end. ``work`` runs in this task; one watcher task cancels it."""
+    me = asyncio.current_task()
+    assert me is not None
+    left = False
+
+    async def watch() -> None:
+        nonlocal left
+        await _left(request)
+        left = True
+        me.cancel()
+
+    watcher = asyncio.ensure_future(watch())
+    try:
+        return await work
+    except asyncio.CancelledError:
+        if not left:
+            raise  # cancelled for another reason (shutdown)
+        me.uncancel()
+        raise _ClientLeft from None
+    finally:
+        watcher.cancel()
+
+
 class _Service(Protocol[R]):
     async def create(self, req: R, meter: Meter = ...) -> BaseModel | AsyncIterator[Any]: ...
 
@@ -85,10 +124,19 @@ async def _generate(
     """Parse, run and (through the gateway) meter one completion request."""
     gateway = _state(request).gateway
     if gateway is None:
-        return _respond(await service.create(await _parse(request, kind, engine, None)))
+        parsed = await _parse(request, kind, engine, None)
+        try:
+            return _respond(await _unless_client_leaves(request, service.create(parsed)))
+        except _ClientLeft:
+            return Response(status_code=499)  # nobody reads it (nginx's "client closed")
     ticket = gateway.ticket(request.state.api_key, endpoint)
     try:
-        result = await service.create(await _parse(request, kind, engine, ticket), ticket)
+        parsed = await _parse(request, kind, engine, ticket)
+        result = await _unless_client_leaves(request, service.create(parsed, ticket))
+    except _ClientLeft:
+        # billed for what the engine generated before it stopped, flagged as disconnected
+        await ticket.finish(499, disconnected=True)
+        return Response(status_code=499)
     except OasisError as exc:
         exc.headers = {**(await ticket.headers()), **exc.headers}
         await ticket.finish(exc.status)
@@ -98,8 +146,6 @@ async def _generate(
         raise
     headers = await ticket.headers()
     if isinstance(result, BaseModel):
-        # (a client that leaves before a non-streamed answer is complete is not noticed: the
-        # answer is generated, and billed, in full)
         await ticket.finish(200)
         return _respond(result, headers)
     return _respond(ticket.metered(result), headers)
