@@ -59,6 +59,16 @@ def test_malformed_json_is_400(http: TestClient, schemas: Schemas) -> None:
          "Invalid key in 'logit_bias'"),
         ({"model": "gpt-3.5-turbo", "messages": MSGS, "logit_bias": {"5": 101}},
          "logit_bias.5", "<= 100"),
+        # inside unions (content: a string or parts; parts tagged by type)
+        ({"model": "gpt-3.5-turbo", "messages": [{"role": "user",
+                                                  "content": [{"type": "text"}]}]},
+         "messages.[0].content.[0].text", "Missing required parameter"),
+        ({"model": "gpt-3.5-turbo", "messages": [{"role": "user",
+                                                  "content": [{"type": "text", "text": 5}]}]},
+         "messages.[0].content.[0].text", "expected a string"),
+        ({"model": "gpt-3.5-turbo", "messages": [{"role": "user", "content": 7}]},
+         "messages.[0].content", "Invalid type"),
+        ({"model": "gpt-3.5-turbo", "messages": MSGS, "stop": [1]}, "stop.[0]", "Invalid type"),
     ],
 )
 def test_wrong_types_and_out_of_range_values_are_400(

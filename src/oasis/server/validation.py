@@ -22,38 +22,24 @@ _TYPE_NAMES = {
 }
 
 
-def _param(loc: tuple[Any, ...]) -> str:
+def _param(loc: tuple[Any, ...], body: Any, missing: bool) -> str:
+    """The parameter an error's location names, as OpenAI writes it (``messages.[0].content``).
+
+    pydantic's locations also hold the tags of union members (``str``, ``list[int]``,
+    ``TextPart``, ``function-after[...]``...); walking the request body alongside keeps only
+    the keys and indexes that are in it, plus, for a missing field, its name.
+    """
     parts: list[str] = []
-    for item in loc:
-        if isinstance(item, int):
-            parts.append(f"[{item}]")
-        elif (
-            isinstance(item, str)
-            and not item.startswith(("function-", "union["))
-            and (
-                item
-                not in (
-                    "str",
-                    "int",
-                    "float",
-                    "bool",
-                    "list[str]",
-                    "list[int]",
-                    "list[list[int]]",
-                    "TextPart",
-                    "OtherPart",
-                    "text",
-                    "image_url",
-                    "input_audio",
-                    "file",
-                    "refusal",
-                    "constrained-int",
-                    "constrained-float",
-                    "list[constrained-int]",
-                )
-            )
-        ):
+    node = body
+    for i, item in enumerate(loc):
+        if isinstance(node, dict) and isinstance(item, str) and item in node:
             parts.append(item)
+            node = node[item]
+        elif isinstance(node, list) and isinstance(item, int) and 0 <= item < len(node):
+            parts.append(f"[{item}]")
+            node = node[item]
+        elif missing and i == len(loc) - 1 and isinstance(node, dict):
+            parts.append(str(item))
     return ".".join(parts)
 
 
@@ -158,14 +144,15 @@ def validate(model: type[M], data: dict[str, Any]) -> M:
         errors = exc.errors(include_url=False)
 
         # Unions report one error per branch: a range or length error says more than "wrong
-        # type" for the other branches.
-        def rank(err: Any) -> int:
+        # type" for the other branches, and the branch that got furthest into the value
+        # (the deepest location) is the one the client meant.
+        def rank(err: Any) -> tuple[int, int]:
             if err["type"] in ("extra_forbidden", "missing"):
-                return 0
-            return 2 if err["type"].endswith("_type") else 1
+                return 0, -len(err["loc"])
+            return (2 if err["type"].endswith("_type") else 1), -len(err["loc"])
 
         first = min(errors, key=rank)
-        param = _param(tuple(first["loc"]))
+        param = _param(tuple(first["loc"]), data, first["type"] == "missing")
         if first["type"] == "value_error" and not param:
             msg = str((first.get("ctx") or {}).get("error", first.get("msg", "")))
             name = msg.split(": ", 1)[0] if ": " in msg else None
