@@ -124,7 +124,7 @@ class RequestHandle(Protocol):
 
 
 class Engine(Protocol):
-    """Tokens in, token events out."""
+    """Tokens in, token events out. Engines subclass it to share ``detokenize``."""
 
     @property
     def info(self) -> ModelInfo: ...
@@ -133,7 +133,10 @@ class Engine(Protocol):
         self, text: str, *, add_special: bool, parse_special: bool = True
     ) -> list[int]: ...
 
-    def detokenize(self, tokens: list[int]) -> str: ...
+    def detokenize(self, tokens: list[int]) -> str:
+        """The text of tokens: pieces joined as bytes, so a character split across tokens
+        comes out whole."""
+        return b"".join(self.token_piece(t) for t in tokens).decode("utf-8", errors="replace")
 
     def token_piece(self, token: int) -> bytes: ...
 

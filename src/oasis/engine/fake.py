@@ -12,6 +12,7 @@ import random
 from collections.abc import AsyncIterator
 
 from oasis.engine.base import (
+    Engine,
     EngineStats,
     Event,
     FinishEvent,
@@ -120,7 +121,7 @@ class FakeHandle:
             engine._stats.running -= 1
 
 
-class FakeEngine:
+class FakeEngine(Engine):
     """Implements the ``Engine`` protocol without a model."""
 
     def __init__(
@@ -156,9 +157,6 @@ class FakeEngine:
     def tokenize(self, text: str, *, add_special: bool, parse_special: bool = True) -> list[int]:
         ids = [b + OFFSET for b in text.encode()]
         return [BOS, *ids] if add_special and self._info.add_bos else ids
-
-    def detokenize(self, tokens: list[int]) -> str:
-        return b"".join(self.token_piece(t) for t in tokens).decode("utf-8", errors="replace")
 
     def token_piece(self, token: int) -> bytes:
         return bytes([token - OFFSET]) if token >= OFFSET else b""

@@ -27,6 +27,7 @@ from typing import Any
 import llama_cpp as L
 
 from oasis.engine.base import (
+    Engine,
     EngineStats,
     Event,
     FinishEvent,
@@ -96,7 +97,7 @@ def _dispatch(items: list[tuple[LlamaHandle, Event | BaseException]]) -> None:
         handle._queue.put_nowait(item)
 
 
-class LlamaEngine:
+class LlamaEngine(Engine):
     """Continuous batching over llama.cpp's C API."""
 
     def __init__(
@@ -206,9 +207,6 @@ class LlamaEngine:
     def tokenize(self, text: str, *, add_special: bool, parse_special: bool = True) -> list[int]:
         assert self._model is not None
         return self._model.tokenize(text, add_special=add_special, parse_special=parse_special)
-
-    def detokenize(self, tokens: list[int]) -> str:
-        return b"".join(self.token_piece(t) for t in tokens).decode("utf-8", errors="replace")
 
     def check_grammar(self, gbnf: str) -> None:
         """Raise GrammarError unless llama.cpp can build a sampler from this grammar."""
