@@ -258,7 +258,10 @@ def test_tools_with_same_named_definitions_and_a_response_format(live: LiveServe
             response_format={"type": "json_schema", "json_schema": {
                 "name": "reply", "schema": answer, "strict": True}})
         choice = r.choices[0]
-        for call in choice.message.tool_calls or []:
+        made = choice.message.tool_calls or []
+        if choice.finish_reason == "length":  # repeated calls ran into max_tokens: the last
+            made = made[:-1]                  # one is cut, the ones before are whole
+        for call in made:
             jsonschema.validate(json.loads(call.function.arguments),
                                 schemas[call.function.name])
             calls += 1

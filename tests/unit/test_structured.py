@@ -44,7 +44,9 @@ def test_a_schema_reaches_the_engine_as_a_grammar(client: OpenAI,
 
 
 @pytest.mark.parametrize("schema, named", [
-    ({"type": "integer", "minimum": 3}, "'minimum'"),
+    ({"type": "number", "minimum": 3}, "'minimum'"),
+    ({"type": "object", "properties": {"n": {"type": "number", "exclusiveMaximum": 1}}},
+     "'exclusiveMaximum'"),
     ({"type": "array", "items": {"type": "string"}, "uniqueItems": True}, "'uniqueItems'"),
     ({"type": "string", "format": "email"}, "format 'email'"),
     ({"type": "object", "properties": {"a": {"not": {"type": "null"}}}}, "'not'"),
@@ -68,6 +70,9 @@ def test_bad_response_formats(client: OpenAI) -> None:
         ({"type": "json_schema", "json_schema": {"name": "has space", "schema": {}}}, MSG,
          "response_format.json_schema.name"),
         (schema_format({"type": "colour"}), MSG, "response_format"),
+        (schema_format({"type": "integer", "minimum": 5, "maximum": 4}), MSG,
+         "response_format"),
+        (schema_format({"type": "integer", "minimum": "0"}), MSG, "response_format"),
     ]
     for fmt, messages, param in cases:
         with pytest.raises(openai.BadRequestError) as info:

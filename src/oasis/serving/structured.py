@@ -12,6 +12,7 @@ import re
 from typing import Any
 
 from oasis.errors import InvalidRequestError, UnsupportedParameterError
+from oasis.serving.intrange import bounds, integer_gbnf
 
 # Keywords the grammar enforces.
 ENFORCED = {
@@ -25,6 +26,8 @@ ANNOTATIONS = {
     "readOnly", "writeOnly", "strict", "discriminator", "nullable",
 }  # fmt: skip
 FORMATS = {"date", "time", "date-time", "uuid"}
+# Enforced on "type": "integer" only (serving/intrange.py); refused on numbers.
+BOUNDS = {"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"}
 TYPES = {"object", "array", "string", "number", "integer", "boolean", "null"}
 _NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 
@@ -35,7 +38,7 @@ def _refuse(feature: str, where: str, param: str) -> UnsupportedParameterError:
         "decoding, so the request is refused rather than answered unconstrained. Supported: "
         "type, properties, required, additionalProperties, items, prefixItems, minItems, "
         "maxItems, enum, const, anyOf, oneOf, $ref/$defs, pattern, minLength, maxLength, format "
-        f"({', '.join(sorted(FORMATS))}).",
+        f"({', '.join(sorted(FORMATS))}), minimum/maximum (and the exclusive ones) on integers.",
         param=param,
     )
 
@@ -53,6 +56,18 @@ def check_schema(node: Any, where: str = "schema", param: str = "response_format
     for key, value in node.items():
         at = f"{where}.{key}"
         if key in ANNOTATIONS:
+            continue
+        if key in BOUNDS:
+            if node.get("type") != "integer" or isinstance(value, bool):
+                raise _refuse(
+                    f'the keyword \'{key}\' (enforced on "type": "integer" only)', where, param
+                )
+            if not isinstance(value, int | float):
+                raise InvalidRequestError(
+                    f"Invalid schema at {at}: expected a number.",
+                    param=param,
+                    code="invalid_value",
+                )
             continue
         if key not in ENFORCED:
             raise _refuse(f"the keyword '{key}'", where, param)
@@ -120,14 +135,18 @@ class GrammarBuilder:
         )
         self._rules: list[str] = []
         self._count = 0
+        self._integers: dict[str, str] = {}  # rule name -> GBNF of an integer range
 
     def schema(self, schema: dict[str, Any], name: str, *, param: str) -> str:
         """Add the rules for one schema; return the name of its top rule."""
         tag = f"oasis-s{self._count}"
         self._count += 1
         try:
-            resolved = self._conv.resolve_refs(_hoist(schema, tag, param), tag)
+            hoisted = _hoist(schema, tag, param, self._integers)
+            resolved = self._conv.resolve_refs(hoisted, tag)
             rule: str = self._conv.visit(resolved, name)
+        except InvalidRequestError:
+            raise
         except Exception as exc:  # the converter's own refusals (a regex feature...)
             raise UnsupportedParameterError(
                 f"Structured outputs: the schema cannot be turned into a grammar ({exc}); the "
@@ -142,16 +161,26 @@ class GrammarBuilder:
     def build(self, root: str) -> str:
         # JSON strings may not hold raw control characters (a newline must be written \n);
         # the converter's rule allows them, which json.loads would then reject.
-        lines = [
-            STRICT_CHAR if line.startswith("char ::=") else line
-            for line in self._conv.format_grammar().splitlines()
-        ]
+        lines = []
+        for line in self._conv.format_grammar().splitlines():
+            name = line.split(" ::= ", 1)[0]
+            if name == "char":
+                line = STRICT_CHAR
+            elif name in self._integers:  # a placeholder (see _hoist): the range's rule
+                line = f"{name} ::= {self._integers[name]} space"
+            lines.append(line)
         return "\n".join([f"root ::= {root}", *self._rules, *lines]) + "\n"
 
 
-def _hoist(schema: dict[str, Any], tag: str, param: str) -> dict[str, Any]:
+def _hoist(
+    schema: dict[str, Any], tag: str, param: str, integers: dict[str, str]
+) -> dict[str, Any]:
     """The schema with every local ``$ref`` pointing at a definition named after ``tag`` and the
-    reference's path (``#/$defs/Item`` -> ``#/$defs/<tag>-defs-Item``, ``#`` -> ``<tag>``)."""
+    reference's path (``#/$defs/Item`` -> ``#/$defs/<tag>-defs-Item``, ``#`` -> ``<tag>``).
+
+    An integer with bounds becomes a reference to a placeholder definition whose rule
+    ``GrammarBuilder.build`` replaces with the range's grammar (``integers``).
+    """
     defs: dict[str, Any] = {}
 
     def target(ref: str) -> str:
@@ -180,6 +209,20 @@ def _hoist(schema: dict[str, Any], tag: str, param: str) -> dict[str, Any]:
             return [rewrite(x) for x in node]
         if not isinstance(node, dict):
             return node
+        if (
+            node.get("type") == "integer"
+            and BOUNDS & node.keys()
+            and not {"enum", "const"} & (node.keys())
+        ):
+            key = f"{tag}-int-{len(integers)}"
+            try:
+                integers[key] = integer_gbnf(*bounds(node))
+            except ValueError as exc:
+                raise InvalidRequestError(
+                    f"Invalid schema: {exc}.", param=param, code="invalid_value"
+                ) from None
+            defs[key] = {"const": key}
+            return {"$ref": f"#/$defs/{key}"}
         out: dict[str, Any] = {}
         for k, v in node.items():
             if top and k in ("$defs", "definitions"):
