@@ -64,6 +64,8 @@ class Booking(BaseModel):
     nights: int = Field(gt=0, lt=30)
     floor: int | None = Field(ge=-2, le=40)
     year: int = Field(ge=2026)
+    price: float = Field(ge=0)
+    score: float = Field(ge=0, le=1)
 
 
 def test_sdk_parse_holds_integer_bounds(live: LiveServer) -> None:
@@ -75,6 +77,7 @@ def test_sdk_parse_holds_integer_bounds(live: LiveServer) -> None:
             response_format=Booking)
         booking = r.choices[0].message.parsed  # the SDK validates the bounds again
         assert isinstance(booking, Booking) and booking.year >= 2026
+        assert 0 <= booking.score <= 1 and booking.price >= 0
 
 
 def test_json_mode_gives_one_object(live: LiveServer) -> None:
@@ -95,7 +98,7 @@ def test_json_mode_gives_one_object(live: LiveServer) -> None:
 # -- 200 random schemas ------------------------------------------------------------------------
 
 UNSUPPORTED = [
-    ("minimum", {"type": "number", "minimum": 0}),
+    ("minimum", {"type": "number", "minimum": 0.25}),
     ("uniqueItems", {"type": "array", "items": {"type": "integer"}, "uniqueItems": True,
                      "maxItems": 3}),
     ("format 'email'", {"type": "string", "format": "email"}),
@@ -116,7 +119,7 @@ def random_schema(rng: random.Random, depth: int = 0) -> dict[str, Any]:
                 **({"minLength": 1} if rng.random() < 0.3 else {})}
     if kind in ("integer", "number", "boolean"):
         return {"type": kind}
-    if kind == "range":  # integer bounds, one- or two-sided, inclusive or exclusive
+    if kind == "range":  # numeric bounds, one- or two-sided, inclusive or exclusive
         lo = rng.randint(-500, 500)
         bounds: dict[str, Any] = {}
         if rng.random() < 0.8:
@@ -124,7 +127,7 @@ def random_schema(rng: random.Random, depth: int = 0) -> dict[str, Any]:
         if rng.random() < 0.8 or not bounds:
             bounds["maximum" if rng.random() < 0.5 else "exclusiveMaximum"] = (
                 lo + rng.randint(2, 3000))
-        return {"type": "integer", **bounds}
+        return {"type": rng.choice(["integer", "number"]), **bounds}
     if kind == "enum":
         return {"enum": rng.sample(["red", "green", "blue", "north", "south", 1, 2, True],
                                    rng.randint(1, 4))}

@@ -44,8 +44,8 @@ def test_a_schema_reaches_the_engine_as_a_grammar(client: OpenAI,
 
 
 @pytest.mark.parametrize("schema, named", [
-    ({"type": "number", "minimum": 3}, "'minimum'"),
-    ({"type": "object", "properties": {"n": {"type": "number", "exclusiveMaximum": 1}}},
+    ({"type": "number", "minimum": 0.5}, "'minimum' 0.5"),
+    ({"type": "object", "properties": {"n": {"type": "string", "exclusiveMaximum": 1}}},
      "'exclusiveMaximum'"),
     ({"type": "array", "items": {"type": "string"}, "uniqueItems": True}, "'uniqueItems'"),
     ({"type": "string", "format": "email"}, "format 'email'"),

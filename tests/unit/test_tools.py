@@ -314,7 +314,7 @@ def test_bad_tool_requests_are_400s_naming_the_problem(client: OpenAI) -> None:
                                                  "parameters": {"type": "string"}}}])
     bad(client, "tools[0].function.parameters", "'minimum'",
         tools=[{"type": "function", "function": {"name": "f", "parameters": {
-            "type": "object", "properties": {"n": {"type": "number", "minimum": 1}}}}}])
+            "type": "object", "properties": {"n": {"type": "number", "minimum": 0.5}}}}}])
     bad(client, "tools", "used twice", tools=[WEATHER, WEATHER])
     bad(client, "tools[0].function.strictly", "Unrecognized request argument",
         tools=[{"type": "function", "function": {"name": "f", "strictly": True}}])

@@ -93,3 +93,77 @@ def integer_gbnf(lo: int | None, hi: int | None) -> str:
         if neg_hi is None or neg_lo <= neg_hi:
             alts += [f'"-" {x}' for x in _natural(neg_lo, neg_hi)]
     return "( " + " | ".join(alts) + " )"
+
+
+# -- numbers with whole-number bounds --------------------------------------------------------
+
+_FRACTION = '( "." [0-9]{1,15} )?'
+_ZERO_FRACTION = '( "." "0"{1,15} )?'
+_NONZERO_FRACTION = '"." [0-9]{0,14} [1-9] [0-9]{0,14}'
+
+
+def number_bounds(
+    schema: dict[str, object],
+) -> tuple[tuple[int, bool] | None, tuple[int, bool] | None]:
+    """``((lo, inclusive), (hi, inclusive))`` of a number schema (None: unbounded); raises
+    ValueError for a bound that is not a whole number (not enforced)."""
+
+    def whole(key: str) -> int | None:
+        v = schema.get(key)
+        if v is None:
+            return None
+        if isinstance(v, bool) or not isinstance(v, int | float) or v != int(v):
+            raise ValueError(f"'{key}' {v!r} on a number: only whole-number bounds are enforced")
+        return int(v)
+
+    lo: tuple[int, bool] | None = None
+    hi: tuple[int, bool] | None = None
+    for key, inclusive in (("minimum", True), ("exclusiveMinimum", False)):
+        b = whole(key)
+        if b is not None and (lo is None or b > lo[0] or (b == lo[0] and not inclusive)):
+            lo = (b, inclusive)
+    for key, inclusive in (("maximum", True), ("exclusiveMaximum", False)):
+        b = whole(key)
+        if b is not None and (hi is None or b < hi[0] or (b == hi[0] and not inclusive)):
+            hi = (b, inclusive)
+    return lo, hi
+
+
+def _magnitudes(lo: tuple[int, bool], hi: tuple[int, bool] | None) -> list[str]:
+    """Alternatives for the decimals ``I`` or ``I.F`` (no sign) between lo and hi, lo >= 0."""
+    (a, a_inc), top = lo, hi
+    alts: list[str] = []
+    # whole integer parts strictly inside: any fraction
+    first = a if a_inc else a + 1
+    last = None if top is None else top[0] - 1
+    if last is None or first <= last:
+        alts += [f"{x} {_FRACTION}" for x in _natural(first, last)]
+    # the lower end itself, when exclusive: a fraction that is not zero
+    if not a_inc and (top is None or a < top[0]):
+        alts.append(f'"{a}" {_NONZERO_FRACTION}')
+    # the upper end itself, when inclusive: no fraction, or zeros
+    if top is not None and top[1] and (top[0] > a or (top[0] == a and a_inc)):
+        alts.append(f'"{top[0]}" {_ZERO_FRACTION}')
+    return alts
+
+
+def number_gbnf(lo: tuple[int, bool] | None, hi: tuple[int, bool] | None) -> str:
+    """A GBNF expression for the JSON numbers (no exponent) between whole-number bounds."""
+    if (
+        lo is not None
+        and hi is not None
+        and (lo[0] > hi[0] or (lo[0] == hi[0] and not (lo[1] and hi[1])))
+    ):
+        raise ValueError("no number satisfies the bounds")
+    for b in (lo, hi):
+        if b is not None and abs(b[0]) > _CAP:
+            raise ValueError(f"bounds beyond {MAX_DIGITS} digits")
+    alts: list[str] = []
+    if hi is None or hi[0] > 0 or (hi[0] == 0 and hi[1]):  # v >= 0, written without a sign
+        start = lo if lo is not None and lo[0] >= 0 else (0, True)
+        alts += _magnitudes(start, hi)
+    if lo is None or lo[0] < 0:  # v < 0: "-" and a magnitude m = -v > 0
+        m_lo = (-hi[0], hi[1]) if hi is not None and hi[0] < 0 else (0, False)
+        m_hi = (-lo[0], lo[1]) if lo is not None else None
+        alts += [f'"-" {x}' for x in _magnitudes(m_lo, m_hi)]
+    return "( " + " | ".join(alts) + " )"

@@ -12,7 +12,7 @@ import re
 from typing import Any
 
 from oasis.errors import InvalidRequestError, UnsupportedParameterError
-from oasis.serving.intrange import bounds, integer_gbnf
+from oasis.serving.intrange import bounds, integer_gbnf, number_bounds, number_gbnf
 
 # Keywords the grammar enforces.
 ENFORCED = {
@@ -26,7 +26,7 @@ ANNOTATIONS = {
     "readOnly", "writeOnly", "strict", "discriminator", "nullable",
 }  # fmt: skip
 FORMATS = {"date", "time", "date-time", "uuid"}
-# Enforced on "type": "integer" only (serving/intrange.py); refused on numbers.
+# Enforced on integers, and on numbers when the bound is a whole number (serving/intrange.py).
 BOUNDS = {"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"}
 TYPES = {"object", "array", "string", "number", "integer", "boolean", "null"}
 _NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
@@ -38,7 +38,8 @@ def _refuse(feature: str, where: str, param: str) -> UnsupportedParameterError:
         "decoding, so the request is refused rather than answered unconstrained. Supported: "
         "type, properties, required, additionalProperties, items, prefixItems, minItems, "
         "maxItems, enum, const, anyOf, oneOf, $ref/$defs, pattern, minLength, maxLength, format "
-        f"({', '.join(sorted(FORMATS))}), minimum/maximum (and the exclusive ones) on integers.",
+        f"({', '.join(sorted(FORMATS))}), minimum/maximum (and the exclusive ones) on "
+        "integers and, as whole numbers, on numbers.",
         param=param,
     )
 
@@ -58,15 +59,22 @@ def check_schema(node: Any, where: str = "schema", param: str = "response_format
         if key in ANNOTATIONS:
             continue
         if key in BOUNDS:
-            if node.get("type") != "integer" or isinstance(value, bool):
-                raise _refuse(
-                    f'the keyword \'{key}\' (enforced on "type": "integer" only)', where, param
-                )
-            if not isinstance(value, int | float):
+            if isinstance(value, bool) or not isinstance(value, int | float):
                 raise InvalidRequestError(
                     f"Invalid schema at {at}: expected a number.",
                     param=param,
                     code="invalid_value",
+                )
+            if node.get("type") == "number":
+                try:
+                    number_bounds(node)
+                except ValueError as exc:
+                    raise _refuse(str(exc), where, param) from None
+            elif node.get("type") != "integer":
+                raise _refuse(
+                    f'the keyword \'{key}\' (enforced with "type": "integer" or "number")',
+                    where,
+                    param,
                 )
             continue
         if key not in ENFORCED:
@@ -135,7 +143,7 @@ class GrammarBuilder:
         )
         self._rules: list[str] = []
         self._count = 0
-        self._integers: dict[str, str] = {}  # rule name -> GBNF of an integer range
+        self._integers: dict[str, str] = {}  # rule name -> GBNF of a numeric range
 
     def schema(self, schema: dict[str, Any], name: str, *, param: str) -> str:
         """Add the rules for one schema; return the name of its top rule."""
@@ -178,8 +186,8 @@ def _hoist(
     """The schema with every local ``$ref`` pointing at a definition named after ``tag`` and the
     reference's path (``#/$defs/Item`` -> ``#/$defs/<tag>-defs-Item``, ``#`` -> ``<tag>``).
 
-    An integer with bounds becomes a reference to a placeholder definition whose rule
-    ``GrammarBuilder.build`` replaces with the range's grammar (``integers``).
+    An integer or number with bounds becomes a reference to a placeholder definition whose
+    rule ``GrammarBuilder.build`` replaces with the range's grammar (``integers``).
     """
     defs: dict[str, Any] = {}
 
@@ -209,14 +217,19 @@ def _hoist(
             return [rewrite(x) for x in node]
         if not isinstance(node, dict):
             return node
+        kind = node.get("type")
         if (
-            node.get("type") == "integer"
+            kind in ("integer", "number")
             and BOUNDS & node.keys()
             and not {"enum", "const"} & (node.keys())
         ):
-            key = f"{tag}-int-{len(integers)}"
+            key = f"{tag}-range-{len(integers)}"
             try:
-                integers[key] = integer_gbnf(*bounds(node))
+                integers[key] = (
+                    integer_gbnf(*bounds(node))
+                    if kind == "integer"
+                    else number_gbnf(*number_bounds(node))
+                )
             except ValueError as exc:
                 raise InvalidRequestError(
                     f"Invalid schema: {exc}.", param=param, code="invalid_value"
