@@ -19,10 +19,23 @@ def post(live: LiveServer, path: str, body: dict[str, Any]) -> httpx.Response:
                       headers={"Authorization": f"Bearer {live.api_key}"})
 
 
-@pytest.mark.parametrize("extra", [{}, {"n": 2, "logprobs": True, "top_logprobs": 2}])
+TOOL = {"type": "function", "function": {"name": "pick", "parameters": {
+    "type": "object", "properties": {"color": {"type": "string", "maxLength": 10}},
+    "required": ["color"]}}}
+
+
+@pytest.mark.parametrize("extra", [
+    {},
+    {"n": 2, "logprobs": True, "top_logprobs": 2},
+    {"tools": [TOOL], "tool_choice": "required", "parallel_tool_calls": False, "n": 2,
+     "logprobs": True, "max_tokens": 60},
+    {"functions": [TOOL["function"]], "function_call": {"name": "pick"}, "max_tokens": 60},
+])
 def test_chat(live: LiveServer, schemas: Schemas, extra: dict[str, Any]) -> None:
     r = post(live, "/chat/completions", {"model": "gpt-4o", "messages": MSGS,
                                          "max_tokens": 8, **extra})
+    if "tools" in extra or "functions" in extra:
+        assert r.json()["choices"][0]["finish_reason"] in ("tool_calls", "function_call")
     assert r.status_code == 200, r.text
     schemas.validate("CreateChatCompletionResponse", r.json())
     r = post(live, "/chat/completions", {"model": "gpt-4o", "messages": MSGS, "max_tokens": 8,

@@ -92,6 +92,18 @@ def test_parallel_calls_get_their_own_ids_and_indexes(client: OpenAI, engine: Fa
     assert grammar is not None and "oasis-text" not in grammar  # required: no text branch
 
 
+def test_each_choice_makes_its_own_calls(client: OpenAI, engine: FakeEngine) -> None:
+    engine.reply = CALL
+    r = client.chat.completions.create(model="gpt-3.5-turbo", messages=ASK, tools=[WEATHER],
+                                       temperature=0, n=3)
+    ids = set()
+    for choice in r.choices:
+        assert choice.finish_reason == "tool_calls"
+        [call] = choice.message.tool_calls or []
+        ids.add(call.id)
+    assert len(ids) == 3
+
+
 def test_text_answers_stay_text(client: OpenAI, engine: FakeEngine) -> None:
     for reply in ("It is sunny.", "<b>sunny</b>", "<tool_call"):
         engine.reply = reply
