@@ -53,15 +53,15 @@ class ToolPlan:
     """What a request lets the model do with tools (None when it may not call any)."""
 
     functions: tuple[Function, ...]  # described to the model
-    callable: tuple[Function, ...]  # the grammar allows calls to these
+    allowed: tuple[Function, ...]  # the grammar allows calls to these
     mode: Literal["auto", "required"]
     parallel: bool
     legacy: bool  # the deprecated functions / function_call fields: answer with function_call
 
     @property
     def forced(self) -> str | None:
-        if self.mode == "required" and len(self.callable) == 1:
-            return self.callable[0].name
+        if self.mode == "required" and len(self.allowed) == 1:
+            return self.allowed[0].name
         return None
 
 
@@ -183,7 +183,7 @@ def plan_tools(req: ChatCompletionRequest) -> ToolPlan | None:
         return None
     return ToolPlan(
         functions=tuple(functions),
-        callable=allowed,
+        allowed=allowed,
         mode=mode,
         parallel=req.parallel_tool_calls is not False and len(allowed) > 0,
         legacy=False,
@@ -370,7 +370,7 @@ def tool_grammar(plan: ToolPlan, answer: dict[str, Any] | None) -> str:
     a text reply (``auto``) must then follow."""
     b = GrammarBuilder()
     alts = []
-    for i, f in enumerate(plan.callable):
+    for i, f in enumerate(plan.allowed):
         param = "tools" if not plan.legacy else "functions"
         args = b.schema(f.parameters, f"oasis-args-{i}", param=param)
         alts.append(f"{_literal(f.name + AFTER_NAME)} {args}")
