@@ -65,6 +65,8 @@ for chunk in openai.ChatCompletion.create(model="gpt-3.5-turbo", stream=True, ma
 print("STREAMED", len(parts) > 1, bool("".join(parts)))
 '''
 
+# OpenAI's function-calling example, with a maxLength on the string: the small model can ramble
+# inside an unbounded string until max_tokens, which ends the call with finish_reason "length".
 LEGACY_FUNCTIONS = '''
 import json
 import openai
@@ -72,12 +74,13 @@ openai.api_key = "{key}"
 openai.api_base = "{base}"
 functions = [{{"name": "get_current_weather", "description": "Get the current weather",
               "parameters": {{"type": "object", "properties": {{
-                  "location": {{"type": "string", "description": "The city"}},
+                  "location": {{"type": "string", "description": "The city", "maxLength": 40}},
                   "unit": {{"type": "string", "enum": ["celsius", "fahrenheit"]}}}},
                   "required": ["location"]}}}}]
 messages = [{{"role": "user", "content": "What's the weather like in Boston?"}}]
 response = openai.ChatCompletion.create(model="gpt-3.5-turbo-0613", messages=messages,
-    functions=functions, function_call={{"name": "get_current_weather"}}, max_tokens=100)
+    functions=functions, function_call={{"name": "get_current_weather"}}, max_tokens=100,
+    temperature=0)
 message = response["choices"][0]["message"]
 print("FINISH", response["choices"][0]["finish_reason"])
 args = json.loads(message["function_call"]["arguments"])
