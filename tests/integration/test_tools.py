@@ -98,8 +98,10 @@ def test_weather_tool_loop(live: LiveServer) -> None:
     assert answer.finish_reason in ("stop", "length", "tool_calls")
     if answer.finish_reason == "tool_calls":  # auto: calling again is allowed, and valid
         check_calls(answer.message, set(SCHEMAS))
-    else:
-        assert answer.message.content and answer.message.tool_calls is None
+    elif answer.message.tool_calls is None:
+        assert answer.message.content
+    else:  # a call cut by max_tokens
+        assert answer.finish_reason == "length"
     # the call and its result are in the second prompt
     assert second.usage and first.usage
     assert second.usage.prompt_tokens > first.usage.prompt_tokens + 15
@@ -186,7 +188,9 @@ def test_none_never_calls(live: LiveServer) -> None:
 def test_auto_answers_are_text_or_valid_calls(live: LiveServer) -> None:
     for r in run_many(live, 10, 100, parallel_tool_calls=False):
         choice = r.choices[0]
-        if choice.message.tool_calls:
+        if choice.message.tool_calls and choice.finish_reason == "length":
+            assert len(choice.message.tool_calls) == 1  # one call, cut by max_tokens
+        elif choice.message.tool_calls:
             assert choice.finish_reason == "tool_calls"
             assert check_calls(choice.message, set(SCHEMAS)) == 1
         else:
