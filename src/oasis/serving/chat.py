@@ -52,7 +52,7 @@ from oasis.serving.common import (
 )
 from oasis.serving.merge import merge
 from oasis.serving.prompt import ChatTemplate
-from oasis.serving.structured import GrammarBuilder, answer_schema
+from oasis.serving.structured import answer_grammar, answer_schema
 
 
 def _piece_text(piece: bytes) -> str:
@@ -238,14 +238,6 @@ def message_dicts(messages: list[ChatMessage], tools: str | None = None) -> list
     return out
 
 
-def _text_of(m: ChatMessage) -> str:
-    if m.content is None:
-        return ""
-    if isinstance(m.content, str):
-        return m.content
-    return " ".join(p.text for p in m.content if isinstance(p, TextPart))
-
-
 @dataclass
 class _ChoiceState:
     reply: tools_mod.ReplyParser | None
@@ -261,14 +253,10 @@ class _ChoiceState:
 
     def finish_reason(self, plan: tools_mod.ToolPlan | None) -> Any:
         assert self.finish is not None
-        # a call cut short (max_tokens, a stop sequence) keeps the engine's reason
-        if (
-            plan is not None
-            and self.reply is not None
-            and self.reply.is_calls
-            and self.finish.reason == "stop"
-            and self.reply.complete
-        ):
+        # a call cut short (max_tokens, a stop sequence) keeps the engine's reason; a reply
+        # parser exists only under a tool plan
+        if self.reply is not None and self.reply.complete and self.finish.reason == "stop":
+            assert plan is not None
             return "function_call" if plan.legacy else "tool_calls"
         return self.finish.reason
 
@@ -367,7 +355,10 @@ class ChatService:
         if (
             fmt is not None
             and fmt.get("type") == "json_object"
-            and not any("json" in _text_of(m).lower() for m in req.messages)
+            and not any(
+                "json" in _content_text(m, f"messages.[{i}]").lower()
+                for i, m in enumerate(req.messages)
+            )
         ):
             raise InvalidRequestError(
                 "'messages' must contain the word 'json' in some form, to use "
@@ -380,8 +371,7 @@ class ChatService:
             grammar: str | None = tools_mod.tool_grammar(plan, answer)
             param = "functions" if plan.legacy else "tools"
         elif answer is not None:
-            builder = GrammarBuilder()
-            grammar = builder.build(builder.schema(answer, "answer", param="response_format"))
+            grammar = answer_grammar(answer)
             param = "response_format"
         else:
             return None

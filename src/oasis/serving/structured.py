@@ -29,7 +29,7 @@ FORMATS = {"date", "time", "date-time", "uuid"}
 # Enforced on integers, and on numbers when the bound is a whole number (serving/intrange.py).
 BOUNDS = {"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"}
 TYPES = {"object", "array", "string", "number", "integer", "boolean", "null"}
-_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
+NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")  # schema and function names
 
 
 def _refuse(feature: str, where: str, param: str) -> UnsupportedParameterError:
@@ -44,27 +44,25 @@ def _refuse(feature: str, where: str, param: str) -> UnsupportedParameterError:
     )
 
 
+def _invalid(where: str, problem: str, param: str) -> InvalidRequestError:
+    return InvalidRequestError(
+        f"Invalid schema at {where}: {problem}", param=param, code="invalid_value"
+    )
+
+
 def check_schema(node: Any, where: str = "schema", param: str = "response_format") -> None:
     """Raise a 400 naming the first keyword (or value) the grammar cannot enforce."""
     if isinstance(node, bool) and where != "schema":
         return  # true / false sub-schemas
     if not isinstance(node, dict):
-        raise InvalidRequestError(
-            f"Invalid schema at {where}: expected an object, got {type(node).__name__}.",
-            param=param,
-            code="invalid_value",
-        )
+        raise _invalid(where, f"expected an object, got {type(node).__name__}.", param)
     for key, value in node.items():
         at = f"{where}.{key}"
         if key in ANNOTATIONS:
             continue
         if key in BOUNDS:
             if isinstance(value, bool) or not isinstance(value, int | float):
-                raise InvalidRequestError(
-                    f"Invalid schema at {at}: expected a number.",
-                    param=param,
-                    code="invalid_value",
-                )
+                raise _invalid(at, "expected a number.", param)
             if node.get("type") == "number":
                 try:
                     number_bounds(node)
@@ -83,11 +81,7 @@ def check_schema(node: Any, where: str = "schema", param: str = "response_format
             types = value if isinstance(value, list) else [value]
             for t in types:
                 if t not in TYPES:
-                    raise InvalidRequestError(
-                        f"Invalid schema at {at}: unknown type {t!r}.",
-                        param=param,
-                        code="invalid_value",
-                    )
+                    raise _invalid(at, f"unknown type {t!r}.", param)
         elif key == "format" and value not in FORMATS:
             raise _refuse(f"format '{value}'", where, param)
         elif key == "$ref":
@@ -95,20 +89,12 @@ def check_schema(node: Any, where: str = "schema", param: str = "response_format
                 raise _refuse(f"the reference {value!r} (only local #/ references)", where, param)
         elif key in ("properties", "$defs", "definitions"):
             if not isinstance(value, dict):
-                raise InvalidRequestError(
-                    f"Invalid schema at {at}: expected an object.",
-                    param=param,
-                    code="invalid_value",
-                )
+                raise _invalid(at, "expected an object.", param)
             for name, sub in value.items():
                 check_schema(sub, f"{at}.{name}", param)
         elif key in ("anyOf", "oneOf", "prefixItems"):
             if not isinstance(value, list) or not value:
-                raise InvalidRequestError(
-                    f"Invalid schema at {at}: expected a non-empty array.",
-                    param=param,
-                    code="invalid_value",
-                )
+                raise _invalid(at, "expected a non-empty array.", param)
             for i, sub in enumerate(value):
                 check_schema(sub, f"{at}[{i}]", param)
         elif key == "items":
@@ -120,11 +106,7 @@ def check_schema(node: Any, where: str = "schema", param: str = "response_format
         elif key == "additionalProperties" and not isinstance(value, bool):
             check_schema(value, at, param)
         elif key == "enum" and (not isinstance(value, list) or not value):
-            raise InvalidRequestError(
-                f"Invalid schema at {at}: enum must be a non-empty array.",
-                param=param,
-                code="invalid_value",
-            )
+            raise _invalid(at, "enum must be a non-empty array.", param)
 
 
 class GrammarBuilder:
@@ -143,14 +125,14 @@ class GrammarBuilder:
         )
         self._rules: list[str] = []
         self._count = 0
-        self._integers: dict[str, str] = {}  # rule name -> GBNF of a numeric range
+        self._ranges: dict[str, str] = {}  # rule name -> GBNF of a numeric range
 
     def schema(self, schema: dict[str, Any], name: str, *, param: str) -> str:
         """Add the rules for one schema; return the name of its top rule."""
         tag = f"oasis-s{self._count}"
         self._count += 1
         try:
-            hoisted = _hoist(schema, tag, param, self._integers)
+            hoisted = _hoist(schema, tag, param, self._ranges)
             resolved = self._conv.resolve_refs(hoisted, tag)
             rule: str = self._conv.visit(resolved, name)
         except InvalidRequestError:
@@ -174,20 +156,18 @@ class GrammarBuilder:
             name = line.split(" ::= ", 1)[0]
             if name == "char":
                 line = STRICT_CHAR
-            elif name in self._integers:  # a placeholder (see _hoist): the range's rule
-                line = f"{name} ::= {self._integers[name]} space"
+            elif name in self._ranges:  # a placeholder (see _hoist): the range's rule
+                line = f"{name} ::= {self._ranges[name]} space"
             lines.append(line)
         return "\n".join([f"root ::= {root}", *self._rules, *lines]) + "\n"
 
 
-def _hoist(
-    schema: dict[str, Any], tag: str, param: str, integers: dict[str, str]
-) -> dict[str, Any]:
+def _hoist(schema: dict[str, Any], tag: str, param: str, ranges: dict[str, str]) -> dict[str, Any]:
     """The schema with every local ``$ref`` pointing at a definition named after ``tag`` and the
     reference's path (``#/$defs/Item`` -> ``#/$defs/<tag>-defs-Item``, ``#`` -> ``<tag>``).
 
     An integer or number with bounds becomes a reference to a placeholder definition whose
-    rule ``GrammarBuilder.build`` replaces with the range's grammar (``integers``).
+    rule ``GrammarBuilder.build`` replaces with the range's grammar (``ranges``).
     """
     defs: dict[str, Any] = {}
 
@@ -223,9 +203,9 @@ def _hoist(
             and BOUNDS & node.keys()
             and not {"enum", "const"} & (node.keys())
         ):
-            key = f"{tag}-range-{len(integers)}"
+            key = f"{tag}-range-{len(ranges)}"
             try:
-                integers[key] = (
+                ranges[key] = (
                     integer_gbnf(*bounds(node))
                     if kind == "integer"
                     else number_gbnf(*number_bounds(node))
@@ -285,7 +265,7 @@ def answer_schema(response_format: dict[str, Any] | None) -> dict[str, Any] | No
             code="missing_required_parameter",
         )
     name = spec.get("name")
-    if not isinstance(name, str) or not _NAME.match(name):
+    if not isinstance(name, str) or not NAME.match(name):
         raise InvalidRequestError(
             "Invalid 'response_format.json_schema.name': a name of 1-64 letters, digits, "
             "underscores or dashes is required.",
@@ -299,10 +279,13 @@ def answer_schema(response_format: dict[str, Any] | None) -> dict[str, Any] | No
     return dict(schema)
 
 
+def answer_grammar(schema: dict[str, Any]) -> str:
+    """The grammar of an answer that follows ``schema`` (response_format's)."""
+    builder = GrammarBuilder()
+    return builder.build(builder.schema(schema, "answer", param="response_format"))
+
+
 def grammar_for(response_format: dict[str, Any] | None) -> str | None:
     """The GBNF grammar a chat response_format asks for (None for plain text)."""
     schema = answer_schema(response_format)
-    if schema is None:
-        return None
-    builder = GrammarBuilder()
-    return builder.build(builder.schema(schema, "answer", param="response_format"))
+    return None if schema is None else answer_grammar(schema)

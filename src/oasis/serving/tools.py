@@ -18,7 +18,6 @@ calls and their results are written into the conversation in the same format (re
 from __future__ import annotations
 
 import json
-import re
 import secrets
 import string
 from dataclasses import dataclass, field
@@ -26,14 +25,13 @@ from typing import Any, Literal
 
 from oasis.errors import InvalidRequestError, UnsupportedParameterError
 from oasis.protocol.requests import ChatCompletionRequest
-from oasis.serving.structured import GrammarBuilder, check_schema
+from oasis.serving.structured import NAME, GrammarBuilder, check_schema
 
 OPEN = "<tool_call>\n"
 HEAD = OPEN + '{"name": "'
 AFTER_NAME = '", "arguments": '
 CLOSE = "}\n</tool_call>"
 MAX_PARALLEL = 8  # calls in one answer; a tiny model may otherwise repeat a call until max_tokens
-_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 _ALPHABET = string.ascii_letters + string.digits
 
 
@@ -82,7 +80,7 @@ def _function(raw: Any, where: str) -> Function:
             f"{where}.name",
             "missing_required_parameter",
         )
-    if not isinstance(name, str) or not _NAME.match(name):
+    if not isinstance(name, str) or not NAME.match(name):
         raise _bad(
             f"Invalid '{where}.name': {name!r} does not match '^[a-zA-Z0-9_-]{{1,64}}$'.",
             f"{where}.name",
