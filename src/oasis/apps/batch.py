@@ -27,7 +27,7 @@ import httpx
 import openai
 from openai import AsyncOpenAI, OpenAI
 
-from oasis.apps.client import run, using
+from oasis.apps.client import sync_twin, using
 
 URLS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
 
@@ -215,22 +215,4 @@ async def _run(
     return summary
 
 
-def run_batch(
-    input_path: str | Path,
-    output_path: str | Path,
-    *,
-    concurrency: int = 4,
-    retries: int = 5,
-    client: OpenAI | AsyncOpenAI | None = None,
-    on_progress: Callable[[BatchSummary], None] | None = None,
-) -> BatchSummary:
-    return run(
-        arun_batch(
-            input_path,
-            output_path,
-            concurrency=concurrency,
-            retries=retries,
-            client=client,
-            on_progress=on_progress,
-        )
-    )
+run_batch = sync_twin(arun_batch)

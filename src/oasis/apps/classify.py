@@ -28,7 +28,7 @@ from typing import Any, Literal
 import openai
 from openai import AsyncOpenAI, OpenAI
 
-from oasis.apps.client import DEFAULT_MODEL, run, using
+from oasis.apps.client import DEFAULT_MODEL, sync_twin, using
 from oasis.apps.lang import has_cjk, wants_chinese
 
 SENTIMENT_EN = ("positive", "negative", "neutral")
@@ -228,26 +228,4 @@ async def aclassify(
         return list(await asyncio.gather(*(one(api, t) for t in items)))
 
 
-def classify(
-    texts: str | list[str],
-    labels: list[str] | tuple[str, ...] | None = None,
-    *,
-    language: str | None = None,
-    model: str = DEFAULT_MODEL,
-    retries: int = 3,
-    concurrency: int = 4,
-    method: Method = "auto",
-    client: OpenAI | AsyncOpenAI | None = None,
-) -> list[Classification]:
-    return run(
-        aclassify(
-            texts,
-            labels,
-            language=language,
-            model=model,
-            retries=retries,
-            concurrency=concurrency,
-            method=method,
-            client=client,
-        )
-    )
+classify = sync_twin(aclassify)

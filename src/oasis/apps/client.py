@@ -5,15 +5,17 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import os
-from collections.abc import AsyncIterator, Coroutine
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Any, ParamSpec, TypeVar
 
 from openai import AsyncOpenAI, OpenAI
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8000/v1"
 DEFAULT_MODEL = "gpt-3.5-turbo"  # resolves to the bundled model on oasis
 T = TypeVar("T")
+P = ParamSpec("P")
 
 
 class ClientConfigError(Exception):
@@ -90,3 +92,15 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
         return asyncio.run(coro)
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         return pool.submit(asyncio.run, coro).result()
+
+
+def sync_twin(afunc: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, T]:
+    """The synchronous form of an application's ``a``-prefixed coroutine function: same
+    parameters, run with ``run``."""
+
+    @functools.wraps(afunc)
+    def call(*args: P.args, **kwargs: P.kwargs) -> T:
+        return run(afunc(*args, **kwargs))
+
+    call.__name__ = call.__qualname__ = afunc.__name__.removeprefix("a")
+    return call

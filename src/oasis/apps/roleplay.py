@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from openai import AsyncOpenAI, OpenAI
 
-from oasis.apps.client import DEFAULT_MODEL, run, using
+from oasis.apps.client import DEFAULT_MODEL, sync_twin, using
 from oasis.apps.lang import wants_chinese
 from oasis.apps.text import achat_once
 
@@ -88,24 +88,4 @@ async def _dialogue(
     return dialogue
 
 
-def roleplay(
-    role: str,
-    *,
-    scenario: str | None = None,
-    turns: int = 3,
-    language: str | None = None,
-    model: str = DEFAULT_MODEL,
-    temperature: float = 0.8,
-    client: OpenAI | AsyncOpenAI | None = None,
-) -> list[tuple[str, str]]:
-    return run(
-        aroleplay(
-            role,
-            scenario=scenario,
-            turns=turns,
-            language=language,
-            model=model,
-            temperature=temperature,
-            client=client,
-        )
-    )
+roleplay = sync_twin(aroleplay)

@@ -9,7 +9,7 @@ import re
 import openai
 from openai import AsyncOpenAI, OpenAI
 
-from oasis.apps.client import DEFAULT_MODEL, run, using
+from oasis.apps.client import DEFAULT_MODEL, sync_twin, using
 from oasis.apps.lang import CJK
 from oasis.apps.text import achat_once
 
@@ -130,24 +130,4 @@ async def _summarize(
     return await one(pieces[0] if pieces else text, words, False)
 
 
-def summarize(
-    text: str,
-    *,
-    words: int = 100,
-    language: str | None = None,
-    model: str = DEFAULT_MODEL,
-    chunk_tokens: int = 1200,
-    concurrency: int = 4,
-    client: OpenAI | AsyncOpenAI | None = None,
-) -> str:
-    return run(
-        asummarize(
-            text,
-            words=words,
-            language=language,
-            model=model,
-            chunk_tokens=chunk_tokens,
-            concurrency=concurrency,
-            client=client,
-        )
-    )
+summarize = sync_twin(asummarize)

@@ -8,7 +8,7 @@ from typing import Any
 from openai import AsyncOpenAI, OpenAI
 from openai.types import Completion
 
-from oasis.apps.client import DEFAULT_MODEL, run, using
+from oasis.apps.client import DEFAULT_MODEL, sync_twin, using
 
 COMPLETION_MODEL = "text-davinci-002"  # the tutorial's engine; resolves to the bundled model
 
@@ -88,25 +88,7 @@ async def agenerate_text(
     return done.choices[0].text
 
 
-def generate_text(
-    prompt: str,
-    *,
-    model: str = COMPLETION_MODEL,
-    max_tokens: int = 256,
-    temperature: float = 0.7,
-    stop: list[str] | None = None,
-    client: OpenAI | AsyncOpenAI | None = None,
-) -> str:
-    return run(
-        agenerate_text(
-            prompt,
-            model=model,
-            max_tokens=max_tokens,
-            temperature=temperature,
-            stop=stop,
-            client=client,
-        )
-    )
+generate_text = sync_twin(agenerate_text)
 
 
 async def achat_once(
