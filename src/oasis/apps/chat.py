@@ -134,21 +134,5 @@ class Conversation:
         return run(once())
 
 
-def chat(
-    system: str | None = None,
-    *,
-    model: str = DEFAULT_MODEL,
-    temperature: float = 0.7,
-    max_tokens: int | None = None,
-    client: OpenAI | AsyncOpenAI | None = None,
-    on_trim: Callable[[int], None] | None = None,
-) -> Conversation:
-    """A new conversation (``chat().send("hi")``; ``asend`` / ``astream`` from async code)."""
-    return Conversation(
-        system,
-        model=model,
-        temperature=temperature,
-        max_tokens=max_tokens,
-        client=client,
-        on_trim=on_trim,
-    )
+# A new conversation: ``chat().send("hi")``; ``asend`` / ``astream`` from async code.
+chat = Conversation
