@@ -105,6 +105,13 @@ class Settings(BaseSettings):
     key_cache_seconds: float = Field(default=1.0, ge=0)
     # "fake": a scripted engine without a model, for gateway benchmarks and tests.
     engine: Literal["llama", "fake"] = "llama"
+    # Request limits, checked before any expensive work; over one: a 400 naming it.
+    max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    max_header_bytes: int = Field(default=64 * 1024, ge=1024)
+    max_json_depth: int = Field(default=64, ge=8, le=512)
+    max_messages: int = Field(default=2048, ge=1)
+    # Characters of prompt text (all messages, or all prompts) before tokenizing.
+    max_prompt_chars: int = Field(default=1_000_000, ge=1000)
 
     @field_validator("alias", "default_aliases", mode="before")
     @classmethod

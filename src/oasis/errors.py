@@ -10,6 +10,11 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 
+def shorten(text: str, limit: int = 200) -> str:
+    """Client text quoted in an error message, cut to ``limit`` characters."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
 class OasisError(Exception):
     """Base class: an error with an OpenAI-shaped envelope."""
 
@@ -92,7 +97,7 @@ class ModelNotFoundError(NotFoundError):
 
     def __init__(self, model: str) -> None:
         super().__init__(
-            f"The model `{model}` does not exist or you do not have access to it.",
+            f"The model `{shorten(model)}` does not exist or you do not have access to it.",
             param="model",
         )
 

@@ -105,18 +105,30 @@ class EngineStats:
     steps_total: int = 0
     kv_used_cells: int = 0
     kv_total_cells: int = 0
+    restarts_total: int = 0  # times the engine loop failed and was restarted
+
+
+@dataclass(frozen=True)
+class Health:
+    """Whether an engine can serve. ``detail`` says why not (shown by ``/health``)."""
+
+    ok: bool
+    detail: str = "ok"
 
 
 class RequestHandle(Protocol):
     """A submitted request: iterate its events; cancel to free its slot at the next step.
 
-    ``generated`` counts the tokens sampled so far and ``cached_tokens`` the prompt tokens
-    reused from the prefix cache; billing reads them, so a request whose client went away is
-    still charged for what the engine produced.
+    ``generated`` counts the tokens sampled so far, ``cached_tokens`` the prompt tokens
+    reused from the prefix cache and ``prompt_evaluated`` the prompt tokens that are in the KV
+    cache (0 while the request still waits for a slot); billing reads them, so a request whose
+    client went away is charged for what the engine did, and one cancelled in the queue for
+    nothing.
     """
 
     generated: int
     cached_tokens: int
+    prompt_evaluated: int
 
     def __aiter__(self) -> AsyncIterator[Event]: ...
 
@@ -147,6 +159,10 @@ class Engine(Protocol):
     def submit(self, request: GenerationRequest) -> RequestHandle: ...
 
     def stats(self) -> EngineStats: ...
+
+    def health(self) -> Health:
+        """Whether the engine can serve requests now."""
+        return Health(True)
 
     def start(self) -> None: ...
 

@@ -43,6 +43,7 @@ class FakeHandle:
         self.cancelled = False
         self.generated = 0
         self.cached_tokens = 0
+        self.prompt_evaluated = 0
 
     def cancel(self) -> None:
         if not self.cancelled:
@@ -56,6 +57,7 @@ class FakeHandle:
         engine, req = self._engine, self._request
         engine._stats.running += 1
         engine._stats.requests_total += 1
+        self.prompt_evaluated = len(self._request.prompt)
         try:
             s = req.sampling
             text = engine.reply

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Mapping
+import os
+import signal
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import Depends, FastAPI
 from fastapi.responses import JSONResponse, Response
@@ -19,12 +22,13 @@ from oasis.gateway.usage import Ledger, Price
 from oasis.models.registry import ModelRegistry, specs_from_settings
 from oasis.server.auth import require_admin, require_api_key
 from oasis.server.errors import install_error_handlers
+from oasis.server.guard import RequestGuard
 from oasis.server.metrics import metrics_registry, render
 from oasis.server.routes import admin as admin_routes
 from oasis.server.routes import openai as openai_routes
 from oasis.server.state import AppState
 from oasis.serving.chat import ChatService
-from oasis.serving.common import ServingContext
+from oasis.serving.common import RequestLimits, ServingContext
 from oasis.serving.completions import CompletionService
 from oasis.store.db import database_url, make_engine, migrate
 from oasis.store.keys import KeyStore
@@ -33,8 +37,11 @@ from oasis.store.usage import UsageStore
 log = logging.getLogger(__name__)
 
 
-def build_engines(settings: Settings, registry: ModelRegistry) -> dict[str, Engine]:
-    """One llama.cpp engine per configured model (or the scripted fake, for benchmarks)."""
+def build_engines(
+    settings: Settings, registry: ModelRegistry, on_fatal: Callable[[str], None] | None = None
+) -> dict[str, Engine]:
+    """One llama.cpp engine per configured model (or the scripted fake, for benchmarks).
+    ``on_fatal`` is called when an engine gives up after repeated failures."""
     engines: dict[str, Engine] = {}
     if settings.engine == "fake":
         from oasis.engine.fake import FakeEngine
@@ -58,6 +65,7 @@ def build_engines(settings: Settings, registry: ModelRegistry) -> dict[str, Engi
             n_batch=settings.batch_size,
             max_queue=settings.max_queue,
             prefix_cache=settings.prefix_cache,
+            on_fatal=on_fatal,
         )
     return engines
 
@@ -94,8 +102,19 @@ def create_app(
 ) -> FastAPI:
     """Build the app. Tests pass a registry and fake engines; ``oasis serve`` passes neither."""
     registry = registry or ModelRegistry(specs_from_settings(settings))
-    engines = engines if engines is not None else build_engines(settings, registry)
-    serving = ServingContext(registry, engines)
+    fatal: list[str] = []
+
+    def on_fatal(reason: str) -> None:
+        """An engine is down for good: stop the server, loudly (``oasis serve`` exits 1)."""
+        log.critical("stopping the server: %s", reason)
+        fatal.append(reason)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    engines = engines if engines is not None else build_engines(settings, registry, on_fatal)
+    limits = RequestLimits(
+        max_messages=settings.max_messages, max_prompt_chars=settings.max_prompt_chars
+    )
+    serving = ServingContext(registry, engines, limits=limits)
     gateway = None if settings.no_auth else build_gateway(settings)
     state = AppState(
         settings=settings,
@@ -123,15 +142,24 @@ def create_app(
             if gateway is not None:
                 await gateway.close()
 
+    # No /docs, /redoc or /openapi.json: every route but /health needs a key, and the wire
+    # format is OpenAI's own (its OpenAPI document describes it), not FastAPI's view of it.
     app = FastAPI(
         title="oasis",
         version=__version__,
         lifespan=lifespan,
         docs_url=None,
         redoc_url=None,
+        openapi_url=None,
     )
     app.state.oasis = state
+    app.state.fatal = fatal
     install_error_handlers(app)
+    app.add_middleware(
+        RequestGuard,
+        max_body_bytes=settings.max_body_bytes,
+        max_header_bytes=settings.max_header_bytes,
+    )
     app.include_router(openai_routes.router, dependencies=[Depends(require_api_key)])
     app.include_router(admin_routes.router, dependencies=[Depends(require_admin)])
 
@@ -143,6 +171,16 @@ def create_app(
 
     @app.get("/health")
     async def health() -> JSONResponse:
-        return JSONResponse({"status": "ok", "models": [s.id for s in registry.specs]})
+        """200 while every engine can serve; 503 naming the failing ones otherwise."""
+        down = {
+            spec.id: h.detail for spec in registry.specs if not (h := engines[spec.id].health()).ok
+        }
+        body: dict[str, Any] = {
+            "status": "ok" if not down else "unhealthy",
+            "models": [s.id for s in registry.specs],
+        }
+        if down:
+            body["errors"] = down
+        return JSONResponse(body, status_code=503 if down else 200)
 
     return app

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import logging
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from oasis.errors import (
@@ -19,17 +20,23 @@ from oasis.errors import (
 log = logging.getLogger(__name__)
 
 
-def error_response(exc: OasisError) -> JSONResponse:
-    return JSONResponse(exc.to_dict(), status_code=exc.status, headers=exc.headers)
+def error_response(exc: OasisError) -> Response:
+    # ASCII-escaped JSON: a message quoting client text stays encodable whatever it holds
+    return Response(
+        json.dumps(exc.to_dict()),
+        status_code=exc.status,
+        headers=exc.headers,
+        media_type="application/json",
+    )
 
 
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(OasisError)
-    async def _oasis(request: Request, exc: OasisError) -> JSONResponse:
+    async def _oasis(request: Request, exc: OasisError) -> Response:
         return error_response(exc)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> Response:
         err: OasisError
         if exc.status_code == 404:
             err = NotFoundError(
@@ -43,11 +50,11 @@ def install_error_handlers(app: FastAPI) -> None:
             err = InvalidRequestError(str(exc.detail))
         else:
             err = EngineError("The server had an error while processing your request.")
-        return JSONResponse(err.to_dict(), status_code=exc.status_code, headers=err.headers)
-
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return error_response(
-            EngineError("The server had an error while processing your request. Sorry about that!")
+        return Response(
+            json.dumps(err.to_dict()),
+            status_code=exc.status_code,
+            headers=err.headers,
+            media_type="application/json",
         )
+
+    # Any other exception is turned into a 500 by server/guard.py's RequestGuard, once.

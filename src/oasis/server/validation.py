@@ -119,22 +119,87 @@ def _message(err: Any, param: str) -> tuple[str, str | None]:
     return f"Invalid value for '{param}': {err.get('msg', 'invalid')}.", "invalid_value"
 
 
-def parse_json_body(raw: bytes) -> dict[str, Any]:
+_INVALID_JSON = (
+    "We could not parse the JSON body of your request. (HINT: This likely means you "
+    "aren't using your HTTP library correctly. The OpenAI API expects a JSON payload, "
+    "but what was sent was not valid JSON.)"
+)
+
+
+def parse_json_body(raw: bytes, *, max_depth: int = 64) -> dict[str, Any]:
+    """The body as a JSON object, or OpenAI's 400.
+
+    Nesting deeper than ``max_depth`` and lone surrogates (``"\\ud800"``: valid JSON, but not
+    Unicode, and no text containing one can be encoded, stored or tokenized) are refused here,
+    once, so nothing after this point meets them.
+    """
     try:
         data = json.loads(raw)
+    except RecursionError:
+        raise _too_deep(max_depth) from None
     except (ValueError, UnicodeDecodeError):
-        raise InvalidRequestError(
-            "We could not parse the JSON body of your request. (HINT: This likely means you "
-            "aren't using your HTTP library correctly. The OpenAI API expects a JSON payload, "
-            "but what was sent was not valid JSON.)",
-            code="invalid_json",
-        ) from None
+        raise InvalidRequestError(_INVALID_JSON, code="invalid_json") from None
     if not isinstance(data, dict):
         raise InvalidRequestError(
             f"Invalid request body: expected a JSON object, but got {_got(data)} instead.",
             code="invalid_type",
         )
+    # a lone surrogate can only arrive as a \\uD800-\\uDFFF escape
+    check_json(data, max_depth=max_depth, surrogates=b"\\ud" in raw.lower())
     return data
+
+
+def _too_deep(limit: int) -> InvalidRequestError:
+    return InvalidRequestError(
+        f"Invalid request body: JSON nested more than {limit} levels deep (OASIS_MAX_JSON_DEPTH).",
+        code="invalid_value",
+    )
+
+
+def check_json(data: Any, *, max_depth: int, surrogates: bool = True) -> None:
+    """Walk ``data`` without recursion: depth within ``max_depth``, no lone surrogates (in keys
+    and values; the 400 names where)."""
+    stack: list[tuple[Any, int, tuple[str | int, ...]]] = [(data, 0, ())]
+    while stack:
+        node, depth, path = stack.pop()
+        if isinstance(node, dict):
+            if depth >= max_depth:
+                raise _too_deep(max_depth)
+            for key, value in node.items():
+                if surrogates and _has_surrogate(key):
+                    raise _surrogate_error((*path, key))
+                if isinstance(value, dict | list) or (surrogates and isinstance(value, str)):
+                    stack.append((value, depth + 1, (*path, key) if surrogates else ()))
+        elif isinstance(node, list):
+            if depth >= max_depth:
+                raise _too_deep(max_depth)
+            for i, value in enumerate(node):
+                if isinstance(value, dict | list) or (surrogates and isinstance(value, str)):
+                    stack.append((value, depth + 1, (*path, i) if surrogates else ()))
+        elif isinstance(node, str) and _has_surrogate(node):
+            raise _surrogate_error(path)
+
+
+def _has_surrogate(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _surrogate_error(path: tuple[str | int, ...]) -> InvalidRequestError:
+    param = ".".join(f"[{p}]" if isinstance(p, int) else _printable(p) for p in path) or None
+    return InvalidRequestError(
+        f"Invalid value for '{param}': the string contains a lone surrogate (a \\uD800-"
+        "\\uDFFF escape that is not part of a pair), which is not valid Unicode.",
+        param=param,
+        code="invalid_value",
+    )
+
+
+def _printable(key: str) -> str:
+    return key.encode("utf-8", "backslashreplace").decode("ascii", "backslashreplace")
 
 
 def validate(model: type[M], data: dict[str, Any]) -> M:

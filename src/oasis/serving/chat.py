@@ -38,15 +38,14 @@ from oasis.serving.common import (
     NO_METER,
     Meter,
     ServingContext,
+    StreamTally,
     Target,
     check_context,
     fingerprint,
     new_id,
-    parse_logit_bias,
     refuse_unsupported,
     sampling_params,
     submit_all,
-    usage,
     usage_of,
     with_seed,
 )
@@ -261,6 +260,32 @@ class _ChoiceState:
         return self.finish.reason
 
 
+def _text_size(m: ChatMessage) -> int:
+    """Characters of a message's text (content, and tool-call arguments)."""
+    size = 0
+    if isinstance(m.content, str):
+        size += len(m.content)
+    elif m.content is not None:
+        size += sum(len(p.text) for p in m.content if isinstance(p, TextPart))
+    for call in m.tool_calls or []:
+        size += len(str(call))
+    if m.function_call is not None:
+        size += len(str(m.function_call))
+    return size
+
+
+@dataclass
+class _Prepared:
+    """A chat request ready for admission: its sequences and what the reply needs."""
+
+    plan: tools_mod.ToolPlan | None
+    n_prompt: int
+    max_tokens: int | None  # as requested
+    budget: int  # completion tokens each choice may use (max_tokens, or the context left)
+    gens: list[GenerationRequest]
+    want_lp: bool
+
+
 class ChatService:
     def __init__(self, ctx: ServingContext) -> None:
         self.ctx = ctx
@@ -277,16 +302,23 @@ class ChatService:
     def prompt_tokens(
         self, target: Target, messages: list[ChatMessage], tools: str | None = None
     ) -> list[int]:
+        """The rendered conversation as tokens. Only the chat template's own markers become
+        special tokens; the messages' text is tokenized as text (no role injection)."""
         engine = target.engine
-        text = self._template(target).render(message_dicts(messages, tools))
+        segments = self._template(target).render_segments(message_dicts(messages, tools))
         bos = engine.info.bos_token
-        add_special = engine.info.add_bos and not (bos and text.startswith(bos))
-        return engine.tokenize(text, add_special=add_special, parse_special=True)
+        first = segments[0][0] if segments else ""
+        tokens: list[int] = []
+        if engine.info.add_bos and not (bos and first.startswith(bos)):
+            tokens = engine.tokenize("", add_special=True, parse_special=False)
+        for text, from_client in segments:
+            if text:
+                tokens += engine.tokenize(text, add_special=False, parse_special=not from_client)
+        return tokens
 
-    async def create(
-        self, req: ChatCompletionRequest, meter: Meter = NO_METER
-    ) -> ChatCompletion | AsyncIterator[ChatCompletionChunk]:
-        target = self.ctx.target(req.model)
+    def _prepare(self, req: ChatCompletionRequest, target: Target) -> _Prepared:
+        """Everything before admission: checks, prompt, grammar, the engine's requests. Pure
+        CPU work, run off the event loop for big requests (ServingContext.prepare)."""
         refuse_unsupported(req.unsupported())
         engine = target.engine
         plan = tools_mod.plan_tools(req)
@@ -296,17 +328,7 @@ class ChatService:
         budget = check_context(
             engine.info.n_ctx, len(prompt), max_tokens, what="messages", param="messages"
         )
-        params = sampling_params(
-            temperature=req.temperature,
-            top_p=req.top_p,
-            top_k=req.top_k,
-            min_p=req.min_p,
-            presence_penalty=req.presence_penalty,
-            frequency_penalty=req.frequency_penalty,
-            repeat_penalty=req.repeat_penalty,
-            logit_bias=parse_logit_bias(req.logit_bias, engine.info.n_vocab),
-            seed=req.seed,
-        )
+        params = sampling_params(req, engine.info.n_vocab)
         n = req.n or 1
         logprobs = (req.top_logprobs or 0) if req.logprobs else None
         grammar = self._grammar(req, engine, plan)
@@ -321,9 +343,35 @@ class ChatService:
             )
             for i in range(n)
         ]
+        return _Prepared(plan, len(prompt), max_tokens, budget, gens, logprobs is not None)
+
+    def _check_size(self, req: ChatCompletionRequest) -> bool:
+        """The message count and text size limits; whether the request is big enough to be
+        prepared in a worker thread."""
+        limits = self.ctx.limits
+        if len(req.messages) > limits.max_messages:
+            raise InvalidRequestError(
+                f"Invalid 'messages': array too long. Expected an array with maximum length "
+                f"{limits.max_messages}, but got an array with length {len(req.messages)} "
+                "instead.",
+                param="messages",
+                code="array_above_max_length",
+            )
+        chars = sum(_text_size(m) for m in req.messages)
+        self.ctx.check_chars(chars, param="messages")
+        constrained = bool(req.tools or req.functions or req.response_format)
+        return constrained or chars > limits.inline_chars
+
+    async def create(
+        self, req: ChatCompletionRequest, meter: Meter = NO_METER
+    ) -> ChatCompletion | AsyncIterator[ChatCompletionChunk]:
+        target = self.ctx.target(req.model)
+        heavy = self._check_size(req)
+        prep = await self.ctx.prepare(heavy, lambda: self._prepare(req, target))
+        n = len(prep.gens)
         # the rate limit reserves what the request may use: prompt + max_tokens per choice
-        await meter.admit(len(prompt), (max_tokens or 0) * n)
-        handles = submit_all(engine, gens)
+        await meter.admit(prep.n_prompt, (prep.max_tokens or 0) * n)
+        handles = submit_all(target.engine, prep.gens)
         meter.track(handles)
         reply = _Reply(
             meta={
@@ -333,9 +381,9 @@ class ChatService:
                 "system_fingerprint": fingerprint(target.spec),
             },
             n=n,
-            n_prompt=len(prompt),
-            want_lp=logprobs is not None,
-            plan=plan,
+            n_prompt=prep.n_prompt,
+            want_lp=prep.want_lp,
+            plan=prep.plan,
             meter=meter,
         )
         if req.service_tier is not None:
@@ -523,8 +571,7 @@ class _Reply:
         for i in range(self.n):
             if started[i]:
                 yield chunk(i, ChoiceDelta(role="assistant", content="", refusal=None))
-        completion_tokens = 0
-        cached = 0
+        tally = StreamTally(self.n_prompt)
         async for i, ev in merge(handles, self.meter.first_token):
             st = states[i]
             events = st.feed(ev.text)
@@ -552,13 +599,12 @@ class _Reply:
                 yield chunk(i, ChoiceDelta(), lps=lps)
             if isinstance(ev, FinishEvent):
                 st.finish = ev
-                completion_tokens += ev.completion_tokens
-                cached = max(cached, ev.cached_tokens)
+                tally.add(ev)
                 yield chunk(i, ChoiceDelta(), finish=st.finish_reason(self.plan))
         if include_usage:
             yield ChatCompletionChunk(
                 object="chat.completion.chunk",
                 choices=[],
-                usage=usage(self.n_prompt, completion_tokens, cached),
+                usage=tally.usage(),
                 **self.meta,
             )

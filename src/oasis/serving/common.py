@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import hashlib
 import secrets
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from openai.types.completion_usage import CompletionUsage, PromptTokensDetails
 
@@ -26,6 +27,31 @@ from oasis.errors import (
     UnsupportedParameterError,
 )
 from oasis.models.registry import ModelRegistry, ModelSpec
+
+T = TypeVar("T")
+
+
+class SamplingFields(Protocol):
+    """The sampling parameters chat and completions requests share."""
+
+    @property
+    def temperature(self) -> float | None: ...
+    @property
+    def top_p(self) -> float | None: ...
+    @property
+    def top_k(self) -> int | None: ...
+    @property
+    def min_p(self) -> float | None: ...
+    @property
+    def presence_penalty(self) -> float | None: ...
+    @property
+    def frequency_penalty(self) -> float | None: ...
+    @property
+    def repeat_penalty(self) -> float | None: ...
+    @property
+    def logit_bias(self) -> dict[str, float] | None: ...
+    @property
+    def seed(self) -> int | None: ...
 
 
 class Meter(Protocol):
@@ -64,6 +90,17 @@ class Target:
     requested: str
 
 
+@dataclass(frozen=True)
+class RequestLimits:
+    """Bounds checked before a request's prompt is rendered or tokenized (400s naming them)."""
+
+    max_messages: int = 2048
+    max_prompt_chars: int = 1_000_000
+    # Requests with less prompt text than this, and no grammar, are prepared on the event
+    # loop (a thread hop costs more than they do); bigger ones in a worker thread.
+    inline_chars: int = 8192
+
+
 class ServingContext:
     """The models and engines behind the API, plus a clock (tests may replace it)."""
 
@@ -72,10 +109,31 @@ class ServingContext:
         registry: ModelRegistry,
         engines: Mapping[str, Engine],
         clock: Callable[[], float] = time.time,
+        limits: RequestLimits | None = None,
     ) -> None:
         self.registry = registry
         self.engines = engines
         self.clock = clock
+        self.limits = limits or RequestLimits()
+
+    async def prepare(self, heavy: bool, work: Callable[[], T]) -> T:
+        """Run a request's preparation (templating, tokenizing, grammar building): inline when
+        it is small, else in a worker thread, so that no request holds up the event loop and
+        with it every other request, ``/health`` and the server's signal handling."""
+        if not heavy:
+            return work()
+        return await asyncio.to_thread(work)
+
+    def check_chars(self, chars: int, *, param: str) -> None:
+        limit = self.limits.max_prompt_chars
+        if chars > limit:
+            raise InvalidRequestError(
+                f"Invalid '{param}': the request holds {chars} characters of text, more than "
+                f"this server accepts ({limit}, OASIS_MAX_PROMPT_CHARS); no model here has a "
+                "context that long.",
+                param=param,
+                code="string_above_max_length",
+            )
 
     def target(self, name: str) -> Target:
         spec = self.registry.resolve(name)
@@ -124,29 +182,36 @@ def parse_logit_bias(raw: dict[str, float] | None, n_vocab: int) -> dict[int, fl
     return out
 
 
-def sampling_params(
-    *,
-    temperature: float | None,
-    top_p: float | None,
-    top_k: int | None,
-    min_p: float | None,
-    presence_penalty: float | None,
-    frequency_penalty: float | None,
-    repeat_penalty: float | None,
-    logit_bias: dict[int, float],
-    seed: int | None,
-) -> SamplingParams:
+def sampling_params(req: SamplingFields, n_vocab: int) -> SamplingParams:
+    """The engine's sampling parameters from a chat or completions request (OpenAI's defaults
+    for what is not set)."""
     return SamplingParams(
-        temperature=1.0 if temperature is None else temperature,
-        top_p=1.0 if top_p is None else top_p,
-        top_k=top_k or 0,
-        min_p=min_p or 0.0,
-        presence_penalty=presence_penalty or 0.0,
-        frequency_penalty=frequency_penalty or 0.0,
-        repeat_penalty=1.0 if repeat_penalty is None else repeat_penalty,
-        logit_bias=logit_bias,
-        seed=seed,
+        temperature=1.0 if req.temperature is None else req.temperature,
+        top_p=1.0 if req.top_p is None else req.top_p,
+        top_k=req.top_k or 0,
+        min_p=req.min_p or 0.0,
+        presence_penalty=req.presence_penalty or 0.0,
+        frequency_penalty=req.frequency_penalty or 0.0,
+        repeat_penalty=1.0 if req.repeat_penalty is None else req.repeat_penalty,
+        logit_bias=parse_logit_bias(req.logit_bias, n_vocab),
+        seed=req.seed,
     )
+
+
+class StreamTally:
+    """Usage of a streamed response, summed from the finish events as they pass."""
+
+    def __init__(self, prompt_tokens: int) -> None:
+        self.prompt_tokens = prompt_tokens
+        self.completion_tokens = 0
+        self.cached_tokens = 0
+
+    def add(self, finish: FinishEvent) -> None:
+        self.completion_tokens += finish.completion_tokens
+        self.cached_tokens = max(self.cached_tokens, finish.cached_tokens)
+
+    def usage(self) -> CompletionUsage:
+        return usage(self.prompt_tokens, self.completion_tokens, self.cached_tokens)
 
 
 def with_seed(params: SamplingParams, offset: int) -> SamplingParams:
@@ -178,23 +243,25 @@ def check_context(
     return max_tokens
 
 
-def submit_all(
-    engine: Engine, requests: list[GenerationRequest], *, param: str = "n"
-) -> list[RequestHandle]:
-    """Submit every sequence, or none: a refusal cancels those already submitted.
-
-    A request needing more sequences than the server can ever hold at once gets a 400 naming
-    the limit, not a 503 that no retry could get past.
-    """
+def check_sequences(engine: Engine, count: int, param: str) -> None:
+    """A request needing more sequences than the server can ever hold at once gets a 400
+    naming the limit, not a 503 that no retry could get past."""
     limit = engine.info.max_sequences
-    if len(requests) > limit:
+    if count > limit:
         raise InvalidRequestError(
-            f"This request needs {len(requests)} sequences (choices x prompts x best_of), but "
+            f"This request needs {count} sequences (choices x prompts x best_of), but "
             f"this server runs at most {limit} at once (OASIS_PARALLEL + OASIS_MAX_QUEUE). "
             "Reduce n, best_of or the number of prompts, or split the request.",
             param=param,
             code="invalid_value",
         )
+
+
+def submit_all(
+    engine: Engine, requests: list[GenerationRequest], *, param: str = "n"
+) -> list[RequestHandle]:
+    """Submit every sequence, or none: a refusal cancels those already submitted."""
+    check_sequences(engine, len(requests), param)
     handles: list[RequestHandle] = []
     try:
         for req in requests:

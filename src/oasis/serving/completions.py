@@ -16,15 +16,15 @@ from oasis.serving.common import (
     NO_METER,
     Meter,
     ServingContext,
+    StreamTally,
     Target,
     check_context,
+    check_sequences,
     fingerprint,
     new_id,
-    parse_logit_bias,
     refuse_unsupported,
     sampling_params,
     submit_all,
-    usage,
     usage_of,
     with_seed,
 )
@@ -95,6 +95,19 @@ def _prompt_total(seqs: list[_Seq]) -> int:
     return total
 
 
+@dataclass
+class _Prepared:
+    """A completions request ready for admission."""
+
+    seqs: list[_Seq]
+    gens: list[GenerationRequest]
+    n_prompt: int
+    max_tokens: int
+    culprit: str  # the parameter to name if there are too many sequences
+    n: int
+    best_of: int
+
+
 class CompletionService:
     def __init__(self, ctx: ServingContext) -> None:
         self.ctx = ctx
@@ -111,8 +124,9 @@ class CompletionService:
         else:
             texts = None
         if texts is not None:
+            # prompt text is text: "<|im_end|>" in it stays characters, never a control token
             return [
-                engine.tokenize(t, add_special=engine.info.add_bos, parse_special=True)
+                engine.tokenize(t, add_special=engine.info.add_bos, parse_special=False)
                 for t in texts
             ]
         if not p:
@@ -134,10 +148,45 @@ class CompletionService:
             out.append([t for t in tokens if isinstance(t, int)])
         return out
 
+    def _check_size(self, req: CompletionRequest) -> bool:
+        """The text size limit; whether the request is big enough to be prepared in a worker
+        thread."""
+        p = req.prompt
+        if isinstance(p, str):
+            chars = len(p)
+        elif p and isinstance(p[0], str):
+            chars = sum(len(x) for x in p if isinstance(x, str))
+        else:
+            chars = 0
+        self.ctx.check_chars(chars, param="prompt")
+        big_lists = isinstance(p, list) and len(p) > 64
+        return chars > self.ctx.limits.inline_chars or big_lists
+
     async def create(
         self, req: CompletionRequest, meter: Meter = NO_METER
     ) -> Completion | AsyncIterator[Completion]:
         target = self.ctx.target(req.model)
+        heavy = self._check_size(req)
+        prep = await self.ctx.prepare(heavy, lambda: self._prepare(req, target))
+        # the rate limit reserves what the request may use: prompts + max_tokens per sequence
+        await meter.admit(prep.n_prompt, prep.max_tokens * len(prep.gens))
+        handles = submit_all(target.engine, prep.gens, param=prep.culprit)
+        meter.track(handles)
+        meta = {
+            "id": new_id("cmpl"),
+            "created": int(self.ctx.clock()),
+            "model": target.requested,
+            "system_fingerprint": fingerprint(target.spec),
+        }
+        seqs = prep.seqs
+        if req.stream:
+            include_usage = bool(req.stream_options and req.stream_options.include_usage)
+            return self._stream(target, req, handles, seqs, meta, include_usage, meter)
+        return await self._complete(target, req, handles, seqs, meta, prep.n, prep.best_of, meter)
+
+    def _prepare(self, req: CompletionRequest, target: Target) -> _Prepared:
+        """Checks, prompts, the engine's requests: pure CPU work, off the event loop for big
+        requests (ServingContext.prepare)."""
         refuse_unsupported(req.unsupported())
         engine = target.engine
         n = req.n or 1
@@ -161,6 +210,9 @@ class CompletionService:
                 param="best_of",
                 code="invalid_value",
             )
+        p = req.prompt
+        n_prompts = len(p) if isinstance(p, list) and p and not isinstance(p[0], int) else 1
+        check_sequences(engine, n_prompts * best_of, "prompt" if n_prompts > 1 else "best_of")
         prompts = self._prompts(target, req)
         max_tokens = DEFAULT_MAX_TOKENS if req.max_tokens is None else req.max_tokens
         if max_tokens == 0 and not req.echo:
@@ -171,17 +223,7 @@ class CompletionService:
             )
         for tokens in prompts:
             check_context(engine.info.n_ctx, len(tokens), max_tokens, what="prompt", param="prompt")
-        params = sampling_params(
-            temperature=req.temperature,
-            top_p=req.top_p,
-            top_k=req.top_k,
-            min_p=req.min_p,
-            presence_penalty=req.presence_penalty,
-            frequency_penalty=req.frequency_penalty,
-            repeat_penalty=req.repeat_penalty,
-            logit_bias=parse_logit_bias(req.logit_bias, engine.info.n_vocab),
-            seed=req.seed,
-        )
+        params = sampling_params(req, engine.info.n_vocab)
         want_lp = req.logprobs is not None
         internal_lp = req.logprobs if want_lp else (0 if best_of > n else None)
         seqs: list[_Seq] = []
@@ -200,20 +242,9 @@ class CompletionService:
                     )
                 )
         culprit = "best_of" if best_of > n else ("prompt" if len(prompts) > 1 else "n")
-        # the rate limit reserves what the request may use: prompts + max_tokens per sequence
-        await meter.admit(sum(len(p) for p in prompts), max_tokens * len(gens))
-        handles = submit_all(engine, gens, param=culprit)
-        meter.track(handles)
-        meta = {
-            "id": new_id("cmpl"),
-            "created": int(self.ctx.clock()),
-            "model": target.requested,
-            "system_fingerprint": fingerprint(target.spec),
-        }
-        if req.stream:
-            include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            return self._stream(target, req, handles, seqs, meta, include_usage, meter)
-        return await self._complete(target, req, handles, seqs, meta, n, best_of, meter)
+        return _Prepared(
+            seqs, gens, sum(len(p) for p in prompts), max_tokens, culprit, n, best_of
+        )
 
     def _echo_text(self, target: Target, tokens: list[int]) -> str:
         return target.engine.detokenize(tokens)
@@ -297,8 +328,7 @@ class CompletionService:
 
         echoed: set[int] = set()
         accs = [_LogprobAcc() for _ in seqs]  # text offsets run on across chunks
-        completion_tokens = 0
-        cached = 0
+        tally = StreamTally(_prompt_total(seqs))
         async for i, ev in merge(handles, meter.first_token):
             s = seqs[i]
             prefix = ""
@@ -310,8 +340,7 @@ class CompletionService:
                     accs[i].add(ev.logprob)
                 yield chunk(i, prefix + ev.text, logprobs=accs[i].take() if want_lp else None)
             else:
-                completion_tokens += ev.completion_tokens
-                cached = max(cached, ev.cached_tokens)
+                tally.add(ev)
                 yield chunk(
                     i,
                     prefix + ev.text,
@@ -319,10 +348,4 @@ class CompletionService:
                     logprobs=accs[i].take() if want_lp else None,
                 )
         if include_usage:
-            n_prompt = _prompt_total(seqs)
-            yield Completion(
-                object="text_completion",
-                choices=[],
-                usage=usage(n_prompt, completion_tokens, cached),
-                **meta,
-            )
+            yield Completion(object="text_completion", choices=[], usage=tally.usage(), **meta)

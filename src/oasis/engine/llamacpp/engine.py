@@ -20,7 +20,7 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ from oasis.engine.base import (
     Event,
     FinishEvent,
     GenerationRequest,
+    Health,
     ModelInfo,
     TokenEvent,
     TokenLogprob,
@@ -39,8 +40,8 @@ from oasis.engine.base import (
 from oasis.engine.llamacpp.model import LoadedModel
 from oasis.engine.llamacpp.sampling import (
     ConstrainedSampler,
+    GrammarCache,
     build_sampler,
-    compile_grammar,
     free_sampler,
     logits_row,
     token_logprob,
@@ -65,6 +66,7 @@ class LlamaHandle:
         # written by the engine thread, read for billing
         self.generated = 0
         self.cached_tokens = 0
+        self.prompt_evaluated = 0
 
     def _deliver(self, item: Event | BaseException) -> None:
         """Called on the engine thread: queued, handed to the event loop at the end of the step."""
@@ -112,6 +114,9 @@ class LlamaEngine(Engine):
         max_queue: int = 64,
         prefix_cache: bool = True,
         min_copy: int = 16,
+        max_restarts: int = 3,
+        restart_window: float = 60.0,
+        on_fatal: Callable[[str], None] | None = None,
     ) -> None:
         self.path = path
         self.name = name
@@ -123,6 +128,13 @@ class LlamaEngine(Engine):
         # Copying another slot's KV stream costs a buffer copy: only worth it for this many
         # tokens or more.
         self.min_copy = min_copy
+        self.max_restarts = max_restarts
+        self.restart_window = restart_window
+        # called (on the engine thread) when the engine gives up; the server exits
+        self.on_fatal = on_fatal
+        self._health = Health(True)
+        self._down = False
+        self._grammars: GrammarCache | None = None
         self._n_ctx_total = n_ctx
         self._inbox: queue.SimpleQueue[Seq | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
@@ -160,6 +172,7 @@ class LlamaEngine(Engine):
             model.free()
             raise EngineError(f"llama.cpp could not create a context of {n_ctx} tokens")
         self._model, self._ctx = model, ctx
+        self._grammars = GrammarCache(model.vocab)
         self._mem = L.llama_get_memory(ctx)
         self._n_ctx_total = L.llama_n_ctx(ctx)
         self._info = ModelInfo(
@@ -195,6 +208,9 @@ class LlamaEngine(Engine):
         if self._ctx is not None:
             L.llama_free(self._ctx)
             self._ctx = None
+        if self._grammars is not None:
+            self._grammars.close()
+            self._grammars = None
         if self._model is not None:
             self._model.free()
 
@@ -209,9 +225,10 @@ class LlamaEngine(Engine):
         return self._model.tokenize(text, add_special=add_special, parse_special=parse_special)
 
     def check_grammar(self, gbnf: str) -> None:
-        """Raise GrammarError unless llama.cpp can build a sampler from this grammar."""
-        assert self._model is not None
-        L.llama_sampler_free(compile_grammar(self._model.vocab, gbnf))
+        """Raise GrammarError unless llama.cpp can build a sampler from this grammar. The
+        compiled grammar is kept: the request's sequences clone it instead of parsing again."""
+        assert self._grammars is not None
+        self._grammars.prepare(gbnf)
 
     def token_piece(self, token: int) -> bytes:
         assert self._model is not None
@@ -222,9 +239,19 @@ class LlamaEngine(Engine):
             self._stats.waiting = self._pending
         return self._stats
 
+    def health(self) -> Health:
+        if self._thread is not None and not self._thread.is_alive() and not self._stopping:
+            return Health(False, "engine thread not running")
+        return self._health
+
     def submit(self, request: GenerationRequest) -> LlamaHandle:
         assert self._model is not None
+        handle = LlamaHandle(self, request)
+        prompt = list(request.prompt) or [self._model.bos_id]
+        seq = Seq(handle=handle, prompt=prompt, text=TextStream(request.stop))
         with self._lock:
+            if self._down:
+                raise EngineError("The engine is down: " + self._health.detail)
             free = self.n_parallel - self._stats.running
             if self._pending >= self.max_queue + max(0, free):
                 raise OverloadedError(
@@ -233,9 +260,7 @@ class LlamaEngine(Engine):
                     retry_after=1,
                 )
             self._pending += 1
-        handle = LlamaHandle(self, request)
-        prompt = list(request.prompt) or [self._model.bos_id]
-        self._inbox.put(Seq(handle=handle, prompt=prompt, text=TextStream(request.stop)))
+            self._inbox.put(seq)
         return handle
 
     def _wake(self) -> None:
@@ -243,42 +268,116 @@ class LlamaEngine(Engine):
 
     # -- the engine thread -------------------------------------------------------------------
     def _run(self) -> None:
+        """The engine thread, supervised: a failure of the loop fails the requests it held
+        (500s in OpenAI's shape), resets the KV cache and slots, and starts the loop again.
+        More than ``max_restarts`` failures within ``restart_window`` seconds leave the engine
+        down: it refuses new work, reports unhealthy and calls ``on_fatal`` (the server exits
+        loudly rather than look healthy while answering nothing)."""
         batch = L.llama_batch_init(self.n_batch, 0, 1)
         waiting: deque[Seq] = deque()
         active: list[Seq] = []
+        failures: deque[float] = deque()
         try:
             while not self._stopping:
-                self._flush_outbox()
-                self._take_work(waiting, block=not active and not waiting)
-                if self._stopping:
-                    break
-                self._drop_cancelled(waiting, active)
-                self._admit(waiting, active)
-                self._stats.running = len(active)
-                if not active:
-                    continue
-                t0 = time.perf_counter()
-                n = self._fill_batch(batch, active)
-                if n:
-                    rc = L.llama_decode(self._ctx, batch)
-                    if rc != 0:
-                        self._fail_all(active, EngineError(f"llama_decode failed ({rc})"))
-                        continue
-                    for seq in list(active):
-                        if seq in active:
-                            self._after_decode(seq, active)
-                self._stats.step_seconds_total += time.perf_counter() - t0
-                self._stats.steps_total += 1
-                self._stats.running = len(active)
-                self._stats.kv_used_cells = sum(s.kv_len() for s in self._slots)
-        except Exception as exc:  # pragma: no cover - a bug in the engine loop
-            log.exception("engine thread crashed")
-            err = EngineError(f"the engine stopped: {exc}")
-            for seq in [*active, *waiting]:
-                seq.handle._deliver(err)
+                try:
+                    self._loop(batch, waiting, active)
+                    return
+                except Exception as exc:
+                    log.exception("engine %s: the engine loop failed", self.name)
+                    self._health = Health(False, f"engine loop failed: {type(exc).__name__}")
+                    self._recover(waiting, active, exc)
+                    now = time.monotonic()
+                    failures.append(now)
+                    while failures and now - failures[0] > self.restart_window:
+                        failures.popleft()
+                    if len(failures) > self.max_restarts:
+                        self._go_down(
+                            f"the engine failed {len(failures)} times in "
+                            f"{self.restart_window:g} s (last: {type(exc).__name__}: {exc})"
+                        )
+                        return
+                    self._stats.restarts_total += 1
+                    self._health = Health(True)
+                    log.warning("engine %s: restarted after a failure", self.name)
         finally:
             self._flush_outbox()
             L.llama_batch_free(batch)
+
+    def _loop(self, batch: Any, waiting: deque[Seq], active: list[Seq]) -> None:
+        while not self._stopping:
+            self._flush_outbox()
+            self._take_work(waiting, block=not active and not waiting)
+            if self._stopping:
+                break
+            self._drop_cancelled(waiting, active)
+            self._admit(waiting, active)
+            self._stats.running = len(active)
+            if not active:
+                continue
+            t0 = time.perf_counter()
+            n = self._fill_batch(batch, active)
+            if n:
+                rc = L.llama_decode(self._ctx, batch)
+                if rc != 0:
+                    raise EngineError(f"llama_decode failed ({rc})")
+                for seq in list(active):
+                    if seq in active:
+                        self._guarded(seq, active, self._after_decode)
+            self._stats.step_seconds_total += time.perf_counter() - t0
+            self._stats.steps_total += 1
+            self._stats.running = len(active)
+            self._stats.kv_used_cells = sum(s.kv_len() for s in self._slots)
+
+    def _guarded(self, seq: Seq, active: list[Seq], work: Any) -> None:
+        """Run one sequence's work; an exception fails that request alone (its slot is
+        cleared), the others go on."""
+        try:
+            work(seq, active)
+        except Exception as exc:
+            log.exception("engine %s: a request failed", self.name)
+            seq.handle._deliver(EngineError(f"The engine failed on this request: {exc}"))
+            for f in list(seq.followers):
+                f.handle._deliver(EngineError(f"The engine failed on this request: {exc}"))
+                self._release(f, active, keep_kv=False)
+            self._release(seq, active, keep_kv=False)
+
+    def _recover(self, waiting: deque[Seq], active: list[Seq], exc: Exception) -> None:
+        """After a loop failure: fail every held request, clear the KV cache and the slots."""
+        err = EngineError(f"The engine failed and was restarted ({type(exc).__name__}); retry.")
+        for seq in [*active, *waiting]:
+            seq.handle._deliver(err)
+            seq.handle.done = True
+            try:
+                self._free_sampler(seq)
+            except Exception:  # pragma: no cover - best effort while recovering
+                log.exception("engine %s: freeing a sampler failed", self.name)
+        with self._lock:
+            self._pending -= len(waiting)
+        waiting.clear()
+        active.clear()
+        L.llama_memory_clear(self._mem, True)
+        for slot in self._slots:
+            slot.seq = None
+            slot.cached = []
+        self._stats.running = 0
+        self._flush_outbox()
+
+    def _go_down(self, reason: str) -> None:
+        log.critical("engine %s is down: %s", self.name, reason)
+        with self._lock:
+            self._health = Health(False, f"engine down: {reason}")
+            self._down = True
+        while True:  # fail whatever is still in the inbox
+            try:
+                item = self._inbox.get_nowait()
+            except queue.Empty:
+                break
+            if item is not None:
+                self._dequeued()
+                item.handle._deliver(EngineError("The engine is down."))
+        self._flush_outbox()
+        if self.on_fatal is not None:
+            self.on_fatal(f"engine {self.name}: {reason}")
 
     def _flush_outbox(self) -> None:
         """One wake-up of each event loop per step, however many tokens the step made."""
@@ -325,18 +424,14 @@ class LlamaEngine(Engine):
         while waiting and free:
             seq = waiting.popleft()
             self._dequeued()
-            req = seq.handle.request
-            seq.sampler = build_sampler(req.sampling, self._model.n_vocab, req.max_tokens)
-            if req.grammar is not None:
-                # checked by serving (check_grammar) before submit, so this builds
-                grammar = compile_grammar(self._model.vocab, req.grammar)
-                s = req.sampling
-                stateful = bool(
-                    s.presence_penalty or s.frequency_penalty or s.repeat_penalty != 1.0
-                )
-                seq.sampler = ConstrainedSampler(
-                    seq.sampler, grammar, self._model.n_vocab, stateful=stateful
-                )
+            try:
+                self._make_sampler(seq)
+            except Exception as exc:
+                log.exception("engine %s: could not build a request's sampler", self.name)
+                self._free_sampler(seq)
+                seq.handle._deliver(EngineError(f"The engine could not sample this request: {exc}"))
+                seq.handle.done = True
+                continue
             leader = None
             if not seq.wants_prompt_logprobs:
                 leader = next(
@@ -359,6 +454,27 @@ class LlamaEngine(Engine):
             slot.seq, seq.slot = seq, slot
             active.append(seq)
             self._stats.requests_total += 1
+
+    def _make_sampler(self, seq: Seq) -> None:
+        assert self._model is not None and self._grammars is not None
+        req = seq.handle.request
+        seq.sampler = build_sampler(req.sampling, self._model.n_vocab, req.max_tokens)
+        if req.grammar is not None:
+            # compiled by serving (check_grammar) before submit: cloned, not parsed again
+            grammar = self._grammars.clone(req.grammar)
+            s = req.sampling
+            stateful = bool(s.presence_penalty or s.frequency_penalty or s.repeat_penalty != 1.0)
+            seq.sampler = ConstrainedSampler(
+                seq.sampler, grammar, self._model.n_vocab, stateful=stateful
+            )
+
+    @staticmethod
+    def _free_sampler(seq: Seq) -> None:
+        if isinstance(seq.sampler, ConstrainedSampler):
+            seq.sampler.free()
+        elif seq.sampler is not None:
+            free_sampler(seq.sampler)
+        seq.sampler = None
 
     def _pick_slot(self, free: list[Slot], prompt: list[int]) -> Slot:
         """A free slot for ``prompt``.
@@ -399,6 +515,7 @@ class LlamaEngine(Engine):
         slot.cached = []
         seq.n_past = reuse
         seq.cached_tokens = seq.handle.cached_tokens = reuse
+        seq.handle.prompt_evaluated = reuse
         if reuse > 0:
             self._stats.prefix_cache_hits_total += 1
             self._stats.cached_tokens_total += reuse
@@ -461,8 +578,9 @@ class LlamaEngine(Engine):
                 )
             if seq.out_index == -1:
                 seq.n_past += seq.chunk
+                seq.handle.prompt_evaluated = seq.n_past
                 return
-            seq.n_past = len(seq.prompt)
+            seq.n_past = seq.handle.prompt_evaluated = len(seq.prompt)
             self._stats.prompt_tokens_total += len(seq.prompt) - seq.cached_tokens
             followers, seq.followers = seq.followers, []
             for f in followers:
@@ -480,7 +598,7 @@ class LlamaEngine(Engine):
         assert seq.slot is not None and leader.slot is not None
         self._copy_kv(leader.slot.seq_id, seq.slot.seq_id)
         seq.leader = None
-        seq.n_past = len(seq.prompt)
+        seq.n_past = seq.handle.prompt_evaluated = len(seq.prompt)
         seq.cached_tokens = seq.handle.cached_tokens = leader.cached_tokens
         if seq.handle.request.max_tokens == 0:
             self._finish(seq, "length", active)
@@ -553,14 +671,5 @@ class LlamaEngine(Engine):
                 slot.cached = []
             slot.seq = None
             seq.slot = None
-        if isinstance(seq.sampler, ConstrainedSampler):
-            seq.sampler.free()
-        elif seq.sampler is not None:
-            free_sampler(seq.sampler)
-        seq.sampler = None
+        self._free_sampler(seq)
         seq.handle.done = True
-
-    def _fail_all(self, active: list[Seq], err: Exception) -> None:
-        for seq in list(active):
-            seq.handle._deliver(err)
-            self._release(seq, active, keep_kv=False)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ctypes
 import os
+import threading
+from collections import OrderedDict
 from typing import Any
 
 import llama_cpp as L
@@ -33,7 +35,11 @@ def build_sampler(params: SamplingParams, n_vocab: int, max_tokens: int) -> Any:
         L.llama_sampler_chain_add(
             chain,
             L.llama_sampler_init_penalties(
-                window, params.repeat_penalty, params.frequency_penalty, params.presence_penalty
+                n_vocab,
+                window,
+                params.repeat_penalty,
+                params.frequency_penalty,
+                params.presence_penalty,
             ),
         )
     if params.temperature <= 0:
@@ -86,6 +92,55 @@ def compile_grammar(vocab: Any, gbnf: str) -> Any:
     if not sampler:
         raise GrammarError("llama.cpp could not parse the grammar")
     return sampler
+
+
+class GrammarCache:
+    """Compiled grammars by their text, parsed once and cloned for each sequence.
+
+    Parsing a grammar is the expensive part (and, for a big one, too slow to repeat on the
+    engine thread for every sequence of every request); ``llama_sampler_clone`` copies the
+    parsed rules in their initial state. Serving prepares a request's grammar off the event
+    loop (``prepare``); the engine thread clones it (``clone``). The kept templates are never
+    sampled with. At most ``size`` are kept, least recently used dropped first.
+    """
+
+    def __init__(self, vocab: Any, size: int = 64) -> None:
+        self.vocab = vocab
+        self.size = size
+        self._lock = threading.Lock()
+        self._items: OrderedDict[str, Any] = OrderedDict()
+
+    def prepare(self, gbnf: str) -> None:
+        """Compile ``gbnf`` (GrammarError if llama.cpp cannot) unless it is cached."""
+        with self._lock:
+            if gbnf in self._items:
+                self._items.move_to_end(gbnf)
+                return
+        sampler = compile_grammar(self.vocab, gbnf)  # outside the lock: may take a while
+        with self._lock:
+            if gbnf in self._items:
+                L.llama_sampler_free(sampler)
+                return
+            self._items[gbnf] = sampler
+            while len(self._items) > self.size:
+                _, old = self._items.popitem(last=False)
+                L.llama_sampler_free(old)
+
+    def clone(self, gbnf: str) -> Any:
+        """A fresh grammar sampler for one sequence."""
+        while True:
+            with self._lock:
+                template = self._items.get(gbnf)
+                if template is not None:
+                    self._items.move_to_end(gbnf)
+                    return L.llama_sampler_clone(template)
+            self.prepare(gbnf)  # evicted since serving prepared it: compile again
+
+    def close(self) -> None:
+        with self._lock:
+            for sampler in self._items.values():
+                L.llama_sampler_free(sampler)
+            self._items.clear()
 
 
 _TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])

@@ -63,13 +63,27 @@ async def get_model(model: str, request: Request) -> JSONResponse:
     return JSONResponse(_model(model, _state(request)))
 
 
+# Bodies larger than this are parsed in a worker thread, so that a big one never holds up the
+# event loop (and every other request) while it is decoded and checked.
+_PARSE_INLINE_BYTES = 64 * 1024
+
+
 async def _parse(request: Request, model: type[M], engine: str | None, ticket: Ticket | None) -> M:
-    body = parse_json_body(await request.body())
+    raw = await request.body()
+    depth = _state(request).settings.max_json_depth
+    if len(raw) <= _PARSE_INLINE_BYTES:
+        body = parse_json_body(raw, max_depth=depth)
+    else:
+        body = await asyncio.to_thread(parse_json_body, raw, max_depth=depth)
     if engine is not None:
         body.setdefault("model", engine)  # the legacy /v1/engines/{engine}/... paths
     if ticket is not None and isinstance(body.get("model"), str):
         ticket.target(body["model"])
-    parsed = validate(model, body)
+    parsed = (
+        validate(model, body)
+        if len(raw) <= _PARSE_INLINE_BYTES
+        else await asyncio.to_thread(validate, model, body)
+    )
     name = str(getattr(parsed, "model", ""))
     check_model(request.state.api_key, name)
     if ticket is not None:
