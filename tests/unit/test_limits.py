@@ -11,6 +11,7 @@ import pytest
 from oasis.gateway.limits import (
     Budget,
     Decision,
+    Hold,
     Limiter,
     Limits,
     MemoryLimiter,
@@ -69,7 +70,7 @@ def test_memory_bucket_refills_continuously() -> None:
 
 
 def test_headers_and_error_body() -> None:
-    d = Decision(Limits(rpm=60, tpm=1000), requests_left=59.4, tokens_left=250.0)
+    d = Decision(limits=Limits(rpm=60, tpm=1000), requests_left=59.4, tokens_left=250.0)
     assert d.headers() == {
         "x-ratelimit-limit-requests": "60",
         "x-ratelimit-remaining-requests": "59",
@@ -78,7 +79,9 @@ def test_headers_and_error_body() -> None:
         "x-ratelimit-remaining-tokens": "250",
         "x-ratelimit-reset-tokens": "45s",
     }
-    blocked = Decision(Limits(tpm=1000), 0, 10.0, False, 2.5, "tokens")
+    blocked = Decision(limits=Limits(tpm=1000), requests_left=0, tokens_left=10.0,
+                       blocked_by="tokens", retry_after=2.5)
+    assert not blocked.allowed and d.allowed
     err = RateLimitError.of(blocked, "gpt-4o", "alice")
     body = err.to_dict()["error"]
     assert body["type"] == "tokens" and body["code"] == "rate_limit_exceeded"
@@ -154,6 +157,94 @@ def test_memory_budget_matches() -> None:
         assert d.blocked_by == "budget" and d.spent == 1.0
 
     asyncio.run(run())
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def pair(request: pytest.FixtureRequest) -> AsyncIterator[tuple[Limiter, Limiter]]:
+    """Two replicas' limiters: one process's memory (the same object twice), or Redis."""
+    if request.param == "memory":
+        mem = MemoryLimiter()
+        yield mem, mem
+        return
+    prefix = f"oasis-test-{uuid.uuid4().hex[:8]}"
+    a, b = RedisLimiter(REDIS, prefix=prefix), RedisLimiter(REDIS, prefix=prefix)
+    yield a, b
+    keys = await a.redis.keys(f"{prefix}:*")  # type: ignore[attr-defined]
+    if keys:
+        await a.redis.delete(*keys)  # type: ignore[attr-defined]
+    await a.close()
+    await b.close()
+
+
+@pytest.mark.anyio
+async def test_holds_of_requests_in_flight_count_as_spent(
+    pair: tuple[Limiter, Limiter],
+) -> None:
+    a, b = pair
+    limits = Limits(rpm=100)
+    budget = Budget(usd=1.0, window_end=2e9)
+    await a.load_spend("k", 2e9, 0.25)
+    # 16 requests at once, each holding its worst case of $0.30: admitted while spend + holds
+    # is under the budget (0.25, 0.55, 0.85), so the burst can overshoot by one request at most
+    results = await asyncio.gather(*[
+        (a if i % 2 else b).acquire("k", limits, 1, budget, Hold(f"r{i}", 0.3))
+        for i in range(16)])
+    admitted = [i for i, d in enumerate(results) if d.allowed]
+    assert len(admitted) == 3
+    refused = [d for d in results if not d.allowed]
+    assert all(d.blocked_by == "budget" and d.spent == 0.25 for d in refused)
+    assert all(d.held == pytest.approx(0.9) for d in refused)
+    # refused requests took nothing from the buckets
+    assert (await a.peek("k", limits)).requests_left == pytest.approx(97, abs=0.1)
+    # one settles at its real cost: its hold goes, its cost is spent
+    await b.settle("k", limits, 0, 2e9, 0.05, f"r{admitted[0]}")
+    assert await a.spent("k", 2e9) == pytest.approx(0.3)
+    ok = await a.acquire("k", limits, 1, budget, Hold("late", 0.3))
+    assert ok.allowed and ok.spent == pytest.approx(0.3) and ok.held == pytest.approx(0.6)
+    no = await b.acquire("k", limits, 1, budget, Hold("later", 0.3))
+    assert no.blocked_by == "budget" and no.held == pytest.approx(0.9)
+    # releasing a hold twice (or one never placed) changes nothing
+    await b.settle("k", limits, 0, 2e9, 0.0, f"r{admitted[0]}")
+    await b.settle("k", limits, 0, 2e9, 0.0, "unknown")
+    assert (await a.acquire("k", limits, 1, budget)).blocked_by == "budget"
+    for rid in [f"r{admitted[1]}", f"r{admitted[2]}", "late"]:
+        await a.settle("k", limits, 0, 2e9, 0.0, rid)
+    d = await b.acquire("k", limits, 1, budget)
+    assert d.allowed and d.held == 0
+
+
+def test_a_hold_whose_request_never_settles_lapses() -> None:
+    async def run() -> None:
+        clock = Clock()
+        lim = MemoryLimiter(clock=clock, hold_seconds=60)
+        budget = Budget(usd=1.0, window_end=5e9)
+        await lim.load_spend("k", 5e9, 0.0)
+        assert (await lim.acquire("k", Limits(), 1, budget, Hold("lost", 5.0))).allowed
+        assert (await lim.acquire("k", Limits(), 1, budget)).blocked_by == "budget"
+        clock.now += 61  # its replica died: the hold lapses
+        d = await lim.acquire("k", Limits(), 1, budget)
+        assert d.allowed and d.held == 0
+
+    asyncio.run(run())
+
+
+@pytest.mark.anyio
+async def test_a_redis_hold_lapses() -> None:
+    prefix = f"oasis-test-{uuid.uuid4().hex[:8]}"
+    lim = RedisLimiter(REDIS, prefix=prefix, hold_seconds=0.3)
+    try:
+        budget = Budget(usd=1.0, window_end=5e9)
+        await lim.load_spend("k", 5e9, 0.0)
+        assert (await lim.acquire("k", Limits(), 1, budget, Hold("lost", 5.0))).allowed
+        assert (await lim.acquire("k", Limits(), 1, budget)).blocked_by == "budget"
+        await asyncio.sleep(0.4)
+        d = await lim.acquire("k", Limits(), 1, budget)
+        assert d.allowed and d.held == 0
+    finally:
+        keys = await lim.redis.keys(f"{prefix}:*")
+        if keys:
+            await lim.redis.delete(*keys)
+        await lim.close()
 
 
 @pytest.fixture

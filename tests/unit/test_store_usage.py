@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 from sqlalchemy import Engine
+from sqlalchemy.exc import DataError
 
-from oasis.store.usage import Usage, UsageStore
+from oasis.store.models import UsageRecord
+from oasis.store.usage import MODEL_CHARS, Usage, UsageStore
 
 DAY = 86400
 T0 = 1_780_000_000 - 1_780_000_000 % DAY  # a midnight UTC
@@ -64,3 +67,38 @@ def test_buckets_by_day_key_and_model(db: Engine) -> None:
     # buckets start at the origin, not at the epoch's midnight
     shifted = store.buckets(start=T0 + 50, end=T0 + 50 + DAY, width=DAY, origin=T0 + 50)
     assert [(b.start, b.requests) for b in shifted] == [(T0 + 50, 3)]
+
+
+def test_client_text_is_made_storable(db: Engine) -> None:
+    """A model name is the client's text: lone surrogates, NUL and control characters are
+    replaced and the length is cut to the column's, so any database stores it."""
+    store = UsageStore(db)
+    weird = rec("a", T0, model="\ud800x\x00\x1b[31m" + "y" * 1000)
+    assert weird.model == "\ufffdx\ufffd\ufffd[31m" + "y" * 192
+    assert len(weird.model) == MODEL_CHARS == UsageRecord.__table__.c.model.type.length  # type: ignore[attr-defined]
+    assert rec("b", T0, model="модель-ü").model == "модель-ü"  # text that is fine stays
+    assert store.add([weird, rec("b", T0, model="\udfff")]) == 2
+    assert [r.model for r in store.records()] == [weird.model, "\ufffd"]
+
+
+def test_from_json_refuses_what_is_no_record() -> None:
+    good = rec("a", T0).to_json()
+    assert Usage.from_json(good) == rec("a", T0)
+    for bad in ([1], {**good, "prompt_tokens": "10"}, {**good, "status": True},
+                {**good, "key_id": 1.5}, {k: v for k, v in good.items() if k != "model"},
+                {**good, "request_id": "x" * 65}, {**good, "request_id": ""}):
+        with pytest.raises(ValueError):
+            Usage.from_json(bad)
+    assert Usage.from_json({**good, "extra": 1, "cost_usd": 1}).cost_usd == 1
+
+
+def test_add_or_refuse_stores_around_a_bad_record(db: Engine) -> None:
+    store = UsageStore(db)
+    store.add([rec("dup", T0)])
+    added, refused = store.add_or_refuse(
+        [rec("a", T0), rec("big", T0, prompt_tokens=10**30), rec("dup", T0), rec("b", T0)])
+    assert added == 2
+    [(bad, error)] = refused
+    assert bad.request_id == "big" and isinstance(error, (OverflowError, DataError))
+    assert sorted(r.request_id for r in store.records()) == ["a", "b", "dup"]
+    assert store.add_or_refuse([rec("c", T0)]) == (1, [])

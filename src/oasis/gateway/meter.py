@@ -2,10 +2,13 @@
 and budget), and what did it cost (one usage record per request).
 
 Each metered request gets a ``Ticket``. Serving calls ``admit`` once the prompt is tokenized
-(this is where a 429 comes from), ``track`` with the engine handles, and ``first_token``; the
-route calls ``finish`` when the response is complete, failed or abandoned. Tokens are read from
-the engine's handles, so a stream without include_usage, or one the client abandoned, is billed
-for what was generated.
+(this is where a 429 comes from: rate limits, and the budget, which holds the request's
+worst-case cost until it settles), ``track`` with the engine handles, and ``first_token``; the
+route calls ``finish`` when the response is complete, failed or abandoned, or ``refuse`` with
+the error when it failed (a request refused before admission still counts against the key's
+requests per minute). Tokens are read from the engine's handles, so a stream without
+include_usage, or one the client abandoned, is billed for what was generated, and a prompt
+only as far as the engine evaluated it.
 """
 
 from __future__ import annotations
@@ -23,10 +26,19 @@ import anyio
 from anyio import to_thread
 
 from oasis.engine.base import RequestHandle
-from oasis.gateway.limits import Budget, Limiter, Limits, QuotaExceededError, RateLimitError
+from oasis.errors import OasisError
+from oasis.gateway.limits import (
+    Budget,
+    Decision,
+    Hold,
+    Limiter,
+    Limits,
+    QuotaExceededError,
+    RateLimitError,
+)
 from oasis.gateway.usage import Ledger, Price
 from oasis.store.keys import KeyInfo, KeyStore
-from oasis.store.usage import Usage, UsageStore
+from oasis.store.usage import MODEL_CHARS, Usage, UsageStore, clean_text
 
 T = TypeVar("T")
 
@@ -147,21 +159,38 @@ class Ticket:
         self._ttft: float | None = None
         self._handles: Sequence[RequestHandle] = ()
         self._prompt_tokens = 0
+        self._counted = False  # took from the request bucket (or was refused by it)
         self._reserved = 0
         self._window_end: float | None = None
+        self._hold: Hold | None = None
         self._limits = Limits(key.rpm, key.tpm) if key is not None else Limits()
         self._decision_headers: dict[str, str] | None = None
         self.finished = False
 
     def target(self, model: str, *price_names: str) -> None:
-        """The model asked for (recorded) and the names its price may be listed under."""
-        self.model = model
-        self.price_names = (model, *price_names)
+        """The model asked for (recorded, made safe to store and quote: the client wrote it)
+        and the names its price may be listed under."""
+        self.model = clean_text(model, MODEL_CHARS)
+        self.price_names = (self.model, *price_names)
 
     # -- called by serving -------------------------------------------------------------------
-    async def admit(self, prompt_tokens: int, completion_tokens: int) -> None:
-        """Check the budget and take from the rate limits (one atomic step), or raise a 429."""
+    async def admit(
+        self,
+        prompt_tokens: int,
+        completion_tokens: int,
+        *,
+        worst_completion_tokens: int | None = None,
+    ) -> None:
+        """Check the budget and take from the rate limits (one atomic step), or raise a 429.
+
+        The token bucket reserves ``prompt_tokens + completion_tokens`` (``completion_tokens``:
+        max_tokens per sequence, 0 when the request sets none). A budget holds the request's
+        worst-case cost until it settles: the prompt at the input price plus
+        ``worst_completion_tokens`` (the most the sequences can generate: the context they have
+        left, when max_tokens is not set; default ``completion_tokens``) at the output price.
+        """
         self._prompt_tokens = prompt_tokens
+        self._counted = True
         key = self.key
         if key is None:
             return
@@ -172,23 +201,44 @@ class Ticket:
             return
         gw, kid = self.gateway, str(key.id)
         tokens = prompt_tokens + completion_tokens
-        decision = await gw.limiter.acquire(kid, self._limits, tokens, budget)
+        hold = None
+        if budget is not None:
+            worst = max(completion_tokens, worst_completion_tokens or 0)
+            usd = gw.price(*self.price_names).cost(prompt_tokens, 0, worst)
+            hold = Hold(self.request_id, usd) if usd > 0 else None
+        decision = await gw.limiter.acquire(kid, self._limits, tokens, budget, hold)
         if decision.blocked_by == "unloaded":
             await gw.spend(key, self.created)
-            decision = await gw.limiter.acquire(kid, self._limits, tokens, budget)
+            decision = await gw.limiter.acquire(kid, self._limits, tokens, budget, hold)
         self._decision_headers = decision.headers()
         if decision.blocked_by == "budget" and budget is not None:
-            raise QuotaExceededError(
-                f"You exceeded your current quota: key {key.name!r} spent "
-                f"${decision.spent:.4f} of its ${budget.usd:g} budget for this period, which "
-                f"renews at {datetime.fromtimestamp(budget.window_end, UTC):%Y-%m-%d %H:%M} UTC. "
-                "Ask an admin to raise the budget or use another key.",
-                headers={"x-should-retry": "false", **self._decision_headers},
-            )
+            raise self._quota_error(key, budget, decision)
         if not decision.allowed:
             raise RateLimitError.of(decision, self.model, key.name)
         self._reserved = tokens if self._limits.tpm else 0
         self._window_end = budget.window_end if budget is not None else None
+        self._hold = hold
+
+    def _quota_error(self, key: KeyInfo, budget: Budget, d: Decision) -> QuotaExceededError:
+        renews = f"{datetime.fromtimestamp(budget.window_end, UTC):%Y-%m-%d %H:%M} UTC"
+        headers = dict(self._decision_headers or {})
+        if d.spent >= budget.usd:
+            headers["x-should-retry"] = "false"
+            return QuotaExceededError(
+                f"You exceeded your current quota: key {key.name!r} spent ${d.spent:.4f} of "
+                f"its ${budget.usd:g} budget for this period, which renews at {renews}. Ask an "
+                "admin to raise the budget or use another key.",
+                headers=headers,
+            )
+        # what is left is held by requests in flight; they may cost less than their hold
+        headers["retry-after"] = "1"
+        return QuotaExceededError(
+            f"You exceeded your current quota: key {key.name!r} spent ${d.spent:.4f} of its "
+            f"${budget.usd:g} budget for this period and requests in flight hold "
+            f"${d.held:.4f} (their worst-case cost) until they finish. Retry when they have "
+            "finished, lower max_tokens, or ask an admin to raise the budget.",
+            headers=headers,
+        )
 
     def track(self, handles: Sequence[RequestHandle]) -> None:
         self._handles = handles
@@ -208,8 +258,28 @@ class Ticket:
             self._decision_headers = d.headers()
         return self._decision_headers
 
+    async def refuse(self, exc: OasisError) -> OasisError:
+        """The request failed with ``exc``: record it, and return the error to answer with
+        (``exc``, or a 429), carrying the x-ratelimit-* headers.
+
+        A request refused before admission (invalid, an unknown model, too long for the
+        context) counts against the key's requests per minute, as OpenAI counts it: it takes
+        one request from the bucket, and once the bucket is empty the answer is that 429.
+        """
+        err = exc
+        key = self.key
+        if not self._counted and key is not None and self._limits.rpm:
+            self._counted = True
+            decision = await self.gateway.limiter.acquire(str(key.id), self._limits, 0)
+            self._decision_headers = decision.headers()
+            if not decision.allowed:
+                err = RateLimitError.of(decision, self.model or "a model", key.name)
+        err.headers = {**(await self.headers()), **err.headers}
+        await self.finish(err.status)
+        return err
+
     async def finish(self, status: int, *, disconnected: bool = False) -> None:
-        """Record the request (once) and settle its reservation and spend."""
+        """Record the request (once) and settle its reservation, hold and spend."""
         if self.finished:
             return
         self.finished = True
@@ -220,8 +290,11 @@ class Ticket:
         gw = self.gateway
         handles = self._handles
         completion = sum(h.generated for h in handles)
-        cached = max((h.cached_tokens for h in handles), default=0)
-        prompt = self._prompt_tokens if handles else 0
+        # a prompt is billed as far as the engine evaluated it (a sequence cancelled while
+        # queued evaluated none); sequences sharing a prompt count it once
+        evaluated = sum(h.prompt_evaluated for h in handles)
+        prompt = min(self._prompt_tokens, evaluated)
+        cached = min(prompt, max((h.cached_tokens for h in handles), default=0))
         cost = gw.price(*self.price_names).cost(prompt, cached, completion)
         key = self.key
         gw.ledger.record(
@@ -244,8 +317,11 @@ class Ticket:
         if key is None:
             return
         delta = prompt + completion - self._reserved if self._reserved else 0
-        if delta or (self._window_end is not None and cost):
-            await gw.limiter.settle(str(key.id), self._limits, delta, self._window_end, cost)
+        release = self._hold.request_id if self._hold is not None else None
+        if delta or (self._window_end is not None and cost) or release:
+            await gw.limiter.settle(
+                str(key.id), self._limits, delta, self._window_end, cost, release
+            )
 
     async def metered(self, chunks: AsyncIterator[T]) -> AsyncIterator[T]:
         """A response stream that records the request when it ends: completed, failed, or

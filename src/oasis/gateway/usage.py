@@ -6,6 +6,10 @@ background task moves journaled records into the database in batches, and emptie
 when everything in it is stored. At start-up, journals left by processes that died (found by
 their released file lock) are replayed into the database; records carry a unique request id, so
 replaying one that was already stored is harmless.
+
+A record the database refuses (or a journal line that is no record) is quarantined: appended to
+``<data dir>/quarantine/usage.jsonl`` with the reason, and logged. It never holds back the
+other records of its batch, the flush loop or the replay at start-up.
 """
 
 from __future__ import annotations
@@ -16,9 +20,12 @@ import fcntl
 import json
 import logging
 import os
+import time
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from anyio import to_thread
 
@@ -46,21 +53,29 @@ class Ledger:
     """Journal + database writer for usage records."""
 
     def __init__(
-        self, store: UsageStore, journal_dir: Path, *, flush_interval: float = 0.2
+        self,
+        store: UsageStore,
+        journal_dir: Path,
+        *,
+        flush_interval: float = 0.2,
+        quarantine_dir: Path | None = None,
     ) -> None:
         self.store = store
         self.journal_dir = journal_dir
         self.flush_interval = flush_interval
+        self.quarantine_dir = quarantine_dir or journal_dir.parent / "quarantine"
         self._pending: list[Usage] = []
         self._fd: int | None = None
         self._path: Path | None = None
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self.written = 0  # records stored in the database by this process
+        self.quarantined = 0  # records (or journal lines) this process set aside
 
     # -- start-up ----------------------------------------------------------------------------
     def replay(self) -> int:
-        """Store the records of journals whose process is gone; returns how many were new."""
+        """Store the records of journals whose process is gone; returns how many were new.
+        Lines that are no record, and records the database refuses, are quarantined."""
         self.journal_dir.mkdir(parents=True, exist_ok=True)
         added = 0
         for path in sorted(self.journal_dir.glob("usage-*.jsonl")):
@@ -73,8 +88,9 @@ class Ledger:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except BlockingIOError:
                     continue  # a live process owns it
-                records = list(_read_journal(path))
-                added += self.store.add(records, dedupe=True)
+                records, bad = _read_journal(path)
+                added += self._store(records, dedupe=True, source=path.name)
+                self._quarantine(({"line": line, "reason": why} for line, why in bad), path.name)
                 path.unlink()
                 if records:
                     log.info("replayed %d usage records from %s", len(records), path.name)
@@ -120,19 +136,60 @@ class Ledger:
 
     # -- background --------------------------------------------------------------------------
     async def flush(self) -> int:
-        """Store the queued records; empty the journal when all of it is stored."""
+        """Store the queued records (quarantining any the database refuses); empty the journal
+        when all of it is stored. If the database cannot be reached the records stay queued
+        (and journaled) and the error is raised."""
         if not self._pending:
             return 0
         batch, self._pending = self._pending, []
+        set_aside = self.quarantined
         try:
-            added = await to_thread.run_sync(self.store.add, batch)
+            added = await to_thread.run_sync(self._store, batch)
         except BaseException:
             self._pending[:0] = batch  # still in the journal; try again next time
             raise
-        self.written += len(batch)
+        self.written += len(batch) - (self.quarantined - set_aside)
         if not self._pending and self._fd is not None:
-            os.ftruncate(self._fd, 0)  # everything journaled so far is in the database
+            os.ftruncate(self._fd, 0)  # everything journaled so far is stored or set aside
         return added
+
+    def _store(self, records: list[Usage], dedupe: bool = False, source: str = "") -> int:
+        added, refused = self.store.add_or_refuse(records, dedupe=dedupe)
+        self._quarantine(
+            (
+                {"record": usage.to_json(), "reason": f"{type(exc).__name__}: {exc}"}
+                for usage, exc in refused
+            ),
+            source or (self._path.name if self._path is not None else ""),
+        )
+        return added
+
+    def _quarantine(self, entries: Iterable[dict[str, Any]], source: str) -> None:
+        """Append entries to the quarantine file, one JSON line each, and log them."""
+        lines = []
+        target = self.quarantine_dir / QUARANTINE_FILE
+        for entry in entries:
+            entry = {"quarantined_at": int(time.time()), "journal": source, **entry}
+            reason = entry["reason"][:300]
+            if "record" in entry:
+                rid = entry["record"].get("request_id")
+                log.warning(
+                    "usage record %s cannot be stored (%s); moved to %s", rid, reason, target
+                )
+            else:
+                log.warning(
+                    "a line of %s is no usage record (%s); moved to %s", source, reason, target
+                )
+            lines.append(json.dumps(entry, separators=(",", ":")) + "\n")
+        if not lines:
+            return
+        self.quarantine_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            os.write(fd, "".join(lines).encode())
+        finally:
+            os.close(fd)
+        self.quarantined += len(lines)
 
     async def _run(self) -> None:
         while True:
@@ -148,14 +205,22 @@ class Ledger:
                 await asyncio.sleep(1.0)
 
 
-def _read_journal(path: Path) -> list[Usage]:
+QUARANTINE_FILE = "usage.jsonl"
+
+
+def _read_journal(path: Path) -> tuple[list[Usage], list[tuple[str, str]]]:
+    """The records of a journal, and the lines that are none (as text, with why)."""
     out: list[Usage] = []
+    bad: list[tuple[str, str]] = []
     with path.open("rb") as f:
         for raw in f:
+            text = raw.decode("utf-8", "backslashreplace")
             if not raw.endswith(b"\n"):
-                continue  # a line torn by a crash mid-write was never acknowledged
+                # a line torn by a crash mid-write was never acknowledged; kept for a person
+                bad.append((text, "torn line (the process died while writing it)"))
+                continue
             try:
                 out.append(Usage.from_json(json.loads(raw)))
-            except (ValueError, TypeError):
-                log.warning("skipping an unreadable line in %s", path.name)
-    return out
+            except (ValueError, TypeError, RecursionError) as exc:
+                bad.append((text, f"unreadable: {exc!r}"[:500]))
+    return out, bad

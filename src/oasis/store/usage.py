@@ -2,21 +2,56 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
 from sqlalchemy import Engine, case, func, insert, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DataError, IntegrityError
 from sqlalchemy.orm import Session
 
 from oasis.store.models import UsageRecord
+
+MODEL_CHARS = 200  # the model column's length
+ENDPOINT_CHARS = 100
+REQUEST_ID_CHARS = 64
+
+# Characters no database column should get from a client: lone surrogates (not encodable in
+# UTF-8), NUL (PostgreSQL refuses it in text) and the other control characters (a terminal
+# printing `oasis usage` would obey them).
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")
+
+
+def clean_text(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters, with unsafe characters replaced by U+FFFD."""
+    if len(text) <= limit and text.isascii() and text.isprintable():
+        return text  # the usual case, checked without a regex
+    return _UNSAFE.sub("\N{REPLACEMENT CHARACTER}", text[:limit])
+
+
+_TYPES: dict[str, tuple[type, ...]] = {
+    "request_id": (str,),
+    "created_at": (int,),
+    "key_id": (int, type(None)),
+    "model": (str,),
+    "endpoint": (str,),
+    "prompt_tokens": (int,),
+    "cached_tokens": (int,),
+    "completion_tokens": (int,),
+    "cost_usd": (float, int),
+    "latency_ms": (float, int),
+    "ttft_ms": (float, int, type(None)),
+    "status": (int,),
+    "disconnected": (bool,),
+}
 
 
 @dataclass(frozen=True)
 class Usage:
     """One metered request. ``created_at`` is unix seconds; ``key_id`` is None for the static
-    ``--api-key``."""
+    ``--api-key``. Its text (the model name comes from the client) is made safe to store when
+    the record is made: cut to its column and without characters a database refuses."""
 
     request_id: str
     created_at: int
@@ -32,16 +67,45 @@ class Usage:
     status: int
     disconnected: bool
 
+    def __post_init__(self) -> None:
+        for name, limit in (("model", MODEL_CHARS), ("endpoint", ENDPOINT_CHARS)):
+            value = getattr(self, name)
+            safe = clean_text(value, limit)
+            if safe is not value:
+                object.__setattr__(self, name, safe)
+
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)  # flat fields: no need for asdict's recursive copy
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Usage:
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
+    def from_json(cls, data: Any) -> Usage:
+        """A record read back from a journal; ValueError if it is not one."""
+        if not isinstance(data, dict):
+            raise ValueError("a usage record is a JSON object")
+        values = {k: v for k, v in data.items() if k in _TYPES}
+        for name, types in _TYPES.items():
+            value = values.get(name)
+            if name not in values or not isinstance(value, types):
+                raise ValueError(f"usage record field {name!r} is missing or of a wrong type")
+            if isinstance(value, bool) and bool not in types:
+                raise ValueError(f"usage record field {name!r} is of a wrong type")
+        rid = values["request_id"]
+        if not rid or len(rid) > REQUEST_ID_CHARS or clean_text(rid, REQUEST_ID_CHARS) != rid:
+            raise ValueError("usage record has an invalid request_id")
+        return cls(**values)
 
 
 GROUPS = ("key", "model")
+
+# What a database raises for a value it cannot store (unencodable text, a number out of range,
+# a text too long for its column), as opposed to being unreachable or busy.
+REFUSED_ERRORS: tuple[type[Exception], ...] = (
+    ValueError,
+    TypeError,
+    ArithmeticError,
+    DataError,
+    IntegrityError,
+)
 
 
 @dataclass(frozen=True)
@@ -100,6 +164,26 @@ class UsageStore:
             if new:
                 conn.execute(insert(UsageRecord), [r.to_json() for r in new.values()])
         return len(new)
+
+    def add_or_refuse(
+        self, records: Sequence[Usage], *, dedupe: bool = False
+    ) -> tuple[int, list[tuple[Usage, Exception]]]:
+        """``add``, where a record the database refuses does not fail the others: when the
+        batch fails on a value, each record is added on its own. Returns how many were new and
+        the refused records with their errors. Any other error (the database is unreachable or
+        busy) is raised, and then nothing is refused."""
+        try:
+            return self.add(records, dedupe=dedupe), []
+        except REFUSED_ERRORS:
+            pass  # find the records at fault
+        added = 0
+        refused: list[tuple[Usage, Exception]] = []
+        for record in records:
+            try:
+                added += self.add([record], dedupe=True)
+            except REFUSED_ERRORS as exc:
+                refused.append((record, exc))
+        return added, refused
 
     def count(self) -> int:
         with Session(self.engine) as s:
