@@ -240,8 +240,9 @@ class LlamaEngine(Engine):
         return self._stats
 
     def health(self) -> Health:
-        if self._thread is not None and not self._thread.is_alive() and not self._stopping:
-            return Health(False, "engine thread not running")
+        if self._health.ok and self._thread is not None and not self._thread.is_alive():
+            if not self._stopping:
+                return Health(False, "engine thread not running")
         return self._health
 
     def submit(self, request: GenerationRequest) -> LlamaHandle:
@@ -285,7 +286,6 @@ class LlamaEngine(Engine):
                 except Exception as exc:
                     log.exception("engine %s: the engine loop failed", self.name)
                     self._health = Health(False, f"engine loop failed: {type(exc).__name__}")
-                    self._recover(waiting, active, exc)
                     now = time.monotonic()
                     failures.append(now)
                     while failures and now - failures[0] > self.restart_window:
@@ -295,9 +295,12 @@ class LlamaEngine(Engine):
                             f"the engine failed {len(failures)} times in "
                             f"{self.restart_window:g} s (last: {type(exc).__name__}: {exc})"
                         )
+                        if self.on_fatal is not None:
+                            self.on_fatal(f"engine {self.name}: {self._health.detail}")
+                        self._recover(waiting, active, exc)
                         return
                     self._stats.restarts_total += 1
-                    self._health = Health(True)
+                    self._recover(waiting, active, exc)
                     log.warning("engine %s: restarted after a failure", self.name)
         finally:
             self._flush_outbox()
@@ -360,14 +363,17 @@ class LlamaEngine(Engine):
             slot.seq = None
             slot.cached = []
         self._stats.running = 0
-        self._flush_outbox()
+        if not self._down:
+            self._health = Health(True)
+        self._flush_outbox()  # the failed requests hear of it once the engine is ready again
 
     def _go_down(self, reason: str) -> None:
+        """Refuse new work from now on and fail what is still in the inbox."""
         log.critical("engine %s is down: %s", self.name, reason)
         with self._lock:
             self._health = Health(False, f"engine down: {reason}")
             self._down = True
-        while True:  # fail whatever is still in the inbox
+        while True:
             try:
                 item = self._inbox.get_nowait()
             except queue.Empty:
@@ -375,9 +381,6 @@ class LlamaEngine(Engine):
             if item is not None:
                 self._dequeued()
                 item.handle._deliver(EngineError("The engine is down."))
-        self._flush_outbox()
-        if self.on_fatal is not None:
-            self.on_fatal(f"engine {self.name}: {reason}")
 
     def _flush_outbox(self) -> None:
         """One wake-up of each event loop per step, however many tokens the step made."""

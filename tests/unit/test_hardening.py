@@ -1,0 +1,220 @@
+"""Hostile and careless input at the HTTP edge (fake engine): every one gets OpenAI's 400 (or
+431) naming what is wrong, and the server answers the next request."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from fastapi.testclient import TestClient
+
+from oasis.engine.base import GenerationRequest
+from oasis.engine.fake import FakeEngine, FakeHandle
+from tests.conftest import API_KEY, make_app
+from tests.unit.test_disconnect import free_port
+
+CHAT = "/v1/chat/completions"
+MSG = [{"role": "user", "content": "hi"}]
+
+
+def _error(r: httpx.Response, status: int = 400) -> dict[str, Any]:
+    assert r.status_code == status, r.text[:500]
+    err: dict[str, Any] = r.json()["error"]
+    assert set(err) == {"message", "type", "param", "code"}
+    return err
+
+
+def _alive(http: TestClient) -> None:
+    r = http.post(CHAT, json={"model": "gpt-3.5-turbo", "messages": MSG})
+    assert r.status_code == 200, r.text
+    assert http.get("/health").status_code == 200
+
+
+def _nested(depth: int, leaf: Any = 1) -> Any:
+    node = leaf
+    for _ in range(depth):
+        node = {"a": node}
+    return node
+
+
+@pytest.mark.parametrize(
+    ("where", "build"),
+    [
+        ("messages", lambda d: {"model": "gpt-3.5-turbo",
+                                "messages": [{"role": "user", "content": _nested(d)}]}),
+        ("metadata", lambda d: {"model": "gpt-3.5-turbo", "messages": MSG,
+                                "metadata": _nested(d)}),
+        ("arrays", lambda d: {"model": "gpt-3.5-turbo", "messages": MSG,
+                              "stop": json.loads("[" * d + "]" * d)}),
+    ],
+)
+def test_json_nested_10000_deep_is_a_400(http: TestClient, where: str, build: Any) -> None:
+    # json.dumps itself cannot write 10,000 levels: build the text by hand
+    if where == "arrays":
+        raw = ('{"model": "gpt-3.5-turbo", "messages": [{"role": "user", "content": "hi"}], '
+               '"stop": ' + "[" * 10_000 + "]" * 10_000 + "}")
+    else:
+        inner = '{"a": ' * 10_000 + "1" + "}" * 10_000
+        raw = (json.dumps(build(1)).replace('{"a": 1}', inner))
+    r = http.post(CHAT, content=raw, headers={"Content-Type": "application/json"})
+    err = _error(r)
+    assert "nested" in err["message"] or "JSON" in err["message"]
+    _alive(http)
+
+
+def test_nesting_just_inside_the_limit_is_judged_on_its_merits(http: TestClient) -> None:
+    body = {"model": "gpt-3.5-turbo", "messages": MSG, "metadata": _nested(40)}
+    err = _error(http.post(CHAT, json=body))
+    assert err["param"].startswith("metadata")  # refused as metadata, not as nesting
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"model": "\ud800", "messages": MSG}, "model"),
+        ({"model": "gpt-3.5-turbo", "messages": [{"role": "user", "content": "a\udc00b"}]},
+         "messages.[0].content"),
+        ({"model": "gpt-3.5-turbo", "messages": [{"role": "user", "content": "x",
+                                                  "name": "\udfff"}]},
+         "messages.[0].name"),
+        ({"model": "gpt-3.5-turbo", "messages": MSG, "stop": ["ok", "\ud83d"]}, "stop.[1]"),
+    ],
+)
+def test_lone_surrogates_are_a_400_naming_the_field(http: TestClient, body: dict[str, Any],
+                                                     param: str) -> None:
+    raw = json.dumps(body)  # ensure_ascii: the surrogate travels as a \\udXXX escape
+    r = http.post(CHAT, content=raw, headers={"Content-Type": "application/json"})
+    err = _error(r)
+    assert err["param"] == param and "surrogate" in err["message"]
+    _alive(http)
+
+
+def test_lone_surrogate_in_a_completion_prompt(http: TestClient) -> None:
+    raw = json.dumps({"model": "text-davinci-002", "prompt": ["fine", "bad \ud800"]})
+    err = _error(http.post("/v1/completions", content=raw,
+                           headers={"Content-Type": "application/json"}))
+    assert err["param"] == "prompt.[1]"
+
+
+def test_a_surrogate_pair_is_fine(http: TestClient) -> None:
+    raw = json.dumps({"model": "gpt-3.5-turbo", "messages": [{"role": "user",
+                                                              "content": "smile \U0001F600"}]})
+    assert "\\ud83d\\ude00" in raw
+    r = http.post(CHAT, content=raw, headers={"Content-Type": "application/json"})
+    assert r.status_code == 200
+
+
+def test_a_huge_model_name_is_cut_in_the_error(http: TestClient) -> None:
+    err = _error(http.post(CHAT, json={"model": "m" * 1_000_000, "messages": MSG}), 404)
+    assert err["code"] == "model_not_found" and len(err["message"]) < 400
+
+
+def test_too_many_messages(tmp_path: Path) -> None:
+    app = make_app(FakeEngine(n_ctx=4096), tmp=tmp_path, max_messages=50)
+    with TestClient(app, headers={"Authorization": f"Bearer {API_KEY}"}) as http:
+        err = _error(http.post(CHAT, json={"model": "gpt-3.5-turbo", "messages": MSG * 51}))
+        assert err["param"] == "messages" and err["code"] == "array_above_max_length"
+        assert "50" in err["message"]
+        assert http.post(CHAT, json={"model": "gpt-3.5-turbo",
+                                     "messages": MSG * 50}).status_code == 200
+
+
+def test_twenty_thousand_messages_are_refused_by_default(http: TestClient) -> None:
+    err = _error(http.post(CHAT, json={"model": "gpt-3.5-turbo",
+                                       "messages": [{"role": "user", "content": "hi"}] * 20_000}))
+    assert err["code"] == "array_above_max_length" and "2048" in err["message"]
+    _alive(http)
+
+
+def test_too_many_characters(tmp_path: Path) -> None:
+    app = make_app(tmp=tmp_path, max_prompt_chars=10_000)
+    with TestClient(app, headers={"Authorization": f"Bearer {API_KEY}"}) as http:
+        big = [{"role": "user", "content": "x" * 6000}] * 2
+        err = _error(http.post(CHAT, json={"model": "gpt-3.5-turbo", "messages": big}))
+        assert err["param"] == "messages" and "10000" in err["message"]
+        err = _error(http.post("/v1/completions", json={"model": "text-davinci-002",
+                                                        "prompt": ["y" * 5001] * 2}))
+        assert err["param"] == "prompt"
+
+
+def test_body_over_the_limit(tmp_path: Path) -> None:
+    app = make_app(tmp=tmp_path, max_body_bytes=100_000)
+    with TestClient(app, headers={"Authorization": f"Bearer {API_KEY}"}) as http:
+        body = {"model": "gpt-3.5-turbo", "messages": [{"role": "user", "content": "z" * 200_000}]}
+        err = _error(http.post(CHAT, json=body))
+        assert err["code"] == "request_too_large" and "100000" in err["message"]
+
+        def chunks() -> Iterator[bytes]:  # no Content-Length: counted as it arrives
+            raw = json.dumps(body).encode()
+            for i in range(0, len(raw), 8192):
+                yield raw[i:i + 8192]
+
+        err = _error(http.post(CHAT, content=chunks()))
+        assert err["code"] == "request_too_large"
+        _alive(http)
+
+
+def test_headers_over_the_limit(tmp_path: Path) -> None:
+    app = make_app(tmp=tmp_path, max_header_bytes=4096)
+    with TestClient(app, headers={"Authorization": f"Bearer {API_KEY}"}) as http:
+        r = http.post(CHAT, json={"model": "gpt-3.5-turbo", "messages": MSG},
+                      headers={"X-Junk": "j" * 5000})
+        err = _error(r, 431)
+        assert err["code"] == "request_header_fields_too_large"
+        _alive(http)
+
+
+def test_openapi_and_docs_are_not_served(http: TestClient) -> None:
+    """Every route but /health needs a key, as the README says: there is no unauthenticated
+    schema or docs page."""
+    for path in ("/openapi.json", "/docs", "/redoc"):
+        assert http.get(path, headers={"Authorization": ""}).status_code in (401, 404)
+
+
+class _Buggy(FakeEngine):
+    """An engine with a bug that raises a non-oasis exception on a marked request."""
+
+    def submit(self, request: GenerationRequest) -> FakeHandle:
+        if request.max_tokens == 13:
+            raise ZeroDivisionError("a bug")
+        return super().submit(request)
+
+
+@pytest.fixture
+def buggy_server(tmp_path: Path) -> Iterator[str]:
+    app = make_app(_Buggy(), tmp=tmp_path)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
+                                           log_level="critical"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+def test_a_500_keeps_the_connection_and_logs_once(buggy_server: str,
+                                                  caplog: pytest.LogCaptureFixture) -> None:
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    bad = {"model": "gpt-3.5-turbo", "messages": MSG, "max_tokens": 13}
+    good = {"model": "gpt-3.5-turbo", "messages": MSG}
+    with caplog.at_level("ERROR"), httpx.Client(base_url=buggy_server, headers=headers) as c:
+        r = c.post(CHAT, json=bad)
+        err = _error(r, 500)
+        assert err["type"] == "server_error" and "Traceback" not in r.text
+        # the same keep-alive connection answers the next request
+        r2 = c.post(CHAT, json=good)
+        assert r2.status_code == 200
+    tracebacks = [rec for rec in caplog.records if rec.exc_info and
+                  isinstance(rec.exc_info[1], ZeroDivisionError)]
+    assert len(tracebacks) == 1
