@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import re
 import secrets
 from collections.abc import Callable
@@ -24,18 +25,106 @@ from oasis.errors import InvalidRequestError, NotFoundError
 from oasis.store.models import ApiKey
 
 SECRET_PREFIX = "sk-oasis-"
-_DURATION = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
+_PREFIX = re.compile(r"sk-oasis-[A-Za-z0-9]{8}", re.ASCII)
+_KEY_ID = re.compile(r"key_([0-9]{1,30})", re.ASCII)
+_DURATION = re.compile(r"\s*([0-9]+)\s*([smhdw])\s*", re.ASCII)
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
+# What a key may hold: sane for people and within the columns of every database (PostgreSQL's
+# INTEGER is 32-bit).
+MAX_NAME_LENGTH = 200
+MAX_RATE = 1_000_000_000  # rpm and tpm
+MAX_BUDGET_USD = 1_000_000_000
+MAX_BUDGET_PERIOD_S = 3650 * 86400  # 10 years
+MAX_EXPIRES_S = 36500 * 86400  # 100 years
+MAX_KEY_ID = 2**31 - 1
 
-def parse_duration(text: str) -> int:
-    """``90d``, ``12h``, ``30m``, ``2w`` or ``45s`` as seconds."""
-    m = _DURATION.match(text)
-    if not m or int(m.group(1)) <= 0:
-        raise InvalidRequestError(
-            f"Invalid duration {text!r}: use a number and a unit, like 30d, 12h or 45m."
-        )
-    return int(m.group(1)) * _UNITS[m.group(2)]
+
+def parse_duration(text: str, *, param: str | None = None, maximum: int = MAX_EXPIRES_S) -> int:
+    """``90d``, ``12h``, ``30m``, ``2w`` or ``45s`` as seconds, at most ``maximum``.
+
+    ``param`` names the field in the error (a 400 from the admin API, one line from the CLI).
+    """
+    m = _DURATION.fullmatch(text)
+    if not m or not m.group(1).strip("0"):
+        problem = "is not a duration: use a whole number and a unit, like 30d, 12h or 45m"
+    elif len(m.group(1)) > 12 or int(m.group(1)) * _UNITS[m.group(2)] > maximum:
+        problem = f"is too long: the longest allowed is {maximum // 86400}d"
+    else:
+        return int(m.group(1)) * _UNITS[m.group(2)]
+    what = f"'{param}'" if param else "duration"
+    raise InvalidRequestError(
+        f"Invalid {what}: {text!r} {problem}.", param=param, code="invalid_value"
+    )
+
+
+def key_id(ref: str) -> int | None:
+    """The number in a key id (``key_12``), or None when ``ref`` is not written that way."""
+    m = _KEY_ID.fullmatch(ref)
+    return int(m.group(1)) if m else None
+
+
+def text_problem(value: str) -> str | None:
+    """Why ``value`` cannot be a key's name or a model name, or None if it can."""
+    if not value.strip() or len(value) > MAX_NAME_LENGTH:
+        return f"expected a non-empty string of at most {MAX_NAME_LENGTH} characters"
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        return "expected a string without control characters (tabs, newlines, NUL)"
+    return None
+
+
+def _in_range(value: Any, low: int, high: int, *, whole: bool) -> bool:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    if whole and not isinstance(value, int):
+        return False
+    return math.isfinite(value) and low <= value <= high
+
+
+# field: (param, low, high, whole number?, what is expected)
+_BOUNDS: dict[str, tuple[str, int, int, bool, str]] = {
+    "rpm": ("rpm", 1, MAX_RATE, True, f"a whole number from 1 to {MAX_RATE}"),
+    "tpm": ("tpm", 1, MAX_RATE, True, f"a whole number from 1 to {MAX_RATE}"),
+    "budget_usd": ("budget_usd", 0, MAX_BUDGET_USD, False, f"USD from 0 to {MAX_BUDGET_USD}"),
+    "budget_period_s": (
+        "budget_period",
+        1,
+        MAX_BUDGET_PERIOD_S,
+        True,
+        f"at most {MAX_BUDGET_PERIOD_S // 86400} days ({MAX_BUDGET_PERIOD_S} seconds)",
+    ),
+    "expires_in_s": (
+        "expires",
+        1,
+        MAX_EXPIRES_S,
+        True,
+        f"at most {MAX_EXPIRES_S // 86400} days ({MAX_EXPIRES_S} seconds)",
+    ),
+}
+
+
+def check_fields(**fields: Any) -> None:
+    """Refuse values a key cannot have. The admin API refuses them first, with the same bounds;
+    this keeps the CLI and any other caller from storing them. Fields are named as
+    ``KeyStore.create`` / ``update`` name them; None (no limit) is always allowed."""
+    for field, value in fields.items():
+        if value is None:
+            continue
+        if field in ("name", "models"):
+            for text in value if field == "models" and isinstance(value, list) else [value]:
+                problem = text_problem(text) if isinstance(text, str) else "expected a string"
+                if problem:
+                    raise InvalidRequestError(
+                        f"Invalid '{field}': {problem}.", param=field, code="invalid_value"
+                    )
+        elif field in _BOUNDS:
+            param, low, high, whole, expected = _BOUNDS[field]
+            if not _in_range(value, low, high, whole=whole):
+                raise InvalidRequestError(
+                    f"Invalid '{param}': expected {expected}, but got {value!r}.",
+                    param=param,
+                    code="invalid_value",
+                )
 
 
 def _utc(value: datetime | None) -> datetime | None:
@@ -87,8 +176,17 @@ class KeyInfo:
 
     @classmethod
     def of(cls, row: ApiKey) -> KeyInfo:
+        """The key in a row. Values no caller can store any more (a non-finite budget, a budget
+        period past the maximum), which older versions let in, are read as what they amount
+        to: no budget, the longest period."""
         created = _utc(row.created_at)
         assert created is not None
+        budget = row.budget_usd
+        if budget is not None and not (math.isfinite(budget) and budget >= 0):
+            budget = None
+        period = row.budget_period_s
+        if period is not None:
+            period = min(max(period, 1), MAX_BUDGET_PERIOD_S)
         return cls(
             id=row.id,
             name=row.name,
@@ -96,8 +194,8 @@ class KeyInfo:
             is_admin=row.is_admin,
             rpm=row.rpm,
             tpm=row.tpm,
-            budget_usd=row.budget_usd,
-            budget_period_s=row.budget_period_s,
+            budget_usd=budget,
+            budget_period_s=period,
             models=list(row.models) if row.models else None,
             created_at=created,
             expires_at=_utc(row.expires_at),
@@ -132,6 +230,15 @@ class KeyStore:
         expires_in_s: int | None = None,
     ) -> tuple[KeyInfo, str]:
         """A new key and its secret (shown once, never stored)."""
+        check_fields(
+            name=name,
+            rpm=rpm,
+            tpm=tpm,
+            budget_usd=budget_usd,
+            budget_period_s=budget_period_s,
+            models=models,
+            expires_in_s=expires_in_s,
+        )
         now = self.clock()
         prefix, secret = _new_secret()
         row = ApiKey(
@@ -165,10 +272,12 @@ class KeyStore:
         """A key by its prefix (``sk-oasis-...``) or its id (``key_12``, stable across
         rotations)."""
         row = None
-        if ref.startswith("key_") and ref[4:].isdigit():
-            row = s.get(ApiKey, int(ref[4:]))
-        elif ref.startswith(SECRET_PREFIX):
-            row = s.scalar(select(ApiKey).where(ApiKey.prefix == ref[: len(SECRET_PREFIX) + 8]))
+        number = key_id(ref)
+        if number is not None:
+            # an id past the column's range names no key (and must not reach the database)
+            row = s.get(ApiKey, number) if number <= MAX_KEY_ID else None
+        elif prefix := _PREFIX.match(ref):
+            row = s.scalar(select(ApiKey).where(ApiKey.prefix == prefix.group()))
         if row is None:
             raise KeyNotFoundError(
                 f"No API key {ref!r}: name a key by its prefix (sk-oasis-XXXXXXXX) or its id "
@@ -195,6 +304,7 @@ class KeyStore:
         unknown = set(changes) - self.UPDATABLE
         if unknown:
             raise InvalidRequestError(f"Cannot change {sorted(unknown)} of a key.")
+        check_fields(**changes)
         with Session(self.engine) as s, s.begin():
             row = self._row(s, ref)
             for field, value in changes.items():

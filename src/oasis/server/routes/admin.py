@@ -9,18 +9,27 @@ API (plus ``cost_usd`` per result).
 from __future__ import annotations
 
 import time
-from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
 from anyio import to_thread
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from oasis.errors import InvalidRequestError
 from oasis.gateway.meter import Gateway
+from oasis.gateway.report import MAX_TIME, UsageQuery, key_object, openai_page, usage_report
 from oasis.server.validation import parse_json_body, validate
-from oasis.store.keys import KeyInfo, parse_duration
+from oasis.store.keys import (
+    MAX_BUDGET_PERIOD_S,
+    MAX_BUDGET_USD,
+    MAX_KEY_ID,
+    MAX_RATE,
+    KeyInfo,
+    key_id,
+    parse_duration,
+    text_problem,
+)
 
 router = APIRouter()
 
@@ -36,57 +45,53 @@ def _gateway(request: Request) -> Gateway:
     return gateway
 
 
-def _ts(value: datetime | None) -> int | None:
-    return None if value is None else int(value.timestamp())
-
-
 async def key_json(gateway: Gateway, k: KeyInfo) -> dict[str, Any]:
-    now = datetime.now(k.created_at.tzinfo)
-    out: dict[str, Any] = {
-        "object": "api_key",
-        "id": k.public_id,
-        "name": k.name,
-        "prefix": k.prefix,
-        "redacted_value": f"{k.prefix}-****",
-        "is_admin": k.is_admin,
-        "status": k.status(now),
-        "rpm": k.rpm,
-        "tpm": k.tpm,
-        "budget_usd": k.budget_usd,
-        "budget_period_seconds": k.budget_period_s,
-        "models": k.models,
-        "created_at": _ts(k.created_at),
-        "expires_at": _ts(k.expires_at),
-        "revoked_at": _ts(k.revoked_at),
-        "last_used_at": _ts(k.last_used_at),
-    }
-    if k.budget_usd is not None:
-        out["spend_usd"] = round(await gateway.spend(k), 6)
-    return out
+    spend = await gateway.spend(k) if k.budget_usd is not None else None
+    return key_object(k, spend)
+
+
+# -- request bodies ----------------------------------------------------------------------------
+
+
+def _text(value: str) -> str:
+    problem = text_problem(value)
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
+# The bounds are the key store's (store/keys.py), so the CLI and the API refuse the same values.
+Name = Annotated[str, AfterValidator(_text)]
+Rate = Annotated[int, Field(ge=1, le=MAX_RATE)]
+Budget = Annotated[float, Field(ge=0, le=MAX_BUDGET_USD, allow_inf_nan=False)]
 
 
 class KeyCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(min_length=1, max_length=200)
+    name: Name
     admin: bool = False
-    rpm: int | None = Field(default=None, ge=1)
-    tpm: int | None = Field(default=None, ge=1)
-    budget_usd: float | None = Field(default=None, ge=0)
+    rpm: Rate | None = None
+    tpm: Rate | None = None
+    budget_usd: Budget | None = None
     budget_period: str = "30d"
-    models: list[str] | None = None
+    models: list[Name] | None = None
     expires: str | None = None
 
 
 class KeyUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str | None = Field(default=None, min_length=1, max_length=200)
-    rpm: int | None = Field(default=None, ge=1)
-    tpm: int | None = Field(default=None, ge=1)
-    budget_usd: float | None = Field(default=None, ge=0)
+    name: Name | None = None
+    rpm: Rate | None = None
+    tpm: Rate | None = None
+    budget_usd: Budget | None = None
     budget_period: str | None = None
-    models: list[str] | None = None
+    models: list[Name] | None = None
+
+
+def _period(text: str) -> int:
+    return parse_duration(text, param="budget_period", maximum=MAX_BUDGET_PERIOD_S)
 
 
 @router.get("/admin/keys")
@@ -100,8 +105,8 @@ async def list_keys(request: Request) -> JSONResponse:
 async def create_key(request: Request) -> JSONResponse:
     gw = _gateway(request)
     body = validate(KeyCreate, parse_json_body(await request.body()))
-    period = parse_duration(body.budget_period) if body.budget_usd is not None else None
-    expires = parse_duration(body.expires) if body.expires else None
+    period = _period(body.budget_period)  # checked even when there is no budget to use it
+    expires = parse_duration(body.expires, param="expires") if body.expires is not None else None
     info, secret = await to_thread.run_sync(
         lambda: gw.keys.create(
             body.name,
@@ -109,7 +114,7 @@ async def create_key(request: Request) -> JSONResponse:
             rpm=body.rpm,
             tpm=body.tpm,
             budget_usd=body.budget_usd,
-            budget_period_s=period,
+            budget_period_s=period if body.budget_usd is not None else None,
             models=body.models,
             expires_in_s=expires,
         )
@@ -134,7 +139,7 @@ async def update_key(key: str, request: Request) -> JSONResponse:
     if body.name is not None:
         changes["name"] = body.name
     if body.budget_period is not None:
-        changes["budget_period_s"] = parse_duration(body.budget_period)
+        changes["budget_period_s"] = _period(body.budget_period)
     info = await to_thread.run_sync(lambda: gw.keys.update(key, **changes))
     gw.key_cache.invalidate()
     return JSONResponse(await key_json(gw, info))
@@ -168,55 +173,61 @@ def _query_list(request: Request, name: str) -> list[str]:
     values: list[str] = []
     for k, v in request.query_params.multi_items():
         if k in (name, f"{name}[]"):
+            if "\x00" in v:
+                raise InvalidRequestError(
+                    f"Invalid '{name}': a value contains a NUL character.",
+                    param=name,
+                    code="invalid_value",
+                )
             values.extend(part for part in v.split(",") if part)
     return values
 
 
-def _query_int(request: Request, name: str, default: int | None = None) -> int | None:
+def _query_int(request: Request, name: str, low: int, high: int, why: str = "") -> int | None:
+    """An integer query parameter in ``[low, high]``, or None when it is absent or empty."""
     raw = request.query_params.get(name)
-    if raw is None:
-        return default
+    if not raw:
+        return None
     try:
-        return int(raw)
+        value = int(raw.strip())
     except ValueError:
         raise InvalidRequestError(
-            f"Invalid '{name}': expected an integer, got {raw!r}.", param=name, code="invalid_type"
+            f"Invalid '{name}': expected an integer, got {raw[:100]!r}.",
+            param=name,
+            code="invalid_type",
         ) from None
+    if not low <= value <= high:
+        raise InvalidRequestError(
+            f"Invalid '{name}': expected an integer from {low} to {high}{why}, got {raw[:100]}.",
+            param=name,
+            code="invalid_value",
+        )
+    return value
 
 
-@router.get("/v1/organization/usage/completions")
-async def usage_completions(request: Request) -> JSONResponse:
-    gw = _gateway(request)
-    start = _query_int(request, "start_time")
+def _usage_query(request: Request) -> UsageQuery:
+    """The query of ``GET /v1/organization/usage/completions``, checked."""
+    start = _query_int(request, "start_time", 0, MAX_TIME)
     if start is None:
         raise InvalidRequestError(
             "Missing required parameter: 'start_time' (unix seconds).", param="start_time"
         )
-    end = _query_int(request, "end_time", int(time.time()) + 1)
-    assert end is not None
+    end = _query_int(request, "end_time", 0, MAX_TIME)
     width_name = request.query_params.get("bucket_width", "1d")
     if width_name not in WIDTHS:
         raise InvalidRequestError(
-            f"Invalid 'bucket_width': {width_name!r}; use one of 1m, 1h, 1d.",
+            f"Invalid 'bucket_width': {width_name[:100]!r}; use one of 1m, 1h, 1d.",
             param="bucket_width",
             code="invalid_value",
         )
     width, default_limit, max_limit = WIDTHS[width_name]
-    limit = _query_int(request, "limit", default_limit)
-    assert limit is not None
-    if not 1 <= limit <= max_limit:
-        raise InvalidRequestError(
-            f"Invalid 'limit': {limit}; with bucket_width={width_name} it must be in "
-            f"[1, {max_limit}].",
-            param="limit",
-            code="invalid_value",
-        )
-    page = _query_int(request, "page", None) if request.query_params.get("page") else None
+    limit = _query_int(request, "limit", 1, max_limit, f" with bucket_width={width_name}")
+    page = _query_int(request, "page", 0, MAX_TIME)
     groups = _query_list(request, "group_by")
     for g in groups:
         if g not in KNOWN_GROUPS:
             raise InvalidRequestError(
-                f"Invalid 'group_by' value: {g!r}.", param="group_by", code="invalid_value"
+                f"Invalid 'group_by' value: {g[:100]!r}.", param="group_by", code="invalid_value"
             )
         if g not in GROUPS:
             raise InvalidRequestError(
@@ -229,13 +240,15 @@ async def usage_completions(request: Request) -> JSONResponse:
     if refs := _query_list(request, "api_key_ids"):
         key_ids = []
         for ref in refs:
-            if not (ref.startswith("key_") and ref[4:].isdigit()):
+            number = key_id(ref)
+            if number is None:
                 raise InvalidRequestError(
-                    f"Invalid 'api_key_ids' value: {ref!r}; key ids look like key_12.",
+                    f"Invalid 'api_key_ids' value: {ref[:100]!r}; key ids look like key_12.",
                     param="api_key_ids",
                     code="invalid_value",
                 )
-            key_ids.append(int(ref[4:]))
+            if number <= MAX_KEY_ID:  # a larger one names no key: it matches nothing
+                key_ids.append(number)
     models = _query_list(request, "models") or None
     for name in ("project_ids", "user_ids", "batch"):
         if name in request.query_params:
@@ -244,62 +257,21 @@ async def usage_completions(request: Request) -> JSONResponse:
                 param=name,
                 code="unsupported_parameter",
             )
-    first = start if page is None else page
-    stop = min(end, first + limit * width)
-    rows = await to_thread.run_sync(
-        lambda: gw.usage.buckets(
-            start=first,
-            end=stop,
-            width=width,
-            origin=start,
-            group_by=[GROUPS[g] for g in groups],
-            key_ids=key_ids,
-            models=models,
-        )
+    return UsageQuery(
+        start=start,
+        end=int(time.time()) + 1 if end is None else end,
+        width=width,
+        group_by=tuple(GROUPS[g] for g in groups),
+        key_ids=None if key_ids is None else tuple(key_ids),
+        models=None if models is None else tuple(models),
+        page=page,
+        limit=default_limit if limit is None else limit,
     )
-    by_start: dict[int, list[dict[str, Any]]] = {}
-    for b in rows:
-        by_start.setdefault(b.start, []).append(
-            {
-                "object": "organization.usage.completions.result",
-                "input_tokens": b.prompt_tokens,
-                "output_tokens": b.completion_tokens,
-                "input_cached_tokens": b.cached_tokens,
-                "input_uncached_tokens": b.prompt_tokens - b.cached_tokens,
-                "input_audio_tokens": 0,
-                "output_audio_tokens": 0,
-                "num_model_requests": b.requests,
-                "project_id": None,
-                "user_id": None,
-                "api_key_id": (
-                    (None if b.key_id is None else f"key_{b.key_id}")
-                    if "api_key_id" in groups
-                    else None
-                ),
-                "model": b.model if "model" in groups else None,
-                "batch": None,
-                "service_tier": None,
-                "cost_usd": round(b.cost_usd, 8),
-            }
-        )
-    data = []
-    t = first
-    while t < stop:
-        data.append(
-            {
-                "object": "bucket",
-                "start_time": t,
-                "end_time": min(t + width, end),
-                "results": by_start.get(t, []),
-            }
-        )
-        t += width
-    has_more = stop < end
-    return JSONResponse(
-        {
-            "object": "page",
-            "data": data,
-            "has_more": has_more,
-            "next_page": str(stop) if has_more else None,
-        }
-    )
+
+
+@router.get("/v1/organization/usage/completions")
+async def usage_completions(request: Request) -> JSONResponse:
+    gw = _gateway(request)
+    query = _usage_query(request)
+    report = await to_thread.run_sync(usage_report, gw.usage, query)
+    return JSONResponse(openai_page(report))
