@@ -1,4 +1,8 @@
-"""``oasis keys``: create, list, revoke and rotate API keys in the configured database."""
+"""``oasis keys``: create, list, revoke and rotate API keys in the configured database.
+
+``list`` prints a table on a terminal, tab-separated lines when stdout is not a terminal (nothing
+cut, dates in full), and with ``--json`` the keys as ``GET /admin/keys`` shows them.
+"""
 
 from __future__ import annotations
 
@@ -6,15 +10,18 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import typer
+from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from sqlalchemy import Engine
 
+from oasis.cli.usage import print_json, print_rows, stdout_is_terminal
 from oasis.config import load_settings
 from oasis.errors import OasisError
-from oasis.gateway.meter import budget_window
+from oasis.gateway.report import key_object, ledger_spend
 from oasis.store.db import database_url, make_engine, migrate
-from oasis.store.keys import KeyInfo, KeyStore, parse_duration
+from oasis.store.keys import MAX_BUDGET_PERIOD_S, KeyInfo, KeyStore, parse_duration
 from oasis.store.usage import UsageStore
 
 app = typer.Typer(
@@ -36,7 +43,7 @@ def _store() -> KeyStore:
 
 
 def _fail(exc: OasisError) -> typer.Exit:
-    err.print(f"[red]error:[/red] {exc.message}")
+    err.print(f"[red]error:[/red] {escape(exc.message)}", soft_wrap=True)
     return typer.Exit(1)
 
 
@@ -52,6 +59,16 @@ def _limits(k: KeyInfo) -> str:
     if k.models:
         parts.append("models: " + ",".join(k.models))
     return "; ".join(parts) or "-"
+
+
+def _period(text: str) -> int:
+    return parse_duration(text, param="--budget-period", maximum=MAX_BUDGET_PERIOD_S)
+
+
+def _when(value: datetime | None, *, full: bool) -> str:
+    if value is None:
+        return "never"
+    return value.strftime("%Y-%m-%dT%H:%M:%SZ" if full else "%Y-%m-%d %H:%M")
 
 
 @app.command()
@@ -73,46 +90,59 @@ def create(
             rpm=rpm,
             tpm=tpm,
             budget_usd=budget,
-            budget_period_s=parse_duration(budget_period) if budget is not None else None,
+            budget_period_s=_period(budget_period) if budget is not None else None,
             models=[m.strip() for m in models.split(",") if m.strip()] if models else None,
-            expires_in_s=parse_duration(expires) if expires else None,
+            expires_in_s=parse_duration(expires, param="--expires") if expires else None,
         )
     except OasisError as exc:
         raise _fail(exc) from None
-    err.print(f"created key {info.prefix} ({info.name}); the secret is shown only once:")
+    err.print(
+        f"created key {info.prefix} ({escape(info.name)}); the secret is shown only once:",
+        soft_wrap=True,
+    )
     out.print(secret, soft_wrap=True)
 
 
 @app.command("list")
-def list_keys() -> None:
-    """Keys with their prefix, name, limits, spend this period, status and last use."""
+def list_keys(
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print a JSON array, one object per key.")
+    ] = False,
+) -> None:
+    """Keys with their id, prefix, name, limits, spend this period, status and last use (a
+    table on a terminal, tab-separated lines when piped)."""
     now = datetime.now(UTC)
     engine = _engine()
     usage = UsageStore(engine)
-    table = Table()
-    table.add_column("id", no_wrap=True)
-    table.add_column("prefix", no_wrap=True)
-    table.add_column("name")
-    table.add_column("admin")
-    table.add_column("limits")
-    table.add_column("spend", justify="right")
-    table.add_column("status", no_wrap=True)
-    table.add_column("last used")
-    for k in KeyStore(engine).list():
-        last = k.last_used_at.strftime("%Y-%m-%d %H:%M") if k.last_used_at else "never"
-        start, _ = budget_window(k, now.timestamp())
-        spend = f"${usage.spend(k.id, int(start)):.4f}" if k.budget_usd is not None else "-"
-        table.add_row(
+    keys = KeyStore(engine).list()
+    spend = {
+        k.id: ledger_spend(usage, k, now.timestamp()) for k in keys if k.budget_usd is not None
+    }
+    if as_json:
+        print_json([key_object(k, spend.get(k.id), now) for k in keys])
+        return
+    full = not stdout_is_terminal()
+    rows = [
+        [
             k.public_id,
             k.prefix,
             k.name,
             "yes" if k.is_admin else "",
             _limits(k),
-            spend,
+            f"${spend[k.id]:.4f}" if k.id in spend else "-",
             k.status(now),
-            last,
-        )
-    out.print(table)
+            _when(k.last_used_at, full=full),
+        ]
+        for k in keys
+    ]
+    # On a narrow terminal cells wrap (fold), so nothing is cut.
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    for name in ("id", "prefix", "name", "admin", "limits", "spend", "status", "last used"):
+        table.add_column(name, overflow="fold", justify="right" if name == "spend" else "left")
+    for row in rows:
+        table.add_row(*row)
+    header = ["id", "prefix", "name", "admin", "limits", "spend", "status", "last_used"]
+    print_rows(header, rows, table=table)
 
 
 @app.command()
@@ -141,11 +171,11 @@ def update(
         changes["models"] = [m.strip() for m in models.split(",") if m.strip()] or None
     try:
         if budget_period is not None:
-            changes["budget_period_s"] = parse_duration(budget_period)
+            changes["budget_period_s"] = _period(budget_period)
         info = _store().update(key, name=name, **changes)
     except OasisError as exc:
         raise _fail(exc) from None
-    err.print(f"updated {info.prefix} ({info.name}): {_limits(info)}")
+    err.print(f"updated {info.prefix} ({escape(info.name)}): {_limits(info)}", soft_wrap=True)
 
 
 @app.command()
@@ -157,7 +187,7 @@ def revoke(
         info = _store().revoke(prefix)
     except OasisError as exc:
         raise _fail(exc) from None
-    err.print(f"revoked {info.prefix} ({info.name})")
+    err.print(f"revoked {info.prefix} ({escape(info.name)})", soft_wrap=True)
 
 
 @app.command()
@@ -169,5 +199,8 @@ def rotate(
         info, secret = _store().rotate(prefix)
     except OasisError as exc:
         raise _fail(exc) from None
-    err.print(f"rotated {prefix} -> {info.prefix} ({info.name}); the new secret, shown once:")
+    err.print(
+        f"rotated {prefix} -> {info.prefix} ({escape(info.name)}); the new secret, shown once:",
+        soft_wrap=True,
+    )
     out.print(secret, soft_wrap=True)
