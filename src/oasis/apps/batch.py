@@ -159,7 +159,10 @@ async def _run(
     fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
 
     def write(line: dict[str, Any]) -> None:
-        os.write(fd, (json.dumps(line, ensure_ascii=False) + "\n").encode())
+        # No await in here: a cancelled worker stops at an await, never inside a line.
+        data = (json.dumps(line, ensure_ascii=False) + "\n").encode()
+        while data:
+            data = data[os.write(fd, data) :]
 
     async def one(item: dict[str, Any]) -> None:
         cid = item["custom_id"]
@@ -207,12 +210,26 @@ async def _run(
             if on_progress is not None:
                 on_progress(summary)
 
+    # The task group returns only when every worker has ended: when one fails, or the run is
+    # cancelled (Ctrl-C), the others are cancelled and awaited first, so nothing writes to the
+    # output after it is closed.
     try:
-        await asyncio.gather(*(worker() for _ in range(max(1, concurrency))))
+        async with asyncio.TaskGroup() as workers:
+            for _ in range(max(1, concurrency)):
+                workers.create_task(worker())
+    except BaseExceptionGroup as group:
+        raise _first(group) from None
     finally:
         os.close(fd)
         summary.seconds = time.perf_counter() - t0
     return summary
+
+
+def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The error that stopped the run, as the worker raised it (callers catch the SDK's and
+    the OS's errors, not a group)."""
+    first = group.exceptions[0]
+    return _first(first) if isinstance(first, BaseExceptionGroup) else first
 
 
 run_batch = sync_twin(arun_batch)
