@@ -159,13 +159,14 @@ def test_requests_per_minute_with_headers(admin: TestClient) -> None:
     assert 15 <= int(r.headers["retry-after"]) <= 20
     assert 15000 <= int(r.headers["retry-after-ms"]) <= 20000
     assert r.headers["x-ratelimit-remaining-requests"] == "0"
-    # a request that fails validation still tells the client where it stands
+    # a request that fails validation counts against the limit too, as OpenAI counts it:
+    # with the bucket empty it gets the 429, and still says where the client stands
     r = admin.post("/v1/chat/completions", json={"model": "gpt-3.5-turbo"},
                    headers=as_key(secret))
-    assert r.status_code == 400 and r.headers["x-ratelimit-remaining-requests"] == "0"
+    assert r.status_code == 429 and r.headers["x-ratelimit-remaining-requests"] == "0"
     # the 429s were recorded, with no tokens
     statuses = sorted(u.status for u in records(admin))
-    assert statuses == [200, 200, 200, 400, 429]
+    assert statuses == [200, 200, 200, 429, 429]
 
 
 def test_tokens_per_minute_reserve_then_settle(admin: TestClient) -> None:

@@ -325,12 +325,12 @@ class Ticket:
 
     async def metered(self, chunks: AsyncIterator[T]) -> AsyncIterator[T]:
         """A response stream that records the request when it ends: completed, failed, or
-        abandoned by the client."""
-        status, disconnected = 200, True
+        abandoned by the client (status 499, as nginx logs a client that closed first)."""
+        status, disconnected = 499, True
         try:
             async for chunk in chunks:
                 yield chunk
-            disconnected = False
+            status, disconnected = 200, False
         except Exception as exc:
             status, disconnected = getattr(exc, "status", 500), False
             raise

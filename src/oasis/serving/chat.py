@@ -32,10 +32,13 @@ from openai.types.chat.chat_completion_token_logprob import (
 
 from oasis.engine.base import Engine, FinishEvent, GenerationRequest, TokenEvent, TokenLogprob
 from oasis.errors import InvalidRequestError, UnsupportedParameterError
+from oasis.protocol.formats import JSONObjectFormat, format_dict
 from oasis.protocol.requests import ChatCompletionRequest, ChatMessage, TextPart
+from oasis.protocol.tools import FunctionToolCall, ToolCall
 from oasis.serving import tools as tools_mod
 from oasis.serving.common import (
     NO_METER,
+    EngineStream,
     Meter,
     ServingContext,
     StreamTally,
@@ -86,32 +89,15 @@ def _content_text(m: ChatMessage, at: str) -> str:
     return "".join(parts)
 
 
-def _history_call(raw: dict[str, Any], at: str) -> tuple[str, str, str]:
-    """(id, name, arguments) of a tool call in an earlier assistant message."""
-    call_id = raw.get("id")
-    fn = raw.get("function")
-    if raw.get("type", "function") != "function":
+def _history_call(call: ToolCall, at: str) -> tuple[str, str, str]:
+    """(id, name, arguments) of a tool call in an earlier assistant message (its shape is
+    checked by the protocol)."""
+    if not isinstance(call, FunctionToolCall):
         raise UnsupportedParameterError(
-            f"Tool calls of type {raw.get('type')!r} are not supported by oasis.",
+            f"Tool calls of type {call.type!r} are not supported by oasis.",
             param=f"{at}.type",
         )
-    for key, value in (("id", call_id), ("function", fn)):
-        if value is None:
-            raise InvalidRequestError(
-                f"Missing required parameter: '{at}.{key}'.",
-                param=f"{at}.{key}",
-                code="missing_required_parameter",
-            )
-    name = fn.get("name") if isinstance(fn, dict) else None
-    arguments = fn.get("arguments", "") if isinstance(fn, dict) else None
-    if not isinstance(call_id, str) or not isinstance(name, str) or not isinstance(arguments, str):
-        raise InvalidRequestError(
-            f'Invalid \'{at}\': expected {{"id": string, "type": "function", '
-            '"function": {"name": string, "arguments": string}}.',
-            param=at,
-            code="invalid_type",
-        )
-    return call_id, name, arguments
+    return call.id, call.function.name, call.function.arguments
 
 
 def _unanswered(pending: dict[str, str], index: int) -> InvalidRequestError:
@@ -128,7 +114,7 @@ def message_dicts(messages: list[ChatMessage], tools: str | None = None) -> list
     """Messages as the chat template expects them; anything we cannot honour is refused.
 
     Earlier tool calls become text in the assistant turn and their results a user turn of
-    ``<tool_response>`` blocks (see serving/tools.py), so any chat template can render them;
+    ``<tool_response>`` blocks (see serving/tools/), so any chat template can render them;
     ``tools`` (the description of the functions) joins the system message.
     """
     out: list[dict[str, Any]] = []
@@ -143,7 +129,8 @@ def message_dicts(messages: list[ChatMessage], tools: str | None = None) -> list
                 param=f"{at}.audio",
             )
         if m.role in ("tool", "function"):
-            if m.content is None:
+            # a function's result may be null (OpenAI's function message); a tool's may not
+            if m.content is None and m.role == "tool":
                 raise InvalidRequestError(
                     f"Invalid value for '{at}.content': expected a string or an array of "
                     "content parts, got null.",
@@ -211,15 +198,7 @@ def message_dicts(messages: list[ChatMessage], tools: str | None = None) -> list
             calls.append(tools_mod.call_text(fn_name, arguments))
         pending_at = i
         if m.function_call is not None:
-            fc = m.function_call
-            if not isinstance(fc.get("name"), str) or not isinstance(fc.get("arguments"), str):
-                raise InvalidRequestError(
-                    f"Invalid '{at}.function_call': expected {{\"name\": string, "
-                    '"arguments": string}.',
-                    param=f"{at}.function_call",
-                    code="invalid_type",
-                )
-            calls.append(tools_mod.call_text(fc["name"], fc["arguments"]))
+            calls.append(tools_mod.call_text(m.function_call.name, m.function_call.arguments))
         if calls:
             text = "\n".join([text, *calls] if text else calls)
         role = "system" if m.role == "developer" else m.role
@@ -369,8 +348,11 @@ class ChatService:
         heavy = self._check_size(req)
         prep = await self.ctx.prepare(heavy, lambda: self._prepare(req, target))
         n = len(prep.gens)
-        # the rate limit reserves what the request may use: prompt + max_tokens per choice
-        await meter.admit(prep.n_prompt, (prep.max_tokens or 0) * n)
+        # the rate limit reserves prompt + max_tokens per choice; the budget holds the most
+        # the request can cost (without max_tokens: the context left, per choice)
+        await meter.admit(
+            prep.n_prompt, (prep.max_tokens or 0) * n, worst_completion_tokens=prep.budget * n
+        )
         handles = submit_all(target.engine, prep.gens)
         meter.track(handles)
         reply = _Reply(
@@ -390,7 +372,7 @@ class ChatService:
             reply.meta["service_tier"] = "default"
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            return reply.stream(handles, include_usage)
+            return EngineStream(reply.stream(handles, include_usage), handles)
         return await reply.complete(handles)
 
     @staticmethod
@@ -400,13 +382,9 @@ class ChatService:
         """The grammar response_format and the tools ask for, checked against the engine (a
         400 if it cannot be enforced)."""
         fmt = req.response_format
-        if (
-            fmt is not None
-            and fmt.get("type") == "json_object"
-            and not any(
-                "json" in _content_text(m, f"messages.[{i}]").lower()
-                for i, m in enumerate(req.messages)
-            )
+        if isinstance(fmt, JSONObjectFormat) and not any(
+            "json" in _content_text(m, f"messages.[{i}]").lower()
+            for i, m in enumerate(req.messages)
         ):
             raise InvalidRequestError(
                 "'messages' must contain the word 'json' in some form, to use "
@@ -414,7 +392,7 @@ class ChatService:
                 param="messages",
                 code="invalid_value",
             )
-        answer = answer_schema(fmt)
+        answer = answer_schema(format_dict(fmt))
         if plan is not None:
             grammar: str | None = tools_mod.tool_grammar(plan, answer)
             param = "functions" if plan.legacy else "tools"

@@ -7,9 +7,9 @@ import functools
 import hashlib
 import secrets
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 from openai.types.completion_usage import CompletionUsage, PromptTokensDetails
 
@@ -58,7 +58,13 @@ class Meter(Protocol):
     """What the gateway needs from serving: the token counts to admit a request by (this may
     raise a 429), the engine handles to bill, and when the first token came."""
 
-    async def admit(self, prompt_tokens: int, completion_tokens: int) -> None: ...
+    async def admit(
+        self,
+        prompt_tokens: int,
+        completion_tokens: int,
+        *,
+        worst_completion_tokens: int | None = None,
+    ) -> None: ...
 
     def track(self, handles: Sequence[RequestHandle]) -> None: ...
 
@@ -68,7 +74,13 @@ class Meter(Protocol):
 class NoMeter:
     """Serving without a gateway (``--no-auth``, unit tests)."""
 
-    async def admit(self, prompt_tokens: int, completion_tokens: int) -> None:
+    async def admit(
+        self,
+        prompt_tokens: int,
+        completion_tokens: int,
+        *,
+        worst_completion_tokens: int | None = None,
+    ) -> None:
         return None
 
     def track(self, handles: Sequence[RequestHandle]) -> None:
@@ -140,6 +152,29 @@ class ServingContext:
         return Target(spec, self.engines[spec.id], name)
 
 
+class EngineStream(Generic[T]):
+    """A response's chunk stream that owns its engine sequences: closing it cancels them,
+    even when it was never iterated (a client that left before the first chunk), which a
+    plain async generator's ``finally`` cannot do."""
+
+    def __init__(self, chunks: AsyncIterator[T], handles: Sequence[RequestHandle]) -> None:
+        self._chunks = chunks
+        self._handles = handles
+
+    def __aiter__(self) -> EngineStream[T]:
+        return self
+
+    async def __anext__(self) -> T:
+        return await self._chunks.__anext__()
+
+    async def aclose(self) -> None:
+        for h in self._handles:
+            h.cancel()
+        aclose = getattr(self._chunks, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
 def new_id(prefix: str) -> str:
     return f"{prefix}-{secrets.token_urlsafe(18).replace('-', 'x').replace('_', 'y')}"
 
@@ -162,16 +197,18 @@ def refuse_unsupported(names: list[str]) -> None:
 
 
 def parse_logit_bias(raw: dict[str, float] | None, n_vocab: int) -> dict[int, float]:
+    """``logit_bias`` by token id. A key is a token id in ASCII digits ("50256"): no sign,
+    space or other script's digits, which Python's ``int()`` would take ("１" as 1)."""
     out: dict[int, float] = {}
     for key, value in (raw or {}).items():
-        try:
-            token = int(key)
-        except ValueError:
+        if not (key.isascii() and key.isdecimal()):
             raise InvalidRequestError(
                 f"Invalid key in 'logit_bias': {key}. Keys must be token ids (integers).",
                 param="logit_bias",
                 code="invalid_value",
-            ) from None
+            )
+        digits = key.lstrip("0") or "0"
+        token = int(digits) if len(digits) <= 9 else n_vocab  # longer: past any vocabulary
         if not 0 <= token < n_vocab:
             raise InvalidRequestError(
                 f"Invalid key in 'logit_bias': {key}. Token ids must be in [0, {n_vocab - 1}].",

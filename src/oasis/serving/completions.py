@@ -14,6 +14,7 @@ from oasis.errors import InvalidRequestError
 from oasis.protocol.requests import CompletionRequest
 from oasis.serving.common import (
     NO_METER,
+    EngineStream,
     Meter,
     ServingContext,
     StreamTally,
@@ -181,7 +182,8 @@ class CompletionService:
         seqs = prep.seqs
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            return self._stream(target, req, handles, seqs, meta, include_usage, meter)
+            chunks = self._stream(target, req, handles, seqs, meta, include_usage, meter)
+            return EngineStream(chunks, handles)
         return await self._complete(target, req, handles, seqs, meta, prep.n, prep.best_of, meter)
 
     def _prepare(self, req: CompletionRequest, target: Target) -> _Prepared:
@@ -214,13 +216,8 @@ class CompletionService:
         n_prompts = len(p) if isinstance(p, list) and p and not isinstance(p[0], int) else 1
         check_sequences(engine, n_prompts * best_of, "prompt" if n_prompts > 1 else "best_of")
         prompts = self._prompts(target, req)
+        # 0 is allowed, with or without echo: an empty completion, finish_reason "length"
         max_tokens = DEFAULT_MAX_TOKENS if req.max_tokens is None else req.max_tokens
-        if max_tokens == 0 and not req.echo:
-            raise InvalidRequestError(
-                "max_tokens must be at least 1 unless echo is true.",
-                param="max_tokens",
-                code="invalid_value",
-            )
         for tokens in prompts:
             check_context(engine.info.n_ctx, len(tokens), max_tokens, what="prompt", param="prompt")
         params = sampling_params(req, engine.info.n_vocab)
@@ -242,9 +239,7 @@ class CompletionService:
                     )
                 )
         culprit = "best_of" if best_of > n else ("prompt" if len(prompts) > 1 else "n")
-        return _Prepared(
-            seqs, gens, sum(len(p) for p in prompts), max_tokens, culprit, n, best_of
-        )
+        return _Prepared(seqs, gens, sum(len(p) for p in prompts), max_tokens, culprit, n, best_of)
 
     def _echo_text(self, target: Target, tokens: list[int]) -> str:
         return target.engine.detokenize(tokens)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable
+import functools
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol, TypeVar
 
+import anyio
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from openai.types import Model
@@ -32,14 +34,41 @@ def _state(request: Request) -> AppState:
     return state
 
 
+class _EventStream(StreamingResponse):
+    """An SSE response that runs ``on_close`` however it ends: streamed to the end, failed,
+    or left by a client, even one that left before the first chunk was made (then the chunk
+    generators never started, so their own ``finally`` clauses never run)."""
+
+    def __init__(
+        self, chunks: AsyncIterator[Any], on_close: Callable[[], Awaitable[None]], **kw: Any
+    ) -> None:
+        super().__init__(sse_events(chunks), media_type="text/event-stream", **kw)
+        self._on_close = on_close
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._on_close()
+
+
+async def _close(stream: AsyncIterator[Any]) -> None:
+    aclose = getattr(stream, "aclose", None)
+    if aclose is not None:
+        await aclose()  # an EngineStream cancels its engine sequences
+
+
 def _respond(
-    result: BaseModel | AsyncIterator[Any], headers: dict[str, str] | None = None
+    result: BaseModel | AsyncIterator[Any],
+    headers: dict[str, str] | None = None,
+    on_close: Callable[[], Awaitable[None]] | None = None,
 ) -> Response:
     if isinstance(result, BaseModel):
         return JSONResponse(dump(result), headers=headers)
-    return StreamingResponse(
-        sse_events(result),
-        media_type="text/event-stream",
+    return _EventStream(
+        result,
+        on_close or functools.partial(_close, result),
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **(headers or {})},
     )
 
@@ -152,9 +181,11 @@ async def _generate(
         await ticket.finish(499, disconnected=True)
         return Response(status_code=499)
     except OasisError as exc:
-        exc.headers = {**(await ticket.headers()), **exc.headers}
-        await ticket.finish(exc.status)
-        raise
+        # recorded; a refused request still counts against the key's RPM (maybe the 429)
+        err = await ticket.refuse(exc)
+        if err is exc:
+            raise
+        raise err from exc
     except BaseException:
         await ticket.finish(500)
         raise
@@ -162,7 +193,13 @@ async def _generate(
     if isinstance(result, BaseModel):
         await ticket.finish(200)
         return _respond(result, headers)
-    return _respond(ticket.metered(result), headers)
+    stream = result
+
+    async def on_close() -> None:
+        await _close(stream)
+        await ticket.finish(499, disconnected=True)  # no-op unless the stream never ran
+
+    return _respond(ticket.metered(stream), headers, on_close)
 
 
 @router.post("/v1/chat/completions")
