@@ -116,6 +116,8 @@ def serve(
             access_log=False,
             loop="auto",
             http="auto",
+            # SIGTERM lets running requests finish for up to 10 s, then cancels them
+            timeout_graceful_shutdown=10,
         )
     except (ConfigError, OasisError) as exc:
         err.print(f"[red]error:[/red] {exc}")
