@@ -61,6 +61,21 @@ def test_echo_with_logprobs_scores_the_prompt(client: OpenAI) -> None:
     assert lp.text_offset == [0, 1, 2, 3]
 
 
+def test_max_tokens_0_gives_an_empty_completion(client: OpenAI) -> None:
+    # as OpenAI: allowed with or without echo; nothing generated, finish_reason "length"
+    r = client.completions.create(model="text-davinci-002", prompt="Q: ", max_tokens=0)
+    assert r.choices[0].text == "" and r.choices[0].finish_reason == "length"
+    assert r.usage is not None and r.usage.completion_tokens == 0
+    assert r.usage.prompt_tokens == 3
+    chunks = list(client.completions.create(model="text-davinci-002", prompt="Q: ",
+                                            max_tokens=0, stream=True))
+    assert "".join(c.choices[0].text for c in chunks) == ""
+    assert chunks[-1].choices[0].finish_reason == "length"
+    r = client.completions.create(model="text-davinci-002", prompt="Q: ", max_tokens=0,
+                                  echo=True)
+    assert r.choices[0].text == "Q: "
+
+
 def test_best_of_returns_n_of_the_candidates(client: OpenAI) -> None:
     r = client.completions.create(model="text-davinci-002", prompt="x", best_of=3, n=2,
                                   max_tokens=3, seed=1)

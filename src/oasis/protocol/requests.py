@@ -1,9 +1,10 @@
 """Request bodies of the OpenAI endpoints oasis serves.
 
-Every documented parameter has a field, so an unknown argument is refused (``extra="forbid"``)
-and a documented but unsupported one is refused by ``unsupported()`` with its name, never
-silently dropped. ``top_k``, ``min_p`` and ``repeat_penalty`` are oasis extensions (llama.cpp
-samplers).
+Every documented parameter has a field, so an unknown argument is refused (``extra="forbid"``,
+down into ``response_format``, ``tools``, ``tool_choice``, ``stream_options`` and the calls of
+earlier messages) and a documented but unsupported one is refused by ``unsupported()`` with its
+name, never silently dropped. ``top_k``, ``min_p`` and ``repeat_penalty`` are oasis extensions
+(llama.cpp samplers).
 """
 
 from __future__ import annotations
@@ -12,22 +13,29 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
 
+from oasis.protocol.fields import Strict, Text, Whole
+from oasis.protocol.formats import ResponseFormat
+from oasis.protocol.tools import (
+    CalledFunction,
+    FunctionCallChoice,
+    LegacyFunction,
+    Tool,
+    ToolCall,
+    ToolChoice,
+)
+
 Temperature = Annotated[float, Field(ge=0, le=2)]
 Penalty = Annotated[float, Field(ge=-2, le=2)]
 TopP = Annotated[float, Field(ge=0, le=1)]
 StopParam = str | Annotated[list[str], Field(max_length=4)] | None
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class StreamOptions(_Strict):
+class StreamOptions(Strict):
     include_usage: StrictBool | None = None
     include_obfuscation: StrictBool | None = None
 
 
-class TextPart(_Strict):
+class TextPart(Strict):
     type: Literal["text"]
     text: str
 
@@ -42,24 +50,24 @@ class OtherPart(BaseModel):
 ContentPart = Annotated[TextPart | OtherPart, Field(discriminator="type")]
 
 
-class ChatMessage(_Strict):
+class ChatMessage(Strict):
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     content: str | list[ContentPart] | None = None
-    name: str | None = None
-    # Fields of assistant / tool messages (checked in serving/chat.py).
-    tool_calls: list[dict[str, Any]] | None = None
-    tool_call_id: str | None = None
-    function_call: dict[str, Any] | None = None
+    name: Text | None = None
+    # Fields of assistant / tool messages (which role may carry which: serving/chat.py).
+    tool_calls: list[ToolCall] | None = None
+    tool_call_id: Text | None = None
+    function_call: CalledFunction | None = None
     refusal: str | None = None
     audio: dict[str, Any] | None = None
 
 
-class _SamplingFields(_Strict):
+class _SamplingFields(Strict):
     frequency_penalty: Penalty | None = None
     presence_penalty: Penalty | None = None
     logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] | None = None
-    n: Annotated[int, Field(ge=1, le=128)] | None = None
-    seed: int | None = None
+    n: Annotated[Whole, Field(ge=1, le=128)] | None = None
+    seed: Whole | None = None
     stop: StopParam = None
     stream: StrictBool | None = None
     stream_options: StreamOptions | None = None
@@ -67,9 +75,18 @@ class _SamplingFields(_Strict):
     top_p: TopP | None = None
     user: str | None = None
     # oasis extensions: llama.cpp samplers.
-    top_k: Annotated[int, Field(ge=0)] | None = None
+    top_k: Annotated[Whole, Field(ge=0)] | None = None
     min_p: Annotated[float, Field(ge=0, le=1)] | None = None
     repeat_penalty: Annotated[float, Field(gt=0, le=10)] | None = None
+
+    @model_validator(mode="after")
+    def _stream_options(self) -> _SamplingFields:
+        if self.stream_options is not None and not self.stream:
+            raise ValueError(
+                "stream_options: The 'stream_options' parameter is only allowed when 'stream' "
+                "is enabled."
+            )
+        return self
 
     def stop_list(self) -> tuple[str, ...]:
         if self.stop is None:
@@ -80,21 +97,21 @@ class _SamplingFields(_Strict):
 class ChatCompletionRequest(_SamplingFields):
     model: str
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
-    max_tokens: Annotated[int, Field(ge=1)] | None = None
-    max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
+    max_tokens: Annotated[Whole, Field(ge=1)] | None = None
+    max_completion_tokens: Annotated[Whole, Field(ge=1)] | None = None
     logprobs: StrictBool | None = None
-    top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
+    top_logprobs: Annotated[Whole, Field(ge=0, le=20)] | None = None
     # Accepted: no effect on a local server beyond what is documented in the README.
     service_tier: Literal["auto", "default", "flex", "scale", "priority"] | None = None
     prompt_cache_key: str | None = None
     safety_identifier: str | None = None
-    # Tool calling and structured outputs (serving/tools.py, serving/structured.py).
-    tools: list[dict[str, Any]] | None = None
-    tool_choice: Any = None
+    # Tool calling and structured outputs (serving/tools/, serving/structured.py).
+    tools: Annotated[list[Tool], Field(min_length=1)] | None = None
+    tool_choice: ToolChoice | None = None
     parallel_tool_calls: StrictBool | None = None
-    functions: list[dict[str, Any]] | None = None
-    function_call: Any = None
-    response_format: dict[str, Any] | None = None
+    functions: Annotated[list[LegacyFunction], Field(min_length=1)] | None = None
+    function_call: FunctionCallChoice | None = None
+    response_format: ResponseFormat | None = None
     # Documented by OpenAI, not supported yet: refused when set (see ``unsupported``).
     audio: dict[str, Any] | None = None
     modalities: list[Literal["text", "audio"]] | None = None
@@ -138,10 +155,10 @@ PromptParam = str | list[str] | list[int] | list[list[int]]
 class CompletionRequest(_SamplingFields):
     model: str
     prompt: PromptParam | None = None
-    best_of: Annotated[int, Field(ge=0, le=20)] | None = None
+    best_of: Annotated[Whole, Field(ge=0, le=20)] | None = None
     echo: StrictBool | None = None
-    logprobs: Annotated[int, Field(ge=0, le=5)] | None = None
-    max_tokens: Annotated[int, Field(ge=0)] | None = None
+    logprobs: Annotated[Whole, Field(ge=0, le=5)] | None = None
+    max_tokens: Annotated[Whole, Field(ge=0)] | None = None
     suffix: str | None = None
 
     @model_validator(mode="before")
