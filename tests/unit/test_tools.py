@@ -596,8 +596,6 @@ def test_a_text_answer_ends_before_the_markup(client: OpenAI, engine: FakeEngine
     assert len(lps) == len(reply.encode())
 
 
-@pytest.mark.xfail(strict=True, reason="needs ChatService to build its parsers with "
-                   "ReplyParser.for_plan() (see the report)")
 def test_a_json_text_answer_is_not_cut(client: OpenAI, engine: FakeEngine) -> None:
     # with response_format, a text answer is JSON: cutting it at a tag would break it
     engine.reply = '{"note": "<tool_call>"}'
@@ -671,8 +669,6 @@ def test_the_forced_part_of_a_call_is_prefilled() -> None:
     assert [c.name for c in parser.calls] == ["get_time", "get_weather"] and parser.complete
 
 
-@pytest.mark.xfail(strict=True, reason="needs ChatService to put prefill() into the prompt, "
-                   "tool_grammar(prefilled=True) and ReplyParser.for_plan() (see the report)")
 def test_a_forced_call_costs_only_its_arguments(client: OpenAI, engine: FakeEngine) -> None:
     # as the grammar has it: the single call ends with its arguments; the engine generates
     # what the prompt does not hold
@@ -689,8 +685,6 @@ def test_a_forced_call_costs_only_its_arguments(client: OpenAI, engine: FakeEngi
     assert r.usage is not None and r.usage.completion_tokens == len(' {"city": "Paris"}') + 1
 
 
-@pytest.mark.xfail(strict=True, reason="needs ChatService to add hidden_stops() to the stop "
-                   "strings (see the report)")
 def test_no_markup_after_tool_results_under_none(client: OpenAI, engine: FakeEngine) -> None:
     call = {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}
     history = [*ASK, {"role": "assistant", "tool_calls": [call]},

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import math
 import time
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -36,6 +35,7 @@ from oasis.gateway.limits import (
     QuotaExceededError,
     RateLimitError,
 )
+from oasis.gateway.report import budget_window, ledger_spend
 from oasis.gateway.usage import Ledger, Price
 from oasis.store.keys import KeyInfo, KeyStore
 from oasis.store.usage import MODEL_CHARS, Usage, UsageStore, clean_text
@@ -91,14 +91,6 @@ class KeyCache:
         self._cache.clear()
 
 
-def budget_window(key: KeyInfo, now: float) -> tuple[float, float]:
-    """The key's current budget period: windows of ``budget_period_s`` from its creation."""
-    period = float(key.budget_period_s or 30 * 86400)
-    created = key.created_at.timestamp()
-    start = created + math.floor(max(0.0, now - created) / period) * period
-    return start, start + period
-
-
 class Gateway:
     def __init__(
         self,
@@ -129,10 +121,11 @@ class Gateway:
     async def spend(self, key: KeyInfo, now: float | None = None) -> float:
         """USD the key spent in its current budget period (the counter is loaded from the
         ledger the first time a period is asked about)."""
-        start, end = budget_window(key, time.time() if now is None else now)
+        t = time.time() if now is None else now
+        _, end = budget_window(key, t)
         value = await self.limiter.spent(str(key.id), end)
         if value is None:
-            ledger: float = await to_thread.run_sync(self.usage.spend, key.id, int(start))
+            ledger: float = await to_thread.run_sync(ledger_spend, self.usage, key, t)
             value = await self.limiter.load_spend(str(key.id), end, ledger)
         return value
 

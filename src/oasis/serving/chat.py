@@ -303,6 +303,10 @@ class ChatService:
         plan = tools_mod.plan_tools(req)
         tools_text = tools_mod.system_text(plan) if plan is not None else None
         prompt = self.prompt_tokens(target, req.messages, tools_text)
+        # the markup a forced call must start with is prompt, not sampled completion
+        prefill = tools_mod.prefill(plan)
+        if prefill:
+            prompt += engine.tokenize(prefill, add_special=False, parse_special=False)
         max_tokens = req.max_completion_tokens or req.max_tokens
         budget = check_context(
             engine.info.n_ctx, len(prompt), max_tokens, what="messages", param="messages"
@@ -316,7 +320,7 @@ class ChatService:
                 prompt=prompt,
                 max_tokens=budget,
                 sampling=with_seed(params, i),
-                stop=req.stop_list(),
+                stop=req.stop_list() + tools_mod.hidden_stops(plan, req),
                 logprobs=logprobs,
                 grammar=grammar,
             )
@@ -394,7 +398,7 @@ class ChatService:
             )
         answer = answer_schema(format_dict(fmt))
         if plan is not None:
-            grammar: str | None = tools_mod.tool_grammar(plan, answer)
+            grammar: str | None = tools_mod.tool_grammar(plan, answer, prefilled=True)
             param = "functions" if plan.legacy else "tools"
         elif answer is not None:
             grammar = answer_grammar(answer)
@@ -426,7 +430,9 @@ class _Reply:
 
     def _states(self) -> list[_ChoiceState]:
         return [
-            _ChoiceState(tools_mod.ReplyParser() if self.plan is not None else None)
+            _ChoiceState(
+                tools_mod.ReplyParser.for_plan(self.plan) if self.plan is not None else None
+            )
             for _ in range(self.n)
         ]
 

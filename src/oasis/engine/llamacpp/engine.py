@@ -240,9 +240,9 @@ class LlamaEngine(Engine):
         return self._stats
 
     def health(self) -> Health:
-        if self._health.ok and self._thread is not None and not self._thread.is_alive():
-            if not self._stopping:
-                return Health(False, "engine thread not running")
+        thread = self._thread
+        if self._health.ok and thread is not None and not thread.is_alive() and not self._stopping:
+            return Health(False, "engine thread not running")
         return self._health
 
     def submit(self, request: GenerationRequest) -> LlamaHandle:
