@@ -218,3 +218,13 @@ def test_a_500_keeps_the_connection_and_logs_once(buggy_server: str,
     tracebacks = [rec for rec in caplog.records if rec.exc_info and
                   isinstance(rec.exc_info[1], ZeroDivisionError)]
     assert len(tracebacks) == 1
+
+
+def test_string_length_errors_say_what_is_wrong(http: TestClient) -> None:
+    """A string of the right type but the wrong length is not "expected a string, but got a
+    string" (a name of 65 characters breaks OpenAI's function-name rule)."""
+    tool = {"type": "function", "function": {"name": "f" * 65, "parameters": {"type": "object"}}}
+    err = _error(http.post(CHAT, json={"model": "gpt-3.5-turbo", "messages": MSG,
+                                       "tools": [tool]}))
+    assert "expected a string, but got a string" not in err["message"]
+    assert err["param"] is not None and "name" in err["param"]

@@ -98,6 +98,26 @@ def _message(err: Any, param: str) -> tuple[str, str | None]:
             f"{ctx.get('min_length')}, but got an empty array instead.",
             "empty_array",
         )
+    if kind == "string_too_short":
+        return (
+            f"Invalid '{param}': string too short. Expected a string with minimum length "
+            f"{ctx.get('min_length')}, but got a string with length {len(value or '')} "
+            "instead.",
+            "string_below_min_length",
+        )
+    if kind == "string_too_long":
+        return (
+            f"Invalid '{param}': string too long. Expected a string with maximum length "
+            f"{ctx.get('max_length')}, but got a string with length {len(value or '')} "
+            "instead.",
+            "string_above_max_length",
+        )
+    if kind == "string_pattern_mismatch":
+        return (
+            f"Invalid '{param}': string does not match pattern. Expected a string that "
+            f"matches the pattern '{ctx.get('pattern')}'.",
+            "invalid_value",
+        )
     if kind in ("literal_error", "enum"):
         return (
             f"Invalid value for '{param}': expected one of "
