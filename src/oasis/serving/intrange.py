@@ -1,20 +1,25 @@
-"""GBNF for the JSON integers in a range: ``minimum`` / ``maximum`` (and the exclusive ones) on
-``"type": "integer"``, which llama-cpp-python's schema converter does not enforce.
+"""GBNF for the JSON numbers in a range: ``minimum`` / ``maximum`` (and the exclusive ones) on
+``"type": "integer"`` and ``"type": "number"``.
 
 Numbers are written as JSON writes them (no leading zeros, ``-`` for negatives, at most 16
-digits like the converter's own integers). The range is split by sign and by digit count, and
-each fixed-length piece digit by digit, the classic construction for numeric ranges as regular
-expressions. Only literals, character classes, groups, ``|`` and ``{m,n}`` are used, so the
-output reads the same as a regular expression once quotes and spaces are removed (the tests
-check it that way against every integer in a window).
+integer digits and, for numbers, at most 15 fraction digits and no exponent). The range is
+split by sign and by digit count, and each fixed-length piece digit by digit, the classic
+construction for numeric ranges as regular expressions; a fractional bound (``0.5``) is met
+the same way on the fraction's digits, compared as decimals (``0.5`` = ``0.50``). Only
+literals, character classes, groups, ``|``, ``?`` and ``{m,n}`` are used, so the output reads
+the same as a regular expression once quotes and spaces are removed (the tests check it that
+way against every integer in a window and many decimals around each bound).
 """
 
 from __future__ import annotations
 
 import math
+from decimal import ROUND_CEILING, ROUND_FLOOR, Context, Decimal
 
-MAX_DIGITS = 16
+MAX_DIGITS = 16  # integer digits
+MAX_FRACTION = 15  # fraction digits of a bounded number
 _CAP = 10**MAX_DIGITS - 1
+_CTX = Context(prec=MAX_DIGITS + MAX_FRACTION + 8)
 
 
 def bounds(schema: dict[str, object]) -> tuple[int | None, int | None]:
@@ -82,8 +87,11 @@ def integer_gbnf(lo: int | None, hi: int | None) -> str:
     """A GBNF expression for the integers in [lo, hi]; raises ValueError when there are none."""
     if lo is not None and hi is not None and lo > hi:
         raise ValueError(f"no integer is >= {lo} and <= {hi}")
-    if (lo is not None and lo < -_CAP) or (hi is not None and hi > _CAP):
-        raise ValueError(f"bounds beyond {MAX_DIGITS} digits")
+    # the grammar writes at most 16 digits: a bound beyond them holds for all it writes
+    lo = None if lo is not None and lo < -_CAP else lo
+    hi = None if hi is not None and hi > _CAP else hi
+    if (lo is not None and lo > _CAP) or (hi is not None and hi < -_CAP):
+        raise ValueError(f"the bounds leave no integer of at most {MAX_DIGITS} digits")
     alts: list[str] = []
     if hi is None or hi >= 0:  # the non-negative part
         alts += _natural(max(lo, 0) if lo is not None else 0, hi)
@@ -95,75 +103,158 @@ def integer_gbnf(lo: int | None, hi: int | None) -> str:
     return "( " + " | ".join(alts) + " )"
 
 
-# -- numbers with whole-number bounds --------------------------------------------------------
+# -- numbers ---------------------------------------------------------------------------------
 
-_FRACTION = '( "." [0-9]{1,15} )?'
-_ZERO_FRACTION = '( "." "0"{1,15} )?'
-_NONZERO_FRACTION = '"." [0-9]{0,14} [1-9] [0-9]{0,14}'
+Bound = tuple[Decimal, bool]  # (value, inclusive)
+
+_FRACTION = f'( "." [0-9]{{1,{MAX_FRACTION}}} )?'
+_NUMBER_KEYS = (
+    ("minimum", True, True),
+    ("exclusiveMinimum", True, False),
+    ("maximum", False, True),
+    ("exclusiveMaximum", False, False),
+)
 
 
-def number_bounds(
-    schema: dict[str, object],
-) -> tuple[tuple[int, bool] | None, tuple[int, bool] | None]:
+def number_bounds(schema: dict[str, object]) -> tuple[Bound | None, Bound | None]:
     """``((lo, inclusive), (hi, inclusive))`` of a number schema (None: unbounded); raises
-    ValueError for a bound that is not a whole number (not enforced)."""
-
-    def whole(key: str) -> int | None:
+    ValueError for a bound that is not a finite number."""
+    lo: Bound | None = None
+    hi: Bound | None = None
+    for key, lower, inclusive in _NUMBER_KEYS:
         v = schema.get(key)
         if v is None:
-            return None
-        if isinstance(v, bool) or not isinstance(v, int | float) or v != int(v):
-            raise ValueError(f"'{key}' {v!r} on a number: only whole-number bounds are enforced")
-        return int(v)
-
-    lo: tuple[int, bool] | None = None
-    hi: tuple[int, bool] | None = None
-    for key, inclusive in (("minimum", True), ("exclusiveMinimum", False)):
-        b = whole(key)
-        if b is not None and (lo is None or b > lo[0] or (b == lo[0] and not inclusive)):
+            continue
+        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+            raise ValueError(f"'{key}' {v!r} is not a finite number")
+        b = Decimal(v) if isinstance(v, int) else Decimal(repr(v))
+        if lower and (lo is None or b > lo[0] or (b == lo[0] and not inclusive)):
             lo = (b, inclusive)
-    for key, inclusive in (("maximum", True), ("exclusiveMaximum", False)):
-        b = whole(key)
-        if b is not None and (hi is None or b < hi[0] or (b == hi[0] and not inclusive)):
+        if not lower and (hi is None or b < hi[0] or (b == hi[0] and not inclusive)):
             hi = (b, inclusive)
     return lo, hi
 
 
-def _magnitudes(lo: tuple[int, bool], hi: tuple[int, bool] | None) -> list[str]:
-    """Alternatives for the decimals ``I`` or ``I.F`` (no sign) between lo and hi, lo >= 0."""
-    (a, a_inc), top = lo, hi
-    alts: list[str] = []
-    # whole integer parts strictly inside: any fraction
-    first = a if a_inc else a + 1
-    last = None if top is None else top[0] - 1
-    if last is None or first <= last:
-        alts += [f"{x} {_FRACTION}" for x in _natural(first, last)]
-    # the lower end itself, when exclusive: a fraction that is not zero
-    if not a_inc and (top is None or a < top[0]):
-        alts.append(f'"{a}" {_NONZERO_FRACTION}')
-    # the upper end itself, when inclusive: no fraction, or zeros
-    if top is not None and top[1] and (top[0] > a or (top[0] == a and a_inc)):
-        alts.append(f'"{top[0]}" {_ZERO_FRACTION}')
+def _digits_of(v: Decimal) -> tuple[int, str]:
+    """The integer part and the fraction digits (no trailing zeros) of ``v >= 0``, which has
+    at most MAX_FRACTION of them."""
+    scaled = int(v.scaleb(MAX_FRACTION, _CTX))
+    whole, frac = divmod(scaled, 10**MAX_FRACTION)
+    return whole, str(frac).rjust(MAX_FRACTION, "0").rstrip("0")
+
+
+def _on_grid(b: tuple[Decimal | int, bool] | None, lower: bool) -> Bound | None:
+    """The bound on the numbers the grammar writes (at most MAX_FRACTION fraction digits): a
+    finer bound moves to the next such number inward, inclusive."""
+    if b is None:
+        return None
+    v = Decimal(b[0])
+    if abs(v) > _CAP + 1:
+        return (v, b[1])  # beyond what is written at all (number_gbnf sees to it)
+    q = v.quantize(Decimal(1).scaleb(-MAX_FRACTION), ROUND_CEILING if lower else ROUND_FLOOR, _CTX)
+    return (q, b[1]) if q == v else (q, True)
+
+
+class _Fraction:
+    """The digits ``F`` after the point (``0.F`` compared as a decimal) between two bounds,
+    each given as its digits without trailing zeros; None for an open side."""
+
+    def __init__(self, lo: str | None, lo_inc: bool, hi: str | None, hi_inc: bool) -> None:
+        self.lo, self.lo_inc, self.hi, self.hi_inc = lo, lo_inc, hi, hi_inc
+
+    def can_end(self, i: int, tlo: bool, thi: bool) -> bool:
+        """May F end after i digits that equal the tight bounds' first i digits?"""
+        if tlo and self.lo is not None and (i < len(self.lo) or not self.lo_inc):
+            return False  # below lo, or equal to an exclusive lo
+        return not (thi and self.hi is not None and i >= len(self.hi) and not self.hi_inc)
+
+    def rest(self, i: int, tlo: bool, thi: bool) -> str | None:
+        """GBNF for the digits from position i on (maybe none); None if nothing fits."""
+        room = MAX_FRACTION - i
+        lo_met = not tlo or (self.lo is not None and i >= len(self.lo) and self.lo_inc)
+        if lo_met and not thi:
+            return f"[0-9]{{0,{room}}}" if room else ""
+        end = self.can_end(i, tlo, thi)
+        more = self.digits(i, tlo, thi) if room else None
+        if more is None:
+            return "" if end else None
+        return f"( {more} )?" if end else more
+
+    def digits(self, i: int, tlo: bool, thi: bool) -> str | None:
+        """GBNF for one or more digits from position i on; None if nothing fits."""
+        d_lo = int(self.lo[i]) if tlo and self.lo is not None and i < len(self.lo) else 0
+        d_hi = int(self.hi[i]) if thi and self.hi is not None and i < len(self.hi) else 0
+        groups: dict[tuple[bool, bool], list[int]] = {}
+        for c in range(10):
+            if (tlo and c < d_lo) or (thi and c > d_hi):
+                continue
+            groups.setdefault((tlo and c == d_lo, thi and c == d_hi), []).append(c)
+        alts = []
+        for (nlo, nhi), cs in groups.items():  # each group is a run of digits
+            rest = self.rest(i + 1, nlo, nhi)
+            if rest is not None:
+                alts.append(f"{_digits(cs[0], cs[-1])} {rest}".rstrip())
+        if not alts:
+            return None
+        return alts[0] if len(alts) == 1 else "( " + " | ".join(alts) + " )"
+
+    def part(self) -> str | None:
+        """The optional ``"." F`` after an integer part; None if nothing fits."""
+        tlo, thi = self.lo is not None, self.hi is not None
+        end = self.can_end(0, tlo, thi)
+        more = self.digits(0, tlo, thi)
+        if more is None:
+            return "" if end else None
+        return f'( "." {more} )?' if end else f'"." {more}'
+
+
+def _magnitudes(lo: Bound, hi: Bound | None) -> list[str]:
+    """Alternatives for the decimals ``I`` or ``I.F`` (no sign) between lo >= 0 and hi."""
+    (a, a_inc), alts = lo, []
+    ai, af = _digits_of(a)
+    if hi is None:
+        bi, bf, b_inc = None, "", False
+    else:
+        if hi[0] < a or (hi[0] == a and not (a_inc and hi[1])):
+            return []
+        (bi, bf), b_inc = _digits_of(hi[0]), hi[1]
+
+    def at(whole: int, part: _Fraction) -> None:
+        frac = part.part()
+        if frac is not None:
+            alts.append(f'"{whole}" {frac}'.rstrip())
+
+    if bi == ai:
+        at(ai, _Fraction(af, a_inc, bf, b_inc))
+        return alts
+    at(ai, _Fraction(af, a_inc, None, True))
+    last = None if bi is None else bi - 1
+    if last is None or ai + 1 <= last:
+        alts += [f"{x} {_FRACTION}" for x in _natural(ai + 1, last)]
+    if bi is not None:
+        at(bi, _Fraction(None, True, bf, b_inc))
     return alts
 
 
-def number_gbnf(lo: tuple[int, bool] | None, hi: tuple[int, bool] | None) -> str:
-    """A GBNF expression for the JSON numbers (no exponent) between whole-number bounds."""
-    if (
-        lo is not None
-        and hi is not None
-        and (lo[0] > hi[0] or (lo[0] == hi[0] and not (lo[1] and hi[1])))
-    ):
-        raise ValueError("no number satisfies the bounds")
-    for b in (lo, hi):
-        if b is not None and abs(b[0]) > _CAP:
-            raise ValueError(f"bounds beyond {MAX_DIGITS} digits")
+def number_gbnf(
+    lower: tuple[Decimal | int, bool] | None, upper: tuple[Decimal | int, bool] | None
+) -> str:
+    """A GBNF expression for the JSON numbers (no exponent) between two bounds, each
+    ``(value, inclusive)`` or None; raises ValueError when the grammar can write none."""
+    limit = Decimal(_CAP + 1)
+    lo, hi = _on_grid(lower, True), _on_grid(upper, False)
+    lo = None if lo is not None and lo[0] <= -limit else lo
+    hi = None if hi is not None and hi[0] >= limit else hi
+    if (lo is not None and lo[0] >= limit) or (hi is not None and hi[0] <= -limit):
+        raise ValueError(f"the bounds leave no number of at most {MAX_DIGITS} integer digits")
     alts: list[str] = []
     if hi is None or hi[0] > 0 or (hi[0] == 0 and hi[1]):  # v >= 0, written without a sign
-        start = lo if lo is not None and lo[0] >= 0 else (0, True)
+        start = lo if lo is not None and lo[0] >= 0 else (Decimal(0), True)
         alts += _magnitudes(start, hi)
     if lo is None or lo[0] < 0:  # v < 0: "-" and a magnitude m = -v > 0
-        m_lo = (-hi[0], hi[1]) if hi is not None and hi[0] < 0 else (0, False)
+        m_lo = (-hi[0], hi[1]) if hi is not None and hi[0] < 0 else (Decimal(0), False)
         m_hi = (-lo[0], lo[1]) if lo is not None else None
         alts += [f'"-" {x}' for x in _magnitudes(m_lo, m_hi)]
+    if not alts:
+        raise ValueError("no number satisfies the bounds")
     return "( " + " | ".join(alts) + " )"

@@ -1,9 +1,9 @@
 """``response_format``: JSON mode and JSON-Schema structured outputs as llama.cpp grammars.
 
-The schema is turned into a GBNF grammar (llama-cpp-python's port of llama.cpp's
-json-schema-to-grammar) that the engine enforces token by token, so the answer cannot leave the
-schema. Keywords the converter cannot enforce are refused with a 400 naming them, before any
-work: a constraint is never silently dropped.
+The schema is turned into a GBNF grammar (serving/schema.py) that the engine enforces token by
+token, so the answer cannot leave the schema. Keywords that cannot be enforced, and schemas
+past oasis's limits (``gbnf.Limits``: repetition counts, nesting, grammar size), are refused
+with a 400 naming them, before any work: a constraint is never silently dropped.
 """
 
 from __future__ import annotations
@@ -12,232 +12,118 @@ import re
 from typing import Any
 
 from oasis.errors import InvalidRequestError, UnsupportedParameterError
-from oasis.serving.intrange import bounds, integer_gbnf, number_bounds, number_gbnf
+from oasis.serving.formats import FORMATS as _FORMAT_PATTERNS
+from oasis.serving.gbnf import DEFAULT_LIMITS, LLAMA_MAX_REPETITION, Limits, Rules, measure
+from oasis.serving.schema import (
+    ANNOTATIONS,
+    KEYWORDS,
+    NUMBER_KEYS,
+    PRIMITIVES,
+    TYPES,
+    SchemaCompiler,
+    Subject,
+)
 
-# Keywords the grammar enforces.
-ENFORCED = {
-    "type", "properties", "required", "additionalProperties", "items", "prefixItems",
-    "minItems", "maxItems", "enum", "const", "anyOf", "oneOf", "$ref", "$defs", "definitions",
-    "pattern", "format", "minLength", "maxLength",
-}  # fmt: skip
-# Keywords that describe and do not constrain.
-ANNOTATIONS = {
-    "title", "description", "default", "examples", "$schema", "$id", "$comment", "deprecated",
-    "readOnly", "writeOnly", "strict", "discriminator", "nullable",
-}  # fmt: skip
-FORMATS = {"date", "time", "date-time", "uuid"}
-# Enforced on integers, and on numbers when the bound is a whole number (serving/intrange.py).
-BOUNDS = {"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"}
-TYPES = {"object", "array", "string", "number", "integer", "boolean", "null"}
+__all__ = [
+    "ANNOTATIONS",
+    "BOUNDS",
+    "DEFAULT_LIMITS",
+    "ENFORCED",
+    "FORMATS",
+    "JSON_OBJECT",
+    "NAME",
+    "STRICT_CHAR",
+    "TYPES",
+    "GrammarBuilder",
+    "Limits",
+    "answer_grammar",
+    "answer_schema",
+    "check_schema",
+    "grammar_for",
+]
+
+# Keywords the grammar enforces (the numeric bounds on integers and numbers: BOUNDS).
+ENFORCED = KEYWORDS - set(NUMBER_KEYS)
+FORMATS = frozenset(_FORMAT_PATTERNS)
+BOUNDS = frozenset(NUMBER_KEYS)
 NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")  # schema and function names
+STRICT_CHAR = "char ::= " + PRIMITIVES["char"][0]
 
 
-def _refuse(feature: str, where: str, param: str) -> UnsupportedParameterError:
-    return UnsupportedParameterError(
-        f"Structured outputs: {feature} at {where} cannot be enforced by oasis's constrained "
-        "decoding, so the request is refused rather than answered unconstrained. Supported: "
-        "type, properties, required, additionalProperties, items, prefixItems, minItems, "
-        "maxItems, enum, const, anyOf, oneOf, $ref/$defs, pattern, minLength, maxLength, format "
-        f"({', '.join(sorted(FORMATS))}), minimum/maximum (and the exclusive ones) on "
-        "integers and, as whole numbers, on numbers.",
-        param=param,
-    )
+def check_schema(
+    node: Any,
+    where: str = "schema",
+    param: str = "response_format",
+    *,
+    name: str | None = None,
+    limits: Limits = DEFAULT_LIMITS,
+) -> None:
+    """Raise a 400 naming the first keyword (or value, or limit) the grammar cannot enforce.
 
-
-def _invalid(where: str, problem: str, param: str) -> InvalidRequestError:
-    return InvalidRequestError(
-        f"Invalid schema at {where}: {problem}", param=param, code="invalid_value"
-    )
-
-
-def check_schema(node: Any, where: str = "schema", param: str = "response_format") -> None:
-    """Raise a 400 naming the first keyword (or value) the grammar cannot enforce."""
-    if isinstance(node, bool) and where != "schema":
-        return  # true / false sub-schemas
-    if not isinstance(node, dict):
-        raise _invalid(where, f"expected an object, got {type(node).__name__}.", param)
-    for key, value in node.items():
-        at = f"{where}.{key}"
-        if key in ANNOTATIONS:
-            continue
-        if key in BOUNDS:
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise _invalid(at, "expected a number.", param)
-            if node.get("type") == "number":
-                try:
-                    number_bounds(node)
-                except ValueError as exc:
-                    raise _refuse(str(exc), where, param) from None
-            elif node.get("type") != "integer":
-                raise _refuse(
-                    f'the keyword \'{key}\' (enforced with "type": "integer" or "number")',
-                    where,
-                    param,
-                )
-            continue
-        if key not in ENFORCED:
-            raise _refuse(f"the keyword '{key}'", where, param)
-        if key == "type":
-            types = value if isinstance(value, list) else [value]
-            for t in types:
-                if t not in TYPES:
-                    raise _invalid(at, f"unknown type {t!r}.", param)
-        elif key == "format" and value not in FORMATS:
-            raise _refuse(f"format '{value}'", where, param)
-        elif key == "$ref":
-            if not isinstance(value, str) or not value.startswith("#/"):
-                raise _refuse(f"the reference {value!r} (only local #/ references)", where, param)
-        elif key in ("properties", "$defs", "definitions"):
-            if not isinstance(value, dict):
-                raise _invalid(at, "expected an object.", param)
-            for name, sub in value.items():
-                check_schema(sub, f"{at}.{name}", param)
-        elif key in ("anyOf", "oneOf", "prefixItems"):
-            if not isinstance(value, list) or not value:
-                raise _invalid(at, "expected a non-empty array.", param)
-            for i, sub in enumerate(value):
-                check_schema(sub, f"{at}[{i}]", param)
-        elif key == "items":
-            if isinstance(value, list):
-                for i, sub in enumerate(value):
-                    check_schema(sub, f"{at}[{i}]", param)
-            else:
-                check_schema(value, at, param)
-        elif key == "additionalProperties" and not isinstance(value, bool):
-            check_schema(value, at, param)
-        elif key == "enum" and (not isinstance(value, list) or not value):
-            raise _invalid(at, "enum must be a non-empty array.", param)
+    ``param`` is the error's parameter; the message names the schema as ``param 'name'``
+    when a name is given (a response_format's), else as ``where`` (a tool's
+    ``tools[0].function.parameters``), and says where in the schema the problem is.
+    """
+    subject = Subject(param, f"{param} '{name}'" if name else param if where == "schema" else where)
+    builder = GrammarBuilder(limits)
+    builder.add(node, "check", subject)
+    builder.check()
 
 
 class GrammarBuilder:
     """One GBNF grammar from several JSON schemas plus hand-written rules (tool calls).
 
-    Each schema's references are hoisted into uniquely named definitions first: llama.cpp's
-    converter names a referenced rule by the last part of its path, so two schemas that both
-    define ``$defs/Item`` (or a definition called ``string``) would otherwise share one rule.
+    Each schema's references become rules named after that schema, so two schemas that both
+    define ``$defs/Item`` keep their own. Equal rule bodies are shared.
     """
 
-    def __init__(self) -> None:
-        from llama_cpp.llama_grammar import SchemaConverter
-
-        self._conv = SchemaConverter(
-            prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False
-        )
-        self._rules: list[str] = []
-        self._count = 0
-        self._ranges: dict[str, str] = {}  # rule name -> GBNF of a numeric range
+    def __init__(self, limits: Limits = DEFAULT_LIMITS) -> None:
+        self._limits = limits
+        self._rules = Rules(tuple(PRIMITIVES))
+        self._hand: list[str] = []
+        self._blame: dict[str, int] = {}  # param -> bytes of rules its schemas added
 
     def schema(self, schema: dict[str, Any], name: str, *, param: str) -> str:
         """Add the rules for one schema; return the name of its top rule."""
-        tag = f"oasis-s{self._count}"
-        self._count += 1
-        try:
-            hoisted = _hoist(schema, tag, param, self._ranges)
-            resolved = self._conv.resolve_refs(hoisted, tag)
-            rule: str = self._conv.visit(resolved, name)
-        except InvalidRequestError:
-            raise
-        except Exception as exc:  # the converter's own refusals (a regex feature...)
-            raise UnsupportedParameterError(
-                f"Structured outputs: the schema cannot be turned into a grammar ({exc}); the "
-                "request is refused rather than answered unconstrained.",
-                param=param,
-            ) from None
+        return self.add(schema, name, Subject(param, param))
+
+    def add(self, schema: Any, name: str, subject: Subject) -> str:
+        before = self._rules.size
+        rule = SchemaCompiler(self._rules, subject, self._limits).compile(schema, name)
+        self._blame[subject.param] = self._blame.get(subject.param, 0) + self._rules.size - before
         return rule
 
     def rule(self, name: str, body: str) -> None:
-        self._rules.append(f"{name} ::= {body}")
+        self._hand.append(f"{name} ::= {body}\n")
 
     def build(self, root: str) -> str:
-        # JSON strings may not hold raw control characters (a newline must be written \n);
-        # the converter's rule allows them, which json.loads would then reject.
-        lines = []
-        for line in self._conv.format_grammar().splitlines():
-            name = line.split(" ::= ", 1)[0]
-            if name == "char":
-                line = STRICT_CHAR
-            elif name in self._ranges:  # a placeholder (see _hoist): the range's rule
-                line = f"{name} ::= {self._ranges[name]} space"
-            lines.append(line)
-        return "\n".join([f"root ::= {root}", *self._rules, *lines]) + "\n"
+        text = f"root ::= {root}\n" + "".join(self._hand) + self._rules.text()
+        self.check(text)
+        return text
+
+    def check(self, text: str | None = None) -> None:
+        """Raise a 400 if the grammar is past the limits (the whole text, or the rules)."""
+        got = measure(self._rules.text() if text is None else text)
+        param = max(self._blame, key=lambda p: self._blame[p]) if self._blame else "response_format"
+        limits = self._limits
+        if got.size > limits.grammar_bytes:
+            problem = (
+                f"its grammar would be {got.size} bytes, above the limit of "
+                f"{limits.grammar_bytes} that oasis can enforce (fewer properties, enum values "
+                "or shorter patterns make it smaller)"
+            )
+        elif got.expansion > limits.expansion:
+            problem = (
+                f"its repetitions (maxLength, maxItems, pattern counts...) add up to "
+                f"{got.expansion}, above the limit of {limits.expansion} that oasis can enforce"
+            )
+        elif got.largest > LLAMA_MAX_REPETITION:  # never written so, but never sent either
+            problem = f"a repetition of {got.largest} is more than llama.cpp can enforce"
+        else:
+            return
+        raise UnsupportedParameterError(f"Invalid schema for {param}: {problem}.", param=param)
 
 
-def _hoist(schema: dict[str, Any], tag: str, param: str, ranges: dict[str, str]) -> dict[str, Any]:
-    """The schema with every local ``$ref`` pointing at a definition named after ``tag`` and the
-    reference's path (``#/$defs/Item`` -> ``#/$defs/<tag>-defs-Item``, ``#`` -> ``<tag>``).
-
-    An integer or number with bounds becomes a reference to a placeholder definition whose
-    rule ``GrammarBuilder.build`` replaces with the range's grammar (``ranges``).
-    """
-    defs: dict[str, Any] = {}
-
-    def target(ref: str) -> str:
-        path = ref[1:].lstrip("/")
-        key = tag + ("-" + re.sub(r"[^a-zA-Z0-9]+", "-", path).strip("-") if path else "")
-        if key not in defs:
-            node: Any = schema
-            for part in path.split("/") if path else []:
-                part = part.replace("~1", "/").replace("~0", "~")
-                if isinstance(node, list) and part.isdigit() and int(part) < len(node):
-                    node = node[int(part)]
-                elif isinstance(node, dict) and part in node:
-                    node = node[part]
-                else:
-                    raise InvalidRequestError(
-                        f"Invalid schema: the reference {ref!r} points at nothing.",
-                        param=param,
-                        code="invalid_value",
-                    )
-            defs[key] = None  # reserve: a definition may refer to itself
-            defs[key] = rewrite(node, top=node is schema)
-        return f"#/$defs/{key}"
-
-    def rewrite(node: Any, top: bool = False) -> Any:
-        if isinstance(node, list):
-            return [rewrite(x) for x in node]
-        if not isinstance(node, dict):
-            return node
-        kind = node.get("type")
-        if (
-            kind in ("integer", "number")
-            and BOUNDS & node.keys()
-            and not {"enum", "const"} & (node.keys())
-        ):
-            key = f"{tag}-range-{len(ranges)}"
-            try:
-                ranges[key] = (
-                    integer_gbnf(*bounds(node))
-                    if kind == "integer"
-                    else number_gbnf(*number_bounds(node))
-                )
-            except ValueError as exc:
-                raise InvalidRequestError(
-                    f"Invalid schema: {exc}.", param=param, code="invalid_value"
-                ) from None
-            defs[key] = {"const": key}
-            return {"$ref": f"#/$defs/{key}"}
-        out: dict[str, Any] = {}
-        for k, v in node.items():
-            if top and k in ("$defs", "definitions"):
-                continue
-            if k == "$ref" and isinstance(v, str) and v.startswith("#"):
-                out[k] = target(v)
-            elif k in ("properties", "$defs", "definitions") and isinstance(v, dict):
-                out[k] = {name: rewrite(sub) for name, sub in v.items()}
-            else:
-                out[k] = rewrite(v)
-        return out
-
-    root: dict[str, Any] = rewrite(schema, top=True)
-    if defs:
-        root["$defs"] = defs
-    return root
-
-
-STRICT_CHAR = (
-    r'char ::= [^"\\\x7F\x00-\x1F] | "\\" (["\\/bfnrt] | "u" [0-9a-fA-F] [0-9a-fA-F] '
-    r"[0-9a-fA-F] [0-9a-fA-F])"
-)
 JSON_OBJECT: dict[str, Any] = {"type": "object"}
 
 
@@ -275,7 +161,7 @@ def answer_schema(response_format: dict[str, Any] | None) -> dict[str, Any] | No
     schema = spec.get("schema", JSON_OBJECT)
     if schema is True:
         schema = JSON_OBJECT
-    check_schema(schema)
+    check_schema(schema, name=name)
     return dict(schema)
 
 
