@@ -228,3 +228,49 @@ def test_string_length_errors_say_what_is_wrong(http: TestClient) -> None:
                                        "tools": [tool]}))
     assert "expected a string, but got a string" not in err["message"]
     assert err["param"] is not None and "name" in err["param"]
+
+
+def test_raw_surrogate_bytes_are_invalid_json(http: TestClient) -> None:
+    """UTF-8-encoded surrogates (bytes ED A0 80) are not UTF-8: the body is refused as JSON
+    that cannot be read, not passed on to fail in the tokenizer or the database."""
+    for path, raw in (
+        ("/v1/completions", b'{"model":"gpt-3.5-turbo","prompt":"\xed\xa0\x80"}'),
+        (CHAT, b'{"model":"gpt-3.5-turbo","messages":[{"role":"user","content":"\xed\xa0\x80"}]}'),
+        ("/admin/keys", b'{"name":"\xed\xa0\x80"}'),
+    ):
+        err = _error(http.post(path, content=raw, headers={"Content-Type": "application/json"}))
+        assert err["code"] == "invalid_json"
+    _alive(http)
+
+
+def test_an_unknown_key_in_a_text_part_is_named(http: TestClient) -> None:
+    body = {"model": "gpt-3.5-turbo",
+            "messages": [{"role": "user", "content": [{"type": "text", "text": "hi", "foo": 1}]}]}
+    err = _error(http.post(CHAT, json=body))
+    assert err["param"] == "messages.[0].content.[0].foo"
+    assert "foo" in err["message"]
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["tools", "functions"])
+def test_a_forced_call_cut_short_is_never_a_null_call(tmp_path: Path, schemas: Any,
+                                                      legacy: bool) -> None:
+    """Two functions, `required`: the model must write the name; cut after one token, there is
+    no call to return, and the body still follows OpenAI's schema (no null tool_calls)."""
+    engine = FakeEngine(n_ctx=4096, reply='get_weather", "arguments": {}}')
+    fns = [{"name": "get_weather", "parameters": {"type": "object"}},
+           {"name": "get_time", "parameters": {"type": "object"}}]
+    body: dict[str, Any] = {"model": "gpt-3.5-turbo", "messages": MSG, "max_tokens": 1}
+    if legacy:
+        body |= {"functions": fns, "function_call": {"name": "get_weather"}}
+    else:
+        body |= {"tools": [{"type": "function", "function": f} for f in fns],
+                 "tool_choice": "required"}
+    with TestClient(make_app(engine, tmp=tmp_path),
+                    headers={"Authorization": f"Bearer {API_KEY}"}) as http:
+        r = http.post(CHAT, json=body)
+    assert r.status_code == 200, r.text
+    schemas.validate("CreateChatCompletionResponse", r.json())
+    message = r.json()["choices"][0]["message"]
+    assert message.get("tool_calls", []) is not None
+    assert message.get("function_call", {}) is not None
+    assert r.json()["choices"][0]["finish_reason"] == "length"

@@ -22,23 +22,28 @@ _TYPE_NAMES = {
 }
 
 
-def _param(loc: tuple[Any, ...], body: Any, missing: bool) -> str:
+def _param(loc: tuple[Any, ...], body: Any, named_last: bool) -> str:
     """The parameter an error's location names, as OpenAI writes it (``messages.[0].content``).
 
     pydantic's locations also hold the tags of union members (``str``, ``list[int]``,
-    ``TextPart``, ``function-after[...]``...); walking the request body alongside keeps only
-    the keys and indexes that are in it, plus, for a missing field, its name.
+    ``TextPart``, ``text`` for a part of type text...); walking the request body alongside
+    keeps only the keys and indexes that are in it, plus, for a missing or an unrecognized
+    field (``named_last``), its name. A tag that happens to be a key of the body (a text part's
+    ``text``) is skipped when the location goes on past a value that holds nothing more.
     """
     parts: list[str] = []
     node = body
+    last = len(loc) - 1
     for i, item in enumerate(loc):
         if isinstance(node, dict) and isinstance(item, str) and item in node:
+            if i < last and not isinstance(node[item], dict | list) and loc[i + 1] in node:
+                continue  # a union tag equal to a key: the location goes on at this level
             parts.append(item)
             node = node[item]
         elif isinstance(node, list) and isinstance(item, int) and 0 <= item < len(node):
             parts.append(f"[{item}]")
             node = node[item]
-        elif missing and i == len(loc) - 1 and isinstance(node, dict):
+        elif named_last and i == last and isinstance(node, dict):
             parts.append(str(item))
     return ".".join(parts)
 
@@ -154,7 +159,8 @@ def parse_json_body(raw: bytes, *, max_depth: int = 64) -> dict[str, Any]:
     once, so nothing after this point meets them.
     """
     try:
-        data = json.loads(raw)
+        # strictly UTF-8: json.loads(bytes) would let encoded surrogates through
+        data = json.loads(raw.decode("utf-8"))
     except RecursionError:
         raise _too_deep(max_depth) from None
     except (ValueError, UnicodeDecodeError):
@@ -164,7 +170,7 @@ def parse_json_body(raw: bytes, *, max_depth: int = 64) -> dict[str, Any]:
             f"Invalid request body: expected a JSON object, but got {_got(data)} instead.",
             code="invalid_type",
         )
-    # a lone surrogate can only arrive as a \\uD800-\\uDFFF escape
+    # decoded strictly, so a lone surrogate can only arrive as a \\uD800-\\uDFFF escape
     check_json(data, max_depth=max_depth, surrogates=b"\\ud" in raw.lower())
     return data
 
@@ -237,7 +243,7 @@ def validate(model: type[M], data: dict[str, Any]) -> M:
             return (2 if err["type"].endswith("_type") else 1), -len(err["loc"])
 
         first = min(errors, key=rank)
-        param = _param(tuple(first["loc"]), data, first["type"] == "missing")
+        param = _param(tuple(first["loc"]), data, first["type"] in ("missing", "extra_forbidden"))
         if first["type"] == "value_error" and not param:
             msg = str((first.get("ctx") or {}).get("error", first.get("msg", "")))
             name = msg.split(": ", 1)[0] if ": " in msg else None

@@ -442,12 +442,12 @@ class _Reply:
             return ChatCompletionMessage(role="assistant", content=text, refusal=None)
         calls = st.reply.calls
         assert self.plan is not None
+        if not calls:
+            # cut (max_tokens) before a call got its name: nothing to return but the empty
+            # text, never a null tool_calls / function_call (OpenAI's schema has none)
+            return ChatCompletionMessage(role="assistant", content=text, refusal=None)
         if self.plan.legacy:
-            fc = (
-                FunctionCall(name=calls[0].name, arguments="".join(calls[0].arguments))
-                if calls
-                else None
-            )
+            fc = FunctionCall(name=calls[0].name, arguments="".join(calls[0].arguments))
             return ChatCompletionMessage(
                 role="assistant", content=None, refusal=None, function_call=fc
             )
@@ -462,8 +462,7 @@ class _Reply:
                     function=ToolFunction(name=c.name, arguments="".join(c.arguments)),
                 )
                 for c in calls
-            ]
-            or None,
+            ],
         )
 
     async def complete(self, handles: list[Any]) -> ChatCompletion:
