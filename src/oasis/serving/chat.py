@@ -253,6 +253,10 @@ def _text_size(m: ChatMessage) -> int:
     return size
 
 
+# Any text whose first non-blank character is not '<' (see ChatService._grammar).
+NO_LEADING_TAG = r"root ::= [ \t\n]* [^<\x00 \t\n] [^\x00]*"
+
+
 @dataclass
 class _Prepared:
     """A chat request ready for admission: its sequences and what the reply needs."""
@@ -403,6 +407,11 @@ class ChatService:
         elif answer is not None:
             grammar = answer_grammar(answer)
             param = "response_format"
+        elif tools_mod.hidden_stops(plan, req):
+            # No call can be made, but the model has seen tool markup and the hidden stop
+            # strings end the answer where a tag starts: an answer may not start with one
+            # (it would be empty), so its first visible character is not '<'.
+            grammar, param = NO_LEADING_TAG, "tool_choice"
         else:
             return None
         assert grammar is not None
