@@ -292,17 +292,20 @@ def chart(levels: list[LevelResult], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
-def update_readme(table: str, png: Path) -> None:
+def replace_readme_block(name: str, block: str) -> None:
+    """Put ``block`` between the README's ``<!-- bench:NAME:start/end -->`` markers."""
     readme = ROOT / "README.md"
     text = readme.read_text()
-    start, end = "<!-- bench:engine:start -->", "<!-- bench:engine:end -->"
+    start, end = f"<!-- bench:{name}:start -->", f"<!-- bench:{name}:end -->"
     if start not in text:
         return
-    rel = png.relative_to(ROOT)
-    block = f"{start}\n{table}\n\n![engine benchmark]({rel})\n{end}"
     head, rest = text.split(start, 1)
     _, tail = rest.split(end, 1)
-    readme.write_text(head + block + tail)
+    readme.write_text(f"{head}{start}\n{block}\n{end}{tail}")
+
+
+def update_readme(table: str, png: Path) -> None:
+    replace_readme_block("engine", f"{table}\n\n![engine benchmark]({png.relative_to(ROOT)})")
 
 
 def main() -> None:

@@ -29,7 +29,7 @@ from typing import Any
 
 import httpx
 
-from bench.engine import RESULTS, ROOT, Server, console, free_port, pct
+from bench.engine import RESULTS, ROOT, Server, console, free_port, pct, replace_readme_block
 
 SMALL = {"model": "gpt-4o-mini", "max_tokens": 3, "temperature": 0,
          "messages": [{"role": "user", "content": "Hi"}]}
@@ -193,13 +193,7 @@ def main() -> None:
     table = "\n".join(lines)
     console.print(table)
     if not args.no_readme:
-        readme = ROOT / "README.md"
-        text = readme.read_text()
-        start, end = "<!-- bench:freeze:start -->", "<!-- bench:freeze:end -->"
-        if start in text:
-            head, rest = text.split(start, 1)
-            _, tail = rest.split(end, 1)
-            readme.write_text(f"{head}{start}\n{table}\n{end}{tail}")
+        replace_readme_block("freeze", table)
 
 
 if __name__ == "__main__":

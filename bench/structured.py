@@ -33,7 +33,7 @@ from typing import Any
 
 import httpx
 
-from bench.engine import RESULTS, ROOT, Server, console, free_port
+from bench.engine import RESULTS, ROOT, Server, console, free_port, replace_readme_block
 
 PROMPT = "List eight famous explorers with a one-line description of each."
 SCHEMA = {
@@ -194,13 +194,7 @@ def main() -> None:
            f"({r['tools_offered_ratio']:.2f}x) |" for r in rows])
     console.print(table)
     if not args.no_readme:
-        readme = ROOT / "README.md"
-        text = readme.read_text()
-        start, end = "<!-- bench:structured:start -->", "<!-- bench:structured:end -->"
-        if start in text:
-            head, rest = text.split(start, 1)
-            _, tail = rest.split(end, 1)
-            readme.write_text(f"{head}{start}\n{table}\n{end}{tail}")
+        replace_readme_block("structured", table)
 
 
 if __name__ == "__main__":
