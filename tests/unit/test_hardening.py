@@ -15,7 +15,7 @@ import pytest
 import uvicorn
 from fastapi.testclient import TestClient
 
-from oasis.engine.base import GenerationRequest
+from oasis.engine.base import GenerationRequest, Health
 from oasis.engine.fake import FakeEngine, FakeHandle
 from tests.conftest import API_KEY, make_app
 from tests.unit.test_disconnect import free_port
@@ -274,3 +274,17 @@ def test_a_forced_call_cut_short_is_never_a_null_call(tmp_path: Path, schemas: A
     assert message.get("tool_calls", []) is not None
     assert message.get("function_call", {}) is not None
     assert r.json()["choices"][0]["finish_reason"] == "length"
+
+
+class _Down(FakeEngine):
+    def health(self) -> Health:
+        return Health(False, "engine down: the engine failed 4 times in 60 s")
+
+
+def test_health_is_503_while_an_engine_is_down(tmp_path: Path) -> None:
+    with TestClient(make_app(_Down(), tmp=tmp_path)) as http:
+        r = http.get("/health")
+        assert r.status_code == 503
+        body = r.json()
+        assert body["status"] == "unhealthy"
+        assert "failed 4 times" in body["errors"]["fake-model"]
