@@ -9,7 +9,7 @@ venv and model), e.g. the commit before the hardening work, to show the differen
 
 Saves bench/results/<date>-freeze.json and a PNG chart, and rewrites the README's table.
 
-    python -m bench.freeze [--rounds 3] [--peer-ref 105384d]
+    python -m bench.freeze [--seconds 20] [--peer-ref 105384d]
 """
 
 from __future__ import annotations
@@ -60,15 +60,20 @@ async def probe(base: str, seconds: float) -> dict[str, list[float]]:
     return out
 
 
-async def attack(base: str, rounds: int, timeout: float) -> dict[str, list[Any]]:
-    """Each big request ``rounds`` times, one kind after another; status and seconds."""
+async def attack(base: str, seconds: float, timeout: float) -> dict[str, list[Any]]:
+    """The big requests, one kind after another, round after round for ``seconds`` (at least
+    one round); status and seconds of each."""
     out: dict[str, list[Any]] = {name: [] for name in BIG}
+    raw = {name: json.dumps(body).encode() for name, body in BIG.items()}
+    headers = {"Content-Type": "application/json"}
+    end = time.perf_counter() + seconds
     async with httpx.AsyncClient(base_url=base, timeout=timeout) as http:
-        for _ in range(rounds):
-            for name, body in BIG.items():
+        while not out[next(iter(BIG))] or time.perf_counter() < end:
+            for name in BIG:
                 t0 = time.perf_counter()
                 try:
-                    r = await http.post("/v1/chat/completions", json=body)
+                    r = await http.post("/v1/chat/completions", content=raw[name],
+                                        headers=headers)
                     status: Any = r.status_code
                 except httpx.HTTPError as exc:
                     status = type(exc).__name__
@@ -76,8 +81,8 @@ async def attack(base: str, rounds: int, timeout: float) -> dict[str, list[Any]]
     return out
 
 
-async def under_attack(base: str, rounds: int, timeout: float) -> tuple[Any, Any]:
-    task = asyncio.create_task(attack(base, rounds, timeout))
+async def under_attack(base: str, seconds: float, timeout: float) -> tuple[Any, Any]:
+    task = asyncio.create_task(attack(base, seconds, timeout))
     await asyncio.sleep(0.05)
     samples: dict[str, list[float]] = {"health": [], "chat": []}
     while not task.done():
@@ -92,7 +97,7 @@ def summary(samples: dict[str, list[float]]) -> dict[str, float]:
             for q, p in (("p50", 50), ("p99", 99), ("max", 100))}
 
 
-def run_one(label: str, pythonpath: str | None, rounds: int, timeout: float,
+def run_one(label: str, pythonpath: str | None, seconds: float, timeout: float,
             log: Path) -> dict[str, Any]:
     port = free_port()
     oasis = str(Path(sys.executable).with_name("oasis"))
@@ -107,7 +112,7 @@ def run_one(label: str, pythonpath: str | None, rounds: int, timeout: float,
         with console.status(f"{label}: idle probe"):
             idle = asyncio.run(probe(base, 10.0))
         with console.status(f"{label}: probe while big requests are sent"):
-            busy, big = asyncio.run(under_attack(base, rounds, timeout))
+            busy, big = asyncio.run(under_attack(base, seconds, timeout))
     finally:
         server.stop()
     return {"label": label, "idle": summary(idle), "busy": summary(busy), "big": big,
@@ -148,25 +153,27 @@ def chart(runs: list[dict[str, Any]], path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=20.0,
+                        help="how long the big requests are sent (this code)")
     parser.add_argument("--peer-ref", default=None, help="also run the code of this git ref")
     parser.add_argument("--peer-timeout", type=float, default=180.0)
     parser.add_argument("--no-readme", action="store_true")
     args = parser.parse_args()
     log = Path(tempfile.mkdtemp(prefix="oasis-freeze-")) / "server.log"
-    runs = [run_one("oasis", None, args.rounds, 600.0, log)]
+    runs = [run_one("oasis", None, args.seconds, 600.0, log)]
     console.print(runs[-1])
     if args.peer_ref:
         tree = worktree(args.peer_ref)
         try:
-            runs.append(run_one(args.peer_ref, str(tree / "src"), 1, args.peer_timeout, log))
+            # one round: the old code spends seconds on each big request
+            runs.append(run_one(args.peer_ref, str(tree / "src"), 0, args.peer_timeout, log))
             console.print(runs[-1])
         finally:
             subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT,
                            capture_output=True)
     date = dt.date.today().isoformat()
     meta = {"date": date, "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-            "rounds": args.rounds}
+            "seconds": args.seconds}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{date}-freeze.json").write_text(json.dumps({"meta": meta, "runs": runs},
                                                             indent=1))
@@ -186,9 +193,16 @@ def main() -> None:
         ratio = b.get("chat_p99", 0) / max(i.get("chat_p99", 1), 1e-9)
         lines.append(f"| {run['label']} | {cell(i, 'health')} | {cell(b, 'health')} | "
                      f"{cell(i, 'chat')} | {cell(b, 'chat')} | {ratio:.1f}x |")
-    big = "; ".join(f"{name}: " + ", ".join(f"{s} in {t:.1f} s" for s, t in run["big"][name])
-                    for run in runs[:1] for name in BIG)
-    lines += ["", f"Big requests (this code): {big}.", "",
+    def took(run: dict[str, Any]) -> str:
+        parts = []
+        for name in BIG:
+            rows = run["big"][name]
+            statuses = sorted({str(s) for s, _ in rows})
+            worst = max(t for _, t in rows)
+            parts.append(f"{name}: {len(rows)} x {'/'.join(statuses)}, slowest {worst:.1f} s")
+        return "; ".join(parts)
+
+    lines += [""] + [f"Big requests ({run['label']}): {took(run)}." for run in runs] + ["",
               f"![freeze benchmark](bench/results/{png.name})"]
     table = "\n".join(lines)
     console.print(table)

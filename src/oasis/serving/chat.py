@@ -336,14 +336,7 @@ class ChatService:
         """The message count and text size limits; whether the request is big enough to be
         prepared in a worker thread."""
         limits = self.ctx.limits
-        if len(req.messages) > limits.max_messages:
-            raise InvalidRequestError(
-                f"Invalid 'messages': array too long. Expected an array with maximum length "
-                f"{limits.max_messages}, but got an array with length {len(req.messages)} "
-                "instead.",
-                param="messages",
-                code="array_above_max_length",
-            )
+        self.ctx.check_messages(len(req.messages))
         chars = sum(_text_size(m) for m in req.messages)
         self.ctx.check_chars(chars, param="messages")
         constrained = bool(req.tools or req.functions or req.response_format)

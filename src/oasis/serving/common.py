@@ -136,6 +136,19 @@ class ServingContext:
             return work()
         return await asyncio.to_thread(work)
 
+    def check_messages(self, count: int) -> None:
+        """At most ``max_messages`` messages (OpenAI's own limit is 2048). The route checks
+        the raw body with this before validating it, so 20,000 messages are refused before
+        pydantic spends the GIL on them."""
+        limit = self.limits.max_messages
+        if count > limit:
+            raise InvalidRequestError(
+                f"Invalid 'messages': array too long. Expected an array with maximum length "
+                f"{limit}, but got an array with length {count} instead.",
+                param="messages",
+                code="array_above_max_length",
+            )
+
     def check_chars(self, chars: int, *, param: str) -> None:
         limit = self.limits.max_prompt_chars
         if chars > limit:
