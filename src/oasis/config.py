@@ -44,6 +44,8 @@ class ModelConfig(BaseModel):
     path: Path
     aliases: list[str] = Field(default_factory=list)
     ctx_size: int | None = Field(default=None, ge=64)
+    # which kind of backend serves it (oasis.backends.KINDS); "local": llama.cpp in process
+    backend: str = "local"
 
 
 class PriceConfig(BaseModel):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from oasis.config import Settings
@@ -37,6 +37,7 @@ class ModelSpec:
     aliases: tuple[str, ...] = ()
     ctx_size: int | None = None
     owned_by: str = "oasis"
+    backend: str = "local"  # a kind in oasis.backends.KINDS
 
     @property
     def created(self) -> int:
@@ -54,12 +55,13 @@ def specs_from_settings(settings: Settings) -> list[ModelSpec]:
     specs: list[ModelSpec] = []
     if settings.models:
         for m in settings.models:
-            specs.append(ModelSpec(m.id, m.path.expanduser(), tuple(m.aliases), m.ctx_size))
-        if settings.alias:
-            first = specs[0]
-            specs[0] = ModelSpec(
-                first.id, first.path, (*first.aliases, *settings.alias), first.ctx_size
+            specs.append(
+                ModelSpec(
+                    m.id, m.path.expanduser(), tuple(m.aliases), m.ctx_size, backend=m.backend
+                )
             )
+        if settings.alias:
+            specs[0] = replace(specs[0], aliases=(*specs[0].aliases, *settings.alias))
     elif settings.model is not None:
         path = settings.model.expanduser()
         if not path.is_file():
@@ -69,7 +71,7 @@ def specs_from_settings(settings: Settings) -> list[ModelSpec]:
         specs.append(ModelSpec(BUNDLED_ID, bundled_model_path(), tuple(settings.alias)))
     first = specs[0]
     extra = tuple(a for a in settings.default_aliases if a not in first.aliases)
-    specs[0] = ModelSpec(first.id, first.path, (*first.aliases, *extra), first.ctx_size)
+    specs[0] = replace(first, aliases=(*first.aliases, *extra))
     return specs
 
 

@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from oasis import __version__
+from oasis.backends import Backend, LocalServices, kind_of
 from oasis.config import Settings
 from oasis.engine.base import Engine
 from oasis.gateway.limits import Limiter, MemoryLimiter, RedisLimiter
@@ -27,9 +28,7 @@ from oasis.server.metrics import metrics_registry, render
 from oasis.server.routes import admin as admin_routes
 from oasis.server.routes import openai as openai_routes
 from oasis.server.state import AppState
-from oasis.serving.chat import ChatService
 from oasis.serving.common import RequestLimits, ServingContext
-from oasis.serving.completions import CompletionService
 from oasis.store.db import database_url, make_engine, migrate
 from oasis.store.keys import KeyStore
 from oasis.store.usage import UsageStore
@@ -40,33 +39,13 @@ log = logging.getLogger(__name__)
 def build_engines(
     settings: Settings, registry: ModelRegistry, on_fatal: Callable[[str], None] | None = None
 ) -> dict[str, Engine]:
-    """One llama.cpp engine per configured model (or the scripted fake, for benchmarks).
-    ``on_fatal`` is called when an engine gives up after repeated failures."""
+    """The engines the models' backend kinds run in this process (llama.cpp, or the scripted
+    fake). ``on_fatal`` is called when an engine gives up after repeated failures."""
     engines: dict[str, Engine] = {}
-    if settings.engine == "fake":
-        from oasis.engine.fake import FakeEngine
-
-        for spec in registry.specs:
-            engines[spec.id] = FakeEngine(
-                n_ctx=spec.ctx_size or settings.ctx_size,
-                name=spec.id,
-                max_sequences=settings.parallel + settings.max_queue,
-            )
-        return engines
-    from oasis.engine.llamacpp import LlamaEngine
-
     for spec in registry.specs:
-        engines[spec.id] = LlamaEngine(
-            spec.path,
-            name=spec.id,
-            n_ctx=spec.ctx_size or settings.ctx_size,
-            n_parallel=settings.parallel,
-            n_threads=settings.threads,
-            n_batch=settings.batch_size,
-            max_queue=settings.max_queue,
-            prefix_cache=settings.prefix_cache,
-            on_fatal=on_fatal,
-        )
+        engine = kind_of(spec).engine(spec, settings, on_fatal)
+        if engine is not None:
+            engines[spec.id] = engine
     return engines
 
 
@@ -115,12 +94,13 @@ def create_app(
         max_messages=settings.max_messages, max_prompt_chars=settings.max_prompt_chars
     )
     serving = ServingContext(registry, engines, limits=limits)
+    services = LocalServices(serving)
+    backends = {spec.id: kind_of(spec).backend(spec, services) for spec in registry.specs}
     gateway = None if settings.no_auth else build_gateway(settings)
     state = AppState(
         settings=settings,
         serving=serving,
-        chat=ChatService(serving),
-        completions=CompletionService(serving),
+        backends=backends,
         keys=gateway.keys if gateway else None,
         gateway=gateway,
     )
@@ -128,17 +108,17 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        started: list[Engine] = []
+        started: list[Backend] = []
         try:
             if gateway is not None:
                 await gateway.start()
-            for engine in engines.values():
-                engine.start()
-                started.append(engine)
+            for backend in backends.values():
+                backend.start()
+                started.append(backend)
             yield
         finally:
-            for engine in started:
-                engine.close()
+            for backend in started:
+                backend.close()
             if gateway is not None:
                 await gateway.close()
 
@@ -173,7 +153,7 @@ def create_app(
     async def health() -> JSONResponse:
         """200 while every engine can serve; 503 naming the failing ones otherwise."""
         down = {
-            spec.id: h.detail for spec in registry.specs if not (h := engines[spec.id].health()).ok
+            spec.id: h.detail for spec in registry.specs if not (h := backends[spec.id].health()).ok
         }
         body: dict[str, Any] = {
             "status": "ok" if not down else "unhealthy",

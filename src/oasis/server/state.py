@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
+from oasis.backends import Backend
 from oasis.config import Settings
 from oasis.gateway.meter import Gateway
-from oasis.serving.chat import ChatService
 from oasis.serving.common import ServingContext
-from oasis.serving.completions import CompletionService
 from oasis.store.keys import KeyStore
 
 
@@ -16,7 +16,6 @@ from oasis.store.keys import KeyStore
 class AppState:
     settings: Settings
     serving: ServingContext
-    chat: ChatService
-    completions: CompletionService
+    backends: Mapping[str, Backend]  # by model id
     keys: KeyStore | None = None
     gateway: Gateway | None = None  # None with --no-auth: no keys, limits or metering

@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from openai.types import Model
 from pydantic import BaseModel
 
+from oasis.backends import Backend
 from oasis.errors import OasisError
 from oasis.gateway.access import check_model, may_use
 from oasis.gateway.meter import Ticket
@@ -20,7 +21,7 @@ from oasis.protocol.requests import ChatCompletionRequest, CompletionRequest
 from oasis.server.sse import dump, sse_events
 from oasis.server.state import AppState
 from oasis.server.validation import parse_json_body, validate
-from oasis.serving.common import Meter
+from oasis.serving.common import NO_METER, Meter
 
 router = APIRouter()
 M = TypeVar("M", bound=BaseModel)
@@ -160,25 +161,43 @@ async def _unless_client_leaves(request: Request, work: Awaitable[T]) -> T:
         watcher.cancel()
 
 
-class _Service(Protocol[R]):
-    async def create(self, req: R, meter: Meter = ...) -> BaseModel | AsyncIterator[Any]: ...
+class _Call(Protocol[R]):
+    """What a route asks of the model's backend (``Backend.chat`` or ``.completions``)."""
+
+    def __call__(self, backend: Backend, req: R, meter: Meter) -> Awaitable[Any]: ...
+
+
+def _chat(backend: Backend, req: ChatCompletionRequest, meter: Meter) -> Awaitable[Any]:
+    return backend.chat(req, meter)
+
+
+def _completions(backend: Backend, req: CompletionRequest, meter: Meter) -> Awaitable[Any]:
+    return backend.completions(req, meter)
+
+
+def _backend(request: Request, model: str) -> Backend:
+    state = _state(request)
+    return state.backends[state.serving.registry.resolve(model).id]
 
 
 async def _generate(
-    request: Request, kind: type[M], service: _Service[M], endpoint: str, engine: str | None = None
+    request: Request, kind: type[M], call: _Call[M], endpoint: str, engine: str | None = None
 ) -> Response:
-    """Parse, run and (through the gateway) meter one completion request."""
+    """Parse, run on the model's backend and (through the gateway) meter one request."""
     gateway = _state(request).gateway
     if gateway is None:
         parsed = await _parse(request, kind, engine, None)
+        backend = _backend(request, str(getattr(parsed, "model", "")))
         try:
-            return _respond(await _unless_client_leaves(request, service.create(parsed)))
+            work = call(backend, parsed, NO_METER)
+            return _respond(await _unless_client_leaves(request, work))
         except _ClientLeft:
             return Response(status_code=499)  # nobody reads it (nginx's "client closed")
     ticket = gateway.ticket(request.state.api_key, endpoint)
     try:
         parsed = await _parse(request, kind, engine, ticket)
-        result = await _unless_client_leaves(request, service.create(parsed, ticket))
+        backend = _backend(request, str(getattr(parsed, "model", "")))
+        result = await _unless_client_leaves(request, call(backend, parsed, ticket))
     except _ClientLeft:
         # billed for what the engine generated before it stopped, flagged as disconnected
         await ticket.finish(499, disconnected=True)
@@ -207,20 +226,19 @@ async def _generate(
 
 @router.post("/v1/chat/completions")
 async def chat_completions(request: Request) -> Response:
-    return await _generate(request, ChatCompletionRequest, _state(request).chat, CHAT)
+    return await _generate(request, ChatCompletionRequest, _chat, CHAT)
 
 
 @router.post("/v1/engines/{engine}/chat/completions")
 async def engine_chat_completions(engine: str, request: Request) -> Response:
-    return await _generate(request, ChatCompletionRequest, _state(request).chat, CHAT, engine)
+    return await _generate(request, ChatCompletionRequest, _chat, CHAT, engine)
 
 
 @router.post("/v1/completions")
 async def completions(request: Request) -> Response:
-    return await _generate(request, CompletionRequest, _state(request).completions, COMPLETIONS)
+    return await _generate(request, CompletionRequest, _completions, COMPLETIONS)
 
 
 @router.post("/v1/engines/{engine}/completions")
 async def engine_completions(engine: str, request: Request) -> Response:
-    state = _state(request)
-    return await _generate(request, CompletionRequest, state.completions, COMPLETIONS, engine)
+    return await _generate(request, CompletionRequest, _completions, COMPLETIONS, engine)

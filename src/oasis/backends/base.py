@@ -1,0 +1,63 @@
+"""What every backend kind provides."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from typing import Protocol
+
+from openai.types import Completion
+from openai.types.chat import ChatCompletion, ChatCompletionChunk
+
+from oasis.config import Settings
+from oasis.engine.base import Engine, Health
+from oasis.models.registry import ModelSpec
+from oasis.protocol.requests import ChatCompletionRequest, CompletionRequest
+from oasis.serving.common import Meter
+
+
+class Backend(Protocol):
+    """One model's backend: an OpenAI request in, a response or a chunk stream out. Routes,
+    the gateway (keys, limits, the meter) and the usage ledger sit above it, written once."""
+
+    async def chat(
+        self, req: ChatCompletionRequest, meter: Meter
+    ) -> ChatCompletion | AsyncIterator[ChatCompletionChunk]: ...
+
+    async def completions(
+        self, req: CompletionRequest, meter: Meter
+    ) -> Completion | AsyncIterator[Completion]: ...
+
+    def health(self) -> Health: ...
+
+    def start(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class BackendKind(Protocol):
+    """A kind of backend (``backend = "..."`` of a model in oasis.toml).
+
+    Building is two steps because local backends share the serving layer: ``engine`` makes
+    the token-level engine a kind runs in this process (None for kinds that run none), and
+    ``backend`` wraps the model once the serving layer over every engine exists.
+    """
+
+    def engine(
+        self, spec: ModelSpec, settings: Settings, on_fatal: Callable[[str], None] | None
+    ) -> Engine | None: ...
+
+    def backend(self, spec: ModelSpec, services: Services) -> Backend: ...
+
+
+class Services(Protocol):
+    """The serving layer a local backend runs requests through."""
+
+    engines: dict[str, Engine]
+
+    async def chat(
+        self, req: ChatCompletionRequest, meter: Meter
+    ) -> ChatCompletion | AsyncIterator[ChatCompletionChunk]: ...
+
+    async def completions(
+        self, req: CompletionRequest, meter: Meter
+    ) -> Completion | AsyncIterator[Completion]: ...
