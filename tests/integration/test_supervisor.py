@@ -124,3 +124,32 @@ def test_repeated_failures_take_the_engine_down(engine: LlamaEngine, fatal: list
 
     with pytest.raises(EngineError):
         asyncio.run(submit())
+
+
+def test_a_failing_follower_fails_alone(engine: LlamaEngine,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """n > 1: the second choice follows the first's prefill and copies its KV. If that step
+    fails for the follower, the follower's request fails; the leader goes on, and the loop is
+    not restarted."""
+    real = engine._follow
+
+    def broken_follow(seq: Any, leader: Any, active: Any) -> None:
+        if seq.handle.request.sampling.seed == 5:
+            raise RuntimeError("simulated failure while following")
+        real(seq, leader, active)
+
+    monkeypatch.setattr(engine, "_follow", broken_follow)
+    prompt_text = "The same prompt for both sequences"
+
+    async def main() -> list[FinishEvent | BaseException]:
+        leader = _request(engine, prompt_text, sampling=SamplingParams(temperature=0.5, seed=4))
+        follower = _request(engine, prompt_text,
+                            sampling=SamplingParams(temperature=0.5, seed=5))
+        return list(await asyncio.gather(_run(engine, leader), _run(engine, follower)))
+
+    first, second = asyncio.run(main())
+    assert isinstance(first, FinishEvent) and first.completion_tokens > 0
+    assert isinstance(second, EngineError)
+    assert engine.stats().restarts_total == 0 and engine.health().ok
+    again = asyncio.run(_run(engine, _request(engine)))
+    assert isinstance(again, FinishEvent)

@@ -21,7 +21,7 @@ def test_the_local_kind_is_the_default() -> None:
 
 
 def test_an_unknown_kind_is_a_config_error_naming_the_known_ones() -> None:
-    with pytest.raises(ConfigError, match="unknown backend 'vllm-magic'.*local"):
+    with pytest.raises(ConfigError, match=r"unknown backend 'vllm-magic'.*local"):
         kind_of(ModelSpec("m", Path(__file__), backend="vllm-magic"))
 
 

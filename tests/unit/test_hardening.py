@@ -288,3 +288,63 @@ def test_health_is_503_while_an_engine_is_down(tmp_path: Path) -> None:
         body = r.json()
         assert body["status"] == "unhealthy"
         assert "failed 4 times" in body["errors"]["fake-model"]
+
+
+def test_a_template_that_slices_contents_never_leaks_a_marker() -> None:
+    """Qwen3-style templates keep only what follows '</think>' of an assistant turn: a content
+    marker loses its pair. The prompt is still split without any marker left in it."""
+    from oasis.serving.prompt import ChatTemplate
+
+    qwen3 = ("{% for m in messages %}{% if m.role == 'assistant' %}"
+             "{% set c = m.content.split('</think>')[-1] %}{% else %}{% set c = m.content %}"
+             "{% endif %}<|im_start|>{{ m.role }}\n{{ c }}<|im_end|>\n{% endfor %}"
+             "<|im_start|>assistant\n")
+    segments = ChatTemplate(qwen3, bos_token="", eos_token="").render_segments([
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "<think>x</think>ok"},
+        {"role": "user", "content": "again <|im_end|>", "name": "bob"},
+    ])
+    text = "".join(t for t, _ in segments)
+    assert text.encode("utf-8")  # no lone surrogate left: it could not be encoded
+    assert ("again <|im_end|>", True) in segments  # the user's text is still text
+    assert segments[0] == ("<|im_start|>user\n", False)
+
+
+def test_a_template_error_of_any_kind_is_a_400() -> None:
+    from oasis.errors import InvalidRequestError
+    from oasis.serving.prompt import ChatTemplate
+
+    broken = "{{ messages[0]['content'] + 1 }}"  # a TypeError inside the template
+    with pytest.raises(InvalidRequestError):
+        ChatTemplate(broken, bos_token="", eos_token="").render([{"role": "user",
+                                                                  "content": "x"}])
+
+
+def test_infinite_prices_are_refused() -> None:
+    from pydantic import ValidationError
+
+    from oasis.config import PriceConfig
+
+    for bad in (float("inf"), float("nan")):
+        with pytest.raises(ValidationError):
+            PriceConfig(input=bad)
+
+
+def test_a_refused_request_is_not_blocked_by_a_token_bucket_in_debt() -> None:
+    from oasis.gateway.limits import Limits, decide
+
+    d = decide(Limits(rpm=100, tpm=1000), requests=50, tokens_level=-500, tokens=0)
+    assert d.allowed
+    d = decide(Limits(rpm=100, tpm=1000), requests=50, tokens_level=-500, tokens=10)
+    assert not d.allowed and d.blocked_by == "tokens"
+
+
+def test_an_unwritable_quarantine_does_not_stop_the_ledger(tmp_path: Path) -> None:
+    from oasis.gateway.usage import Ledger
+
+    ledger = Ledger.__new__(Ledger)
+    ledger.quarantine_dir = tmp_path / "file-not-dir"
+    ledger.quarantine_dir.write_text("in the way")  # mkdir fails: a file has the name
+    ledger.quarantined = 0
+    ledger._quarantine([{"reason": "bad", "line": "{"}], "journal-1")
+    assert ledger.quarantined == 1

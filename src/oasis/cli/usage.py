@@ -115,7 +115,9 @@ def usage(
     """Requests, tokens and cost from the usage ledger (a table on a terminal, tab-separated
     lines when piped)."""
     if group_by not in ("day", "key", "model"):
-        err.print(f"[red]error:[/red] --group-by must be day, key or model, not {group_by!r}")
+        err.print(
+            f"[red]error:[/red] --group-by must be day, key or model, not {escape(repr(group_by))}"
+        )
         raise typer.Exit(2)
     settings = load_settings()
     engine = make_engine(database_url(settings.database_url, settings.data_dir))

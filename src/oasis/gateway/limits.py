@@ -341,7 +341,9 @@ def decide(limits: Limits, requests: float, tokens_level: float, tokens: int) ->
         )
     if limits.rpm and requests < 1:
         wait, blocked = (1 - requests) * 60 / limits.rpm, "requests"
-    if limits.tpm and tokens_level < tokens:
+    # a request that asks no tokens (a refused one, counted against RPM) is never held up by
+    # a token bucket in debt
+    if limits.tpm and tokens > 0 and tokens_level < tokens:
         t_wait = (tokens - tokens_level) * 60 / limits.tpm
         if t_wait > wait:
             wait, blocked = t_wait, "tokens"
@@ -410,7 +412,7 @@ if mode == 'acquire' then
     if rpm > 0 and r < 1 then
       allowed, wait, blocked = 0, (1 - r) * 60 / rpm, 'requests'
     end
-    if tpm > 0 and tk < cost then
+    if tpm > 0 and cost > 0 and tk < cost then
       local tw = (cost - tk) * 60 / tpm
       if tw > wait then wait = tw; blocked = 'tokens' end
       allowed = 0

@@ -199,18 +199,25 @@ class Ticket:
             worst = max(completion_tokens, worst_completion_tokens or 0)
             usd = gw.price(*self.price_names).cost(prompt_tokens, 0, worst)
             hold = Hold(self.request_id, usd) if usd > 0 else None
+        # Known before the call: a client that leaves while Redis runs the script (the task
+        # is cancelled) must not leave a hold this ticket does not know of and never releases.
+        # Releasing a hold that was not placed is harmless.
+        self._window_end = budget.window_end if budget is not None else None
+        self._hold = hold
         decision = await gw.limiter.acquire(kid, self._limits, tokens, budget, hold)
         if decision.blocked_by == "unloaded":
             await gw.spend(key, self.created)
             decision = await gw.limiter.acquire(kid, self._limits, tokens, budget, hold)
+        if decision.allowed:
+            self._reserved = tokens if self._limits.tpm else 0
+        else:
+            self._window_end = None
+            self._hold = None
         self._decision_headers = decision.headers()
         if decision.blocked_by == "budget" and budget is not None:
             raise self._quota_error(key, budget, decision)
         if not decision.allowed:
             raise RateLimitError.of(decision, self.model, key.name)
-        self._reserved = tokens if self._limits.tpm else 0
-        self._window_end = budget.window_end if budget is not None else None
-        self._hold = hold
 
     def _quota_error(self, key: KeyInfo, budget: Budget, d: Decision) -> QuotaExceededError:
         renews = f"{datetime.fromtimestamp(budget.window_end, UTC):%Y-%m-%d %H:%M} UTC"

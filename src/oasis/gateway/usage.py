@@ -127,10 +127,13 @@ class Ledger:
     # -- the hot path ------------------------------------------------------------------------
     def record(self, usage: Usage) -> None:
         """Journal a record (durable once this returns) and queue it for the database."""
+        self._pending.append(usage)  # the database gets it even if the journal cannot
         if self._fd is not None:
             line = json.dumps(usage.to_json(), separators=(",", ":")) + "\n"
-            os.write(self._fd, line.encode())
-        self._pending.append(usage)
+            try:
+                _write_all(self._fd, line.encode())
+            except OSError:
+                log.exception("could not journal usage record %s", usage.request_id)
         if len(self._pending) >= 256:
             self._wake.set()
 
@@ -183,12 +186,18 @@ class Ledger:
             lines.append(json.dumps(entry, separators=(",", ":")) + "\n")
         if not lines:
             return
-        self.quarantine_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         try:
-            os.write(fd, "".join(lines).encode())
-        finally:
-            os.close(fd)
+            self.quarantine_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            try:
+                _write_all(fd, "".join(lines).encode())
+            finally:
+                os.close(fd)
+        except OSError:
+            # an unwritable quarantine must not hold back the flush or start-up: the entries
+            # go to the log whole instead
+            for line in lines:
+                log.error("could not write the quarantine file; entry: %s", line.rstrip())
         self.quarantined += len(lines)
 
     async def _run(self) -> None:
@@ -224,3 +233,10 @@ def _read_journal(path: Path) -> tuple[list[Usage], list[tuple[str, str]]]:
             except (ValueError, TypeError, RecursionError) as exc:
                 bad.append((text, f"unreadable: {exc!r}"[:500]))
     return out, bad
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """os.write until every byte is written (a short write would tear a journal line)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]

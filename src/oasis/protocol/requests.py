@@ -75,7 +75,7 @@ class _SamplingFields(Strict):
     top_p: TopP | None = None
     user: str | None = None
     # oasis extensions: llama.cpp samplers.
-    top_k: Annotated[Whole, Field(ge=0)] | None = None
+    top_k: Annotated[Whole, Field(ge=0, le=1_000_000)] | None = None
     min_p: Annotated[float, Field(ge=0, le=1)] | None = None
     repeat_penalty: Annotated[float, Field(gt=0, le=10)] | None = None
 

@@ -44,6 +44,7 @@ from oasis.serving.common import (
     StreamTally,
     Target,
     check_context,
+    check_sequences,
     fingerprint,
     new_id,
     refuse_unsupported,
@@ -290,7 +291,7 @@ class ChatService:
         engine = target.engine
         segments = self._template(target).render_segments(message_dicts(messages, tools))
         bos = engine.info.bos_token
-        first = segments[0][0] if segments else ""
+        first = segments[0][0] if segments and not segments[0][1] else ""
         tokens: list[int] = []
         if engine.info.add_bos and not (bos and first.startswith(bos)):
             tokens = engine.tokenize("", add_special=True, parse_special=False)
@@ -317,6 +318,7 @@ class ChatService:
         )
         params = sampling_params(req, engine.info.n_vocab)
         n = req.n or 1
+        check_sequences(engine, n, "n")  # a 400 before admission takes from the limits
         logprobs = (req.top_logprobs or 0) if req.logprobs else None
         grammar = self._grammar(req, engine, plan)
         gens = [
@@ -340,7 +342,8 @@ class ChatService:
         chars = sum(_text_size(m) for m in req.messages)
         self.ctx.check_chars(chars, param="messages")
         constrained = bool(req.tools or req.functions or req.response_format)
-        return constrained or chars > limits.inline_chars
+        many = len(req.messages) > 64  # templating and tokenizing each one add up
+        return constrained or many or chars > limits.inline_chars
 
     async def create(
         self, req: ChatCompletionRequest, meter: Meter = NO_METER

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Any
 
-from jinja2 import TemplateError
 from jinja2.ext import loopcontrols
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
@@ -23,6 +23,11 @@ FALLBACK_TEMPLATE = (
 # Lone surrogates never occur in request text (server/validation.py refuses them), so they
 # mark where each message's content starts and ends in the rendered prompt.
 _OPEN, _CLOSE = "\udb80", "\udb81"
+_MARKERS = re.compile(f"({_OPEN}|{_CLOSE})")
+
+
+def _text(value: Any) -> bool:
+    return isinstance(value, str) and bool(value)
 
 
 class _TemplateRaised(Exception):
@@ -61,35 +66,28 @@ class ChatTemplate:
         are refused when the body is parsed), and the rendered text is split at them.
         """
         wrapped = [
-            {**m, "content": f"{_OPEN}{m['content']}{_CLOSE}"}
-            if isinstance(m.get("content"), str) and m["content"]
-            else m
+            {
+                **m,
+                **{k: f"{_OPEN}{m[k]}{_CLOSE}" for k in ("content", "name") if _text(m.get(k))},
+            }
             for m in messages
         ]
         text = self.render(wrapped)
+        # Each marker switches the mode: text after an opening marker is the client's until a
+        # closing one. A template that slices a content (Qwen3's `content.split('</think>')`)
+        # leaves a marker without its pair: it still switches, and no marker is ever kept.
         out: list[tuple[str, bool]] = []
-        rest = text
-        while rest:
-            start = rest.find(_OPEN)
-            if start < 0:
-                break
-            end = rest.find(_CLOSE, start + 1)
-            if end < 0:
-                break
-            if start:
-                out.append((rest[:start], False))
-            inner = rest[start + 1 : end]
-            if _OPEN in inner:  # a template that nests or slices contents: not ours to split
-                break
-            out.append((inner, True))
-            rest = rest[end + 1 :]
-        else:
-            return out
-        if _OPEN in rest or _CLOSE in rest:
-            # The template cut a content apart (a slice, a filter that reorders): its markers
-            # cannot be told from the content's, so all of the text is treated as content.
-            return [(text.replace(_OPEN, "").replace(_CLOSE, ""), True)]
-        out.append((rest, False))
+        from_client = False
+        for piece in _MARKERS.split(text):
+            if piece == _OPEN:
+                from_client = True
+            elif piece == _CLOSE:
+                from_client = False
+            elif piece:
+                if out and out[-1][1] == from_client:
+                    out[-1] = (out[-1][0] + piece, from_client)
+                else:
+                    out.append((piece, from_client))
         return out
 
     def render(self, messages: list[dict[str, Any]]) -> str:
@@ -102,7 +100,7 @@ class ChatTemplate:
             )
         except _TemplateRaised as exc:
             raise InvalidRequestError(str(exc), param="messages") from None
-        except TemplateError as exc:
+        except Exception as exc:  # a template's own TypeError/IndexError on odd messages too
             raise InvalidRequestError(
                 f"The model's chat template could not render these messages: {exc}",
                 param="messages",

@@ -70,6 +70,8 @@ def text_problem(value: str) -> str | None:
         return f"expected a non-empty string of at most {MAX_NAME_LENGTH} characters"
     if any(ord(c) < 32 or ord(c) == 127 for c in value):
         return "expected a string without control characters (tabs, newlines, NUL)"
+    if any(0xD800 <= ord(c) <= 0xDFFF for c in value):  # undecodable bytes from a terminal
+        return "expected valid Unicode text (no lone surrogates)"
     return None
 
 

@@ -205,6 +205,9 @@ class LlamaEngine(Engine):
         self._wake()
         if self._thread is not None:
             self._thread.join(timeout=30)
+            if self._thread.is_alive():  # still inside a decode: freeing now would crash
+                log.error("engine %s: the engine thread did not stop; not freeing", self.name)
+                return
         if self._ctx is not None:
             L.llama_free(self._ctx)
             self._ctx = None
@@ -251,7 +254,8 @@ class LlamaEngine(Engine):
         prompt = list(request.prompt) or [self._model.bos_id]
         seq = Seq(handle=handle, prompt=prompt, text=TextStream(request.stop))
         with self._lock:
-            if self._down:
+            thread = self._thread
+            if self._down or (thread is not None and not thread.is_alive()):
                 raise EngineError("The engine is down: " + self._health.detail)
             free = self.n_parallel - self._stats.running
             if self._pending >= self.max_queue + max(0, free):
@@ -293,7 +297,7 @@ class LlamaEngine(Engine):
                     if len(failures) > self.max_restarts:
                         self._go_down(
                             f"the engine failed {len(failures)} times in "
-                            f"{self.restart_window:g} s (last: {type(exc).__name__}: {exc})"
+                            f"{self.restart_window:g} s (last: {type(exc).__name__})"
                         )
                         if self.on_fatal is not None:
                             self.on_fatal(f"engine {self.name}: {self._health.detail}")
@@ -302,6 +306,15 @@ class LlamaEngine(Engine):
                     self._stats.restarts_total += 1
                     self._recover(waiting, active, exc)
                     log.warning("engine %s: restarted after a failure", self.name)
+        except BaseException as exc:  # the supervisor itself failed: down, loudly
+            log.critical("engine %s: the engine thread failed", self.name, exc_info=True)
+            self._go_down(f"the engine thread failed ({type(exc).__name__})")
+            for seq in [*active, *waiting]:
+                seq.handle._deliver(EngineError("The engine is down."))
+            if self.on_fatal is not None:
+                self.on_fatal(f"engine {self.name}: {self._health.detail}")
+            if not isinstance(exc, Exception):
+                raise
         finally:
             self._flush_outbox()
             L.llama_batch_free(batch)
@@ -336,19 +349,17 @@ class LlamaEngine(Engine):
         cleared), the others go on."""
         try:
             work(seq, active)
-        except Exception as exc:
+        except Exception:
             log.exception("engine %s: a request failed", self.name)
-            seq.handle._deliver(EngineError(f"The engine failed on this request: {exc}"))
-            for f in list(seq.followers):
-                f.handle._deliver(EngineError(f"The engine failed on this request: {exc}"))
-                self._release(f, active, keep_kv=False)
+            seq.handle._deliver(EngineError("The engine failed on this request."))
+            # its followers (if it was still prefilling) go on by themselves (_release)
             self._release(seq, active, keep_kv=False)
 
     def _recover(self, waiting: deque[Seq], active: list[Seq], exc: Exception) -> None:
         """After a loop failure: fail every held request, clear the KV cache and the slots."""
-        err = EngineError(f"The engine failed and was restarted ({type(exc).__name__}); retry.")
         for seq in [*active, *waiting]:
-            seq.handle._deliver(err)
+            # one error object per request: the route adds that request's own headers to it
+            seq.handle._deliver(EngineError("The engine failed and was restarted; retry."))
             seq.handle.done = True
             try:
                 self._free_sampler(seq)
@@ -429,10 +440,10 @@ class LlamaEngine(Engine):
             self._dequeued()
             try:
                 self._make_sampler(seq)
-            except Exception as exc:
+            except Exception:
                 log.exception("engine %s: could not build a request's sampler", self.name)
                 self._free_sampler(seq)
-                seq.handle._deliver(EngineError(f"The engine could not sample this request: {exc}"))
+                seq.handle._deliver(EngineError("The engine could not sample this request."))
                 seq.handle.done = True
                 continue
             leader = None
@@ -447,6 +458,10 @@ class LlamaEngine(Engine):
                 )
             slot = self._pick_slot(free, seq.prompt)
             free.remove(slot)
+            # in a slot and active before any KV work, so a failure there is recovered from
+            slot.seq, seq.slot = seq, slot
+            active.append(seq)
+            self._stats.requests_total += 1
             if leader is not None:
                 L.llama_memory_seq_rm(self._mem, slot.seq_id, -1, -1)
                 slot.cached = []
@@ -454,9 +469,6 @@ class LlamaEngine(Engine):
                 leader.followers.append(seq)
             else:
                 self._reuse_prefix(seq, slot)
-            slot.seq, seq.slot = seq, slot
-            active.append(seq)
-            self._stats.requests_total += 1
 
     def _make_sampler(self, seq: Seq) -> None:
         assert self._model is not None and self._grammars is not None
@@ -586,8 +598,8 @@ class LlamaEngine(Engine):
             seq.n_past = seq.handle.prompt_evaluated = len(seq.prompt)
             self._stats.prompt_tokens_total += len(seq.prompt) - seq.cached_tokens
             followers, seq.followers = seq.followers, []
-            for f in followers:
-                self._follow(f, seq, active)
+            for f in followers:  # each on its own: one that fails fails alone
+                self._guarded(f, active, lambda s, a, leader=seq: self._follow(s, leader, a))
             if req.max_tokens == 0:
                 self._finish(seq, "length", active)
                 return
@@ -659,7 +671,8 @@ class LlamaEngine(Engine):
         if seq in active:
             active.remove(seq)
         if seq.leader is not None:
-            seq.leader.followers.remove(seq)
+            if seq in seq.leader.followers:
+                seq.leader.followers.remove(seq)
             seq.leader = None
         for f in seq.followers:  # the leader went away before its prefill completed
             f.leader = None

@@ -218,8 +218,10 @@ async def _generate(
     stream = result
 
     async def on_close() -> None:
-        await _close(stream)
-        await ticket.finish(499, disconnected=True)  # no-op unless the stream never ran
+        try:
+            await _close(stream)
+        finally:
+            await ticket.finish(499, disconnected=True)  # no-op unless the stream never ran
 
     return _respond(ticket.metered(stream), headers, on_close)
 
