@@ -255,3 +255,22 @@ def test_a_request_cancelled_while_queued_pays_no_prompt(server: TestClient) -> 
     left = call(server, gw.limiter.peek, str(key_id), key_limits(key)).tokens_left
     assert left == pytest.approx(1000 - 48, abs=2)
     assert call(server, gw.spend, key) == pytest.approx(second.cost_usd)
+
+
+def test_lifting_and_restoring_a_budget_counts_what_was_spent_meanwhile(
+    server: TestClient,
+) -> None:
+    """Spend made while a key had no budget is in the ledger only: when the budget comes back
+    (or its period changes), the spend counter is loaded from the ledger again, not reused."""
+    secret, key_id = new_key(server, budget_usd=0.2)
+    auth = {"Authorization": f"Bearer {secret}"}
+    assert server.post("/v1/chat/completions", json=CHAT, headers=auth).status_code == 200
+    r = server.patch(f"/admin/keys/key_{key_id}", json={"budget_usd": None})
+    assert r.status_code == 200, r.text
+    for _ in range(4):  # about $0.07 each: well past the old budget
+        assert server.post("/v1/chat/completions", json=CHAT, headers=auth).status_code == 200
+    r = server.patch(f"/admin/keys/key_{key_id}", json={"budget_usd": 0.2})
+    assert r.status_code == 200, r.text
+    records(server, key_id)  # the ledger has every request
+    again = server.post("/v1/chat/completions", json=CHAT, headers=auth)
+    assert again.status_code == 429 and again.json()["error"]["code"] == "insufficient_quota"

@@ -219,6 +219,12 @@ class Limiter(Protocol):
         """The period's spend counter, or None when not loaded."""
         ...
 
+    async def forget_spend(self, key: str) -> None:
+        """Drop the key's spend counters: they are loaded from the ledger again. Called when a
+        key's budget or period changes (spend made while a key had no budget was counted
+        nowhere but in the ledger)."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -321,6 +327,10 @@ class MemoryLimiter:
 
     async def spent(self, key: str, window_end: float) -> float | None:
         return self._spend.get((key, window_end))
+
+    async def forget_spend(self, key: str) -> None:
+        for slot in [s for s in self._spend if s[0] == key]:
+            del self._spend[slot]
 
     async def close(self) -> None:
         pass
@@ -551,6 +561,11 @@ class RedisLimiter:
     async def spent(self, key: str, window_end: float) -> float | None:
         value = await self.redis.get(self._spend_key(key, window_end))
         return None if value is None else float(value)
+
+    async def forget_spend(self, key: str) -> None:
+        names = [n async for n in self.redis.scan_iter(match=f"{self.prefix}:spend:{key}:*")]
+        if names:
+            await self.redis.delete(*names)
 
     async def close(self) -> None:
         await self.redis.aclose()

@@ -142,6 +142,10 @@ async def update_key(key: str, request: Request) -> JSONResponse:
         changes["budget_period_s"] = _period(body.budget_period)
     info = await to_thread.run_sync(lambda: gw.keys.update(key, **changes))
     gw.key_cache.invalidate()
+    if "budget_usd" in changes or "budget_period_s" in changes:
+        # reloaded from the ledger, once this process's pending records are in it
+        await gw.ledger.flush()
+        await gw.limiter.forget_spend(str(info.id))
     return JSONResponse(await key_json(gw, info))
 
 
