@@ -458,8 +458,9 @@ class LlamaEngine(Engine):
                 )
             slot = self._pick_slot(free, seq.prompt)
             free.remove(slot)
-            # in a slot and active before any KV work, so a failure there is recovered from
-            slot.seq, seq.slot = seq, slot
+            # active (so a failure in the KV work below is recovered from) but the slot's own
+            # kept KV still visible to _reuse_prefix: slot.seq is set after it
+            seq.slot = slot
             active.append(seq)
             self._stats.requests_total += 1
             if leader is not None:
@@ -469,6 +470,7 @@ class LlamaEngine(Engine):
                 leader.followers.append(seq)
             else:
                 self._reuse_prefix(seq, slot)
+            slot.seq = seq
 
     def _make_sampler(self, seq: Seq) -> None:
         assert self._model is not None and self._grammars is not None
