@@ -3,7 +3,7 @@ response or a stream of chunks. ``local`` runs serving/ + engine/ in this proces
 (an upstream OpenAI-compatible server) plug into the same registry of kinds."""
 
 from oasis.backends.base import Backend, BackendKind
-from oasis.backends.local import LocalBackend, LocalKind, LocalServices
+from oasis.backends.local import LocalBackend, LocalKind, LocalServing
 from oasis.backends.registry import KINDS, kind_of
 
 __all__ = [
@@ -12,6 +12,6 @@ __all__ = [
     "BackendKind",
     "LocalBackend",
     "LocalKind",
-    "LocalServices",
+    "LocalServing",
     "kind_of",
 ]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from openai.types import Completion
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
@@ -13,6 +13,9 @@ from oasis.engine.base import Engine, Health
 from oasis.models.registry import ModelSpec
 from oasis.protocol.requests import ChatCompletionRequest, CompletionRequest
 from oasis.serving.common import Meter
+
+if TYPE_CHECKING:
+    from oasis.backends.local import LocalServing
 
 
 class Backend(Protocol):
@@ -46,18 +49,4 @@ class BackendKind(Protocol):
         self, spec: ModelSpec, settings: Settings, on_fatal: Callable[[str], None] | None
     ) -> Engine | None: ...
 
-    def backend(self, spec: ModelSpec, services: Services) -> Backend: ...
-
-
-class Services(Protocol):
-    """The serving layer a local backend runs requests through."""
-
-    engines: dict[str, Engine]
-
-    async def chat(
-        self, req: ChatCompletionRequest, meter: Meter
-    ) -> ChatCompletion | AsyncIterator[ChatCompletionChunk]: ...
-
-    async def completions(
-        self, req: CompletionRequest, meter: Meter
-    ) -> Completion | AsyncIterator[Completion]: ...
+    def backend(self, spec: ModelSpec, serving: LocalServing) -> Backend: ...

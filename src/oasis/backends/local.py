@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
 
 from openai.types import Completion
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
-from oasis.backends.base import Backend, Services
+from oasis.backends.base import Backend
 from oasis.config import Settings
 from oasis.engine.base import Engine, Health
 from oasis.models.registry import ModelSpec
@@ -17,41 +18,35 @@ from oasis.serving.common import Meter, ServingContext
 from oasis.serving.completions import CompletionService
 
 
-class LocalServices:
-    """The serving layer over every local engine: chat and completions as OpenAI requests."""
+@dataclass(frozen=True)
+class LocalServing:
+    """The serving layer over every local engine, shared by the local backends."""
 
-    def __init__(self, serving: ServingContext) -> None:
-        self.engines = dict(serving.engines)
-        self._chat = ChatService(serving)
-        self._completions = CompletionService(serving)
+    engines: Mapping[str, Engine]
+    chat: ChatService
+    completions: CompletionService
 
-    async def chat(
-        self, req: ChatCompletionRequest, meter: Meter
-    ) -> ChatCompletion | AsyncIterator[ChatCompletionChunk]:
-        return await self._chat.create(req, meter)
-
-    async def completions(
-        self, req: CompletionRequest, meter: Meter
-    ) -> Completion | AsyncIterator[Completion]:
-        return await self._completions.create(req, meter)
+    @classmethod
+    def over(cls, serving: ServingContext) -> LocalServing:
+        return cls(serving.engines, ChatService(serving), CompletionService(serving))
 
 
 class LocalBackend(Backend):
     """A model served by an engine in this process."""
 
-    def __init__(self, engine: Engine, services: Services) -> None:
+    def __init__(self, engine: Engine, serving: LocalServing) -> None:
         self.engine = engine
-        self._services = services
+        self._serving = serving
 
     async def chat(
         self, req: ChatCompletionRequest, meter: Meter
     ) -> ChatCompletion | AsyncIterator[ChatCompletionChunk]:
-        return await self._services.chat(req, meter)
+        return await self._serving.chat.create(req, meter)
 
     async def completions(
         self, req: CompletionRequest, meter: Meter
     ) -> Completion | AsyncIterator[Completion]:
-        return await self._services.completions(req, meter)
+        return await self._serving.completions.create(req, meter)
 
     def health(self) -> Health:
         return self.engine.health()
@@ -92,5 +87,5 @@ class LocalKind:
             on_fatal=on_fatal,
         )
 
-    def backend(self, spec: ModelSpec, services: Services) -> Backend:
-        return LocalBackend(services.engines[spec.id], services)
+    def backend(self, spec: ModelSpec, serving: LocalServing) -> Backend:
+        return LocalBackend(serving.engines[spec.id], serving)

@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from oasis import __version__
-from oasis.backends import Backend, LocalServices, kind_of
+from oasis.backends import Backend, LocalServing, kind_of
 from oasis.config import Settings
 from oasis.engine.base import Engine
 from oasis.gateway.limits import Limiter, MemoryLimiter, RedisLimiter
@@ -94,8 +94,8 @@ def create_app(
         max_messages=settings.max_messages, max_prompt_chars=settings.max_prompt_chars
     )
     serving = ServingContext(registry, engines, limits=limits)
-    services = LocalServices(serving)
-    backends = {spec.id: kind_of(spec).backend(spec, services) for spec in registry.specs}
+    local = LocalServing.over(serving)
+    backends = {spec.id: kind_of(spec).backend(spec, local) for spec in registry.specs}
     gateway = None if settings.no_auth else build_gateway(settings)
     state = AppState(
         settings=settings,

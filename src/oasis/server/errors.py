@@ -20,11 +20,11 @@ from oasis.errors import (
 log = logging.getLogger(__name__)
 
 
-def error_response(exc: OasisError) -> Response:
+def error_response(exc: OasisError, status: int | None = None) -> Response:
     # ASCII-escaped JSON: a message quoting client text stays encodable whatever it holds
     return Response(
         json.dumps(exc.to_dict()),
-        status_code=exc.status,
+        status_code=exc.status if status is None else status,
         headers=exc.headers,
         media_type="application/json",
     )
@@ -50,11 +50,6 @@ def install_error_handlers(app: FastAPI) -> None:
             err = InvalidRequestError(str(exc.detail))
         else:
             err = EngineError("The server had an error while processing your request.")
-        return Response(
-            json.dumps(err.to_dict()),
-            status_code=exc.status_code,
-            headers=err.headers,
-            media_type="application/json",
-        )
+        return error_response(err, exc.status_code)
 
     # Any other exception is turned into a 500 by server/guard.py's RequestGuard, once.

@@ -254,10 +254,6 @@ def _text_size(m: ChatMessage) -> int:
     return size
 
 
-# Any text whose first non-blank character is not '<' (see ChatService._grammar).
-NO_LEADING_TAG = r"root ::= [ \t\n]* [^<\x00 \t\n] [^\x00]*"
-
-
 @dataclass
 class _Prepared:
     """A chat request ready for admission: its sequences and what the reply needs."""
@@ -320,13 +316,14 @@ class ChatService:
         n = req.n or 1
         check_sequences(engine, n, "n")  # a 400 before admission takes from the limits
         logprobs = (req.top_logprobs or 0) if req.logprobs else None
-        grammar = self._grammar(req, engine, plan)
+        hidden = tools_mod.hidden_stops(plan, req)
+        grammar = self._grammar(req, engine, plan, bool(hidden))
         gens = [
             GenerationRequest(
                 prompt=prompt,
                 max_tokens=budget,
                 sampling=with_seed(params, i),
-                stop=req.stop_list() + tools_mod.hidden_stops(plan, req),
+                stop=req.stop_list() + hidden,
                 logprobs=logprobs,
                 grammar=grammar,
             )
@@ -381,10 +378,14 @@ class ChatService:
 
     @staticmethod
     def _grammar(
-        req: ChatCompletionRequest, engine: Engine, plan: tools_mod.ToolPlan | None
+        req: ChatCompletionRequest,
+        engine: Engine,
+        plan: tools_mod.ToolPlan | None,
+        hidden_stops: bool,
     ) -> str | None:
         """The grammar response_format and the tools ask for, checked against the engine (a
-        400 if it cannot be enforced)."""
+        400 if it cannot be enforced); with ``hidden_stops`` (no call can be made after tool
+        markup), one that keeps an answer from starting with a tag."""
         fmt = req.response_format
         if isinstance(fmt, JSONObjectFormat) and not any(
             "json" in _content_text(m, f"messages.[{i}]").lower()
@@ -403,11 +404,8 @@ class ChatService:
         elif answer is not None:
             grammar = answer_grammar(answer)
             param = "response_format"
-        elif tools_mod.hidden_stops(plan, req):
-            # No call can be made, but the model has seen tool markup and the hidden stop
-            # strings end the answer where a tag starts: an answer may not start with one
-            # (it would be empty), so its first visible character is not '<'.
-            grammar, param = NO_LEADING_TAG, "tool_choice"
+        elif hidden_stops:
+            grammar, param = tools_mod.NO_LEADING_TAG, "tool_choice"
         else:
             return None
         assert grammar is not None

@@ -21,7 +21,7 @@ the prompt, ``hidden_stops`` into the stop strings, ``tool_grammar`` -> the engi
 ``ReplyParser.for_plan`` over the generated text.
 """
 
-from oasis.serving.tools.grammar import tool_grammar
+from oasis.serving.tools.grammar import NO_LEADING_TAG, tool_grammar
 from oasis.serving.tools.markup import TAGS, call_text, response_text
 from oasis.serving.tools.parser import (
     Call,
@@ -37,6 +37,7 @@ from oasis.serving.tools.prompt import prefill, system_text
 
 __all__ = [
     "MAX_PARALLEL",
+    "NO_LEADING_TAG",
     "TAGS",
     "Call",
     "CallArguments",

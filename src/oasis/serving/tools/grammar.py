@@ -16,6 +16,11 @@ from oasis.serving.structured import GrammarBuilder
 from oasis.serving.tools.markup import AFTER_NAME, CLOSE, HEAD, TAGS
 from oasis.serving.tools.plan import MAX_PARALLEL, ToolPlan
 
+# A text answer whose first non-blank character is not '<': when no call can be made but the
+# conversation holds tool markup, the hidden stop strings (plan.hidden_stops) end an answer
+# where a tag starts, so one that started with a tag would be empty.
+NO_LEADING_TAG = r"root ::= [ \t\n]* [^<\x00 \t\n] [^\x00]*"
+
 
 def _literal(text: str) -> str:
     return json.dumps(text)  # a GBNF literal is a double-quoted string with JSON's escapes
