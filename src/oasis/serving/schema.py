@@ -14,6 +14,7 @@ deepens the walk; the walk is as deep as the schema document, which is bounded.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from dataclasses import dataclass
@@ -25,6 +26,15 @@ from oasis.serving import pattern as rx
 from oasis.serving.formats import FORMATS
 from oasis.serving.gbnf import Limits, Rules, class_char, literal, repeat
 from oasis.serving.intrange import bounds, integer_gbnf, number_bounds, number_gbnf
+
+# Formats and common patterns come again and again (a URI format is a large pattern): their
+# trees (frozen dataclasses, safe to share) are parsed once.
+_parse_cached = functools.lru_cache(maxsize=256)(rx.parse)
+
+
+def _parse(source: str, repetition: int, depth: int) -> rx.Node:
+    return _parse_cached(source, max_repetition=repetition, max_depth=depth)
+
 
 TYPES = ("object", "array", "string", "number", "integer", "boolean", "null")
 ANNOTATIONS = frozenset(
@@ -517,9 +527,7 @@ class SchemaCompiler:
         source = f"^(?:{FORMATS[fmt]})$" if fmt is not None else str(pat)
         what = f"format '{fmt}'" if fmt is not None else "'pattern'"
         try:
-            tree = rx.parse(
-                source, max_repetition=self.limits.repetition, max_depth=self.limits.depth
-            )
+            tree = _parse(source, self.limits.repetition, self.limits.depth)
         except rx.PatternError as exc:
             problem = f"{what} {_short(pat)}{{at}}: {exc}" if fmt is None else f"{what}: {exc}"
             if exc.unsupported:

@@ -12,12 +12,9 @@ import re
 from typing import Any
 
 from oasis.errors import InvalidRequestError, UnsupportedParameterError
-from oasis.serving.formats import FORMATS as _FORMAT_PATTERNS
 from oasis.serving.gbnf import DEFAULT_LIMITS, LLAMA_MAX_REPETITION, Limits, Rules, measure
 from oasis.serving.schema import (
     ANNOTATIONS,
-    KEYWORDS,
-    NUMBER_KEYS,
     PRIMITIVES,
     TYPES,
     SchemaCompiler,
@@ -26,13 +23,9 @@ from oasis.serving.schema import (
 
 __all__ = [
     "ANNOTATIONS",
-    "BOUNDS",
     "DEFAULT_LIMITS",
-    "ENFORCED",
-    "FORMATS",
     "JSON_OBJECT",
     "NAME",
-    "STRICT_CHAR",
     "TYPES",
     "GrammarBuilder",
     "Limits",
@@ -42,12 +35,7 @@ __all__ = [
     "grammar_for",
 ]
 
-# Keywords the grammar enforces (the numeric bounds on integers and numbers: BOUNDS).
-ENFORCED = KEYWORDS - set(NUMBER_KEYS)
-FORMATS = frozenset(_FORMAT_PATTERNS)
-BOUNDS = frozenset(NUMBER_KEYS)
 NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")  # schema and function names
-STRICT_CHAR = "char ::= " + PRIMITIVES["char"][0]
 
 
 def check_schema(
