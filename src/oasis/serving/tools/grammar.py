@@ -9,9 +9,10 @@ would cost tokens and decide nothing. With ``prefilled``, the grammar starts whe
 
 from __future__ import annotations
 
-import json
+import functools
 from typing import Any
 
+from oasis.serving.gbnf import class_char, literal
 from oasis.serving.structured import GrammarBuilder
 from oasis.serving.tools.markup import AFTER_NAME, CLOSE, HEAD, TAGS
 from oasis.serving.tools.plan import MAX_PARALLEL, ToolPlan
@@ -22,13 +23,8 @@ from oasis.serving.tools.plan import MAX_PARALLEL, ToolPlan
 NO_LEADING_TAG = r"root ::= [ \t\n]* [^<\x00 \t\n] [^\x00]*"
 
 
-def _literal(text: str) -> str:
-    return json.dumps(text)  # a GBNF literal is a double-quoted string with JSON's escapes
-
-
 def _class(chars: str) -> str:
-    escaped = {"\n": "\\n", "\\": "\\\\", "]": "\\]", "[": "\\[", "^": "\\^", "-": "\\-"}
-    return "".join(escaped.get(c, c) for c in chars)
+    return "".join(class_char(ord(c)) for c in chars)
 
 
 def step(state: str, char: str) -> str | None:
@@ -42,13 +38,14 @@ def step(state: str, char: str) -> str | None:
     return text
 
 
-def text_rules(b: GrammarBuilder) -> str:
-    """Add the rules of a text answer that holds none of the markup's ``TAGS``, except that it
-    may end with one (the reply parser drops it): the model that starts to imitate the markup
-    can only stop. One rule per state of ``step``'s automaton; returns the start rule."""
+@functools.cache
+def _text_automaton() -> tuple[tuple[str, str], ...]:
+    """The rules of ``text_rules`` as (name, body): they depend on ``TAGS`` alone, so they are
+    worked out once. The start rule comes first."""
     states = sorted({t[:i] for t in TAGS for i in range(len(t))})  # "" first
     names = {s: f"oasis-text-{i}" for i, s in enumerate(states)}
     alphabet = sorted(set("".join(TAGS)))
+    rules = []
     for s in states:
         targets: dict[str | None, str] = {}
         for c in alphabet:
@@ -61,8 +58,18 @@ def text_rules(b: GrammarBuilder) -> str:
             alts.append(f"[{_class(chars)}]" + ("" if to is None else f" {names[to]}"))
         elsewhere = "".join(c for to, cs in targets.items() if to != "" for c in cs)
         alts.append(f"[^{_class(elsewhere)}\\x00] {names['']}")
-        b.rule(names[s], f"( {' | '.join(alts)} )?")
-    return names[""]
+        rules.append((names[s], f"( {' | '.join(alts)} )?"))
+    return tuple(rules)
+
+
+def text_rules(b: GrammarBuilder) -> str:
+    """Add the rules of a text answer that holds none of the markup's ``TAGS``, except that it
+    may end with one (the reply parser drops it): the model that starts to imitate the markup
+    can only stop. One rule per state of ``step``'s automaton; returns the start rule."""
+    rules = _text_automaton()
+    for name, body in rules:
+        b.rule(name, body)
+    return rules[0][0]
 
 
 def tool_grammar(plan: ToolPlan, answer: dict[str, Any] | None, *, prefilled: bool = False) -> str:
@@ -74,18 +81,18 @@ def tool_grammar(plan: ToolPlan, answer: dict[str, Any] | None, *, prefilled: bo
     args = []  # the top rule of each allowed function's arguments
     for i, f in enumerate(plan.allowed):
         args.append(b.schema(f.parameters, f"oasis-args-{i}", param=param))
-    names = [_literal(f.name + AFTER_NAME) for f in plan.allowed]
+    names = [literal(f.name + AFTER_NAME) for f in plan.allowed]
     b.rule("oasis-fn", " | ".join(f"{n} {a}" for n, a in zip(names, args, strict=True)))
     if plan.several:
-        b.rule("oasis-call", f"{_literal(HEAD)} oasis-fn {_literal(CLOSE)}")
-        rest = f'{_literal(CLOSE)} ( "\\n" oasis-call ){{0,{MAX_PARALLEL - 1}}}'
+        b.rule("oasis-call", f"{literal(HEAD)} oasis-fn {literal(CLOSE)}")
+        rest = f'{literal(CLOSE)} ( "\\n" oasis-call ){{0,{MAX_PARALLEL - 1}}}'
     else:
         rest = ""  # one call: the reply ends with its arguments
     if prefilled and plan.forced:
         return b.build(f'" " {args[0]}')
     if prefilled and plan.mode == "required":
         return b.build(f"oasis-fn {rest}".strip())
-    b.rule("oasis-calls", f"{_literal(HEAD)} oasis-fn {rest}".strip())
+    b.rule("oasis-calls", f"{literal(HEAD)} oasis-fn {rest}".strip())
     if plan.mode == "required":
         return b.build("oasis-calls")
     text = (
