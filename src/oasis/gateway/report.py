@@ -14,11 +14,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from oasis.store.keys import KeyInfo
+from oasis.store.keys import DEFAULT_BUDGET_PERIOD_S, KeyInfo
 from oasis.store.usage import GROUPS, UsageBucket, UsageStore
 
 MAX_TIME = 253402300799  # 9999-12-31 23:59:59 UTC, the last second a date can show
-DEFAULT_BUDGET_PERIOD_S = 30 * 86400
 
 
 # -- spend this period -------------------------------------------------------------------------

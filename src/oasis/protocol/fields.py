@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Discriminator
 
 # OpenAI's pattern for function and schema names, and its length limit.
 NAME_PATTERN = "^[a-zA-Z0-9_-]+$"
@@ -71,3 +71,15 @@ Name = Annotated[str, AfterValidator(_name)]
 def name_ok(text: str) -> bool:
     """Whether ``text`` is a valid function or schema name."""
     return bool(_NAME.fullmatch(text)) and len(text) <= NAME_MAX
+
+
+def type_tag(value: Any, tags: tuple[str, ...]) -> str:
+    """The union branch a request object's ``type`` picks (``type=NAME``), or ``type=?`` for an
+    unknown or missing type: that branch's only job is to refuse it as an invalid value of
+    ``type`` (not of the whole object)."""
+    t = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
+    return f"type={t}" if t in tags else "type=?"
+
+
+def type_discriminator(tags: tuple[str, ...]) -> Discriminator:
+    return Discriminator(lambda value: type_tag(value, tags))

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import ConfigDict, Discriminator, Field, StrictBool, Tag
+from pydantic import ConfigDict, Field, StrictBool, Tag
 
-from oasis.protocol.fields import Name, Strict
+from oasis.protocol.fields import Name, Strict, type_discriminator
 
 
 class TextFormat(Strict):
@@ -40,17 +40,12 @@ class _OtherFormat(Strict):
     type: Literal["text", "json_object", "json_schema"]
 
 
-def _kind(value: Any) -> str:
-    t = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
-    return f"type={t}" if t in ("text", "json_object", "json_schema") else "type=?"
-
-
 ResponseFormat = Annotated[
     Annotated[TextFormat, Tag("type=text")]
     | Annotated[JSONObjectFormat, Tag("type=json_object")]
     | Annotated[JSONSchemaFormat, Tag("type=json_schema")]
     | Annotated[_OtherFormat, Tag("type=?")],
-    Discriminator(_kind),
+    type_discriminator(("text", "json_object", "json_schema")),
 ]
 
 

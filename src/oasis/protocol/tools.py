@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import ConfigDict, Discriminator, Field, StrictBool, Tag
 
-from oasis.protocol.fields import Name, Strict, Text
+from oasis.protocol.fields import Name, Strict, Text, type_discriminator, type_tag
 
 # -- tool definitions ------------------------------------------------------------------------
 
@@ -53,17 +53,6 @@ class LegacyFunction(Strict):
     parameters: dict[str, Any] | None = None
 
 
-def _kind(tags: tuple[str, ...]) -> Any:
-    """A discriminator on ``type``: an unknown or missing type picks the "other" branch, whose
-    only job is to refuse it as an invalid value of ``type`` (not of the whole object)."""
-
-    def kind(value: Any) -> str:
-        t = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
-        return f"type={t}" if t in tags else "type=?"
-
-    return Discriminator(kind)
-
-
 class _OtherTool(Strict):
     model_config = ConfigDict(extra="allow")  # the type is what is wrong
     type: Literal["function", "custom"]
@@ -73,7 +62,7 @@ Tool = Annotated[
     Annotated[FunctionTool, Tag("type=function")]
     | Annotated[CustomTool, Tag("type=custom")]
     | Annotated[_OtherTool, Tag("type=?")],
-    _kind(("function", "custom")),
+    type_discriminator(("function", "custom")),
 ]
 
 
@@ -129,8 +118,7 @@ class _OtherChoice(Strict):
 def _choice_kind(value: Any) -> str:
     if isinstance(value, str):
         return "mode"
-    t = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
-    return f"type={t}" if t in ("function", "allowed_tools", "custom") else "type=?"
+    return type_tag(value, ("function", "allowed_tools", "custom"))
 
 
 ToolChoice = Annotated[
@@ -188,5 +176,5 @@ ToolCall = Annotated[
     Annotated[FunctionToolCall, Tag("type=function")]
     | Annotated[CustomToolCall, Tag("type=custom")]
     | Annotated[_OtherCall, Tag("type=?")],
-    _kind(("function", "custom")),
+    type_discriminator(("function", "custom")),
 ]

@@ -64,6 +64,9 @@ def key_id(ref: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
+DEFAULT_BUDGET_PERIOD_S = 30 * 86400  # a budget with no period given renews every 30 days
+
+
 def text_problem(value: str) -> str | None:
     """Why ``value`` cannot be a key's name or a model name, or None if it can."""
     if not value.strip() or len(value) > MAX_NAME_LENGTH:
@@ -251,7 +254,8 @@ class KeyStore:
             rpm=rpm,
             tpm=tpm,
             budget_usd=budget_usd,
-            budget_period_s=budget_period_s or (30 * 86400 if budget_usd is not None else None),
+            budget_period_s=budget_period_s
+            or (DEFAULT_BUDGET_PERIOD_S if budget_usd is not None else None),
             models=models or None,
             created_at=now,
             expires_at=now + timedelta(seconds=expires_in_s) if expires_in_s else None,
@@ -314,7 +318,7 @@ class KeyStore:
                     continue
                 setattr(row, field, (value or None) if field == "models" else value)
             if row.budget_usd is not None and row.budget_period_s is None:
-                row.budget_period_s = 30 * 86400
+                row.budget_period_s = DEFAULT_BUDGET_PERIOD_S
             return KeyInfo.of(row)
 
     def rotate(self, prefix: str) -> tuple[KeyInfo, str]:
