@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -41,11 +41,56 @@ class ModelConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     id: str
-    path: Path
+    # the GGUF file (backend "local")
+    path: Path | None = None
     aliases: list[str] = Field(default_factory=list)
     ctx_size: int | None = Field(default=None, ge=64)
-    # which kind of backend serves it (oasis.backends.KINDS); "local": llama.cpp in process
+    # which kind of backend serves it (oasis.backends.KINDS): "local" runs llama.cpp in this
+    # process, "upstream" forwards to OpenAI-compatible servers
     backend: str = "local"
+    # other model ids, tried in order when this one cannot take the request (every replica
+    # failed, or the local engine's queue is full); the answer names the model that served it
+    fallbacks: list[str] = Field(default_factory=list)
+    # -- backend "upstream" ----------------------------------------------------------------
+    # base URLs of the replicas, each serving the OpenAI API (".../v1")
+    replicas: list[str] = Field(default_factory=list)
+    # the model name the upstream knows (default: id)
+    upstream_model: str | None = None
+    # the environment variable holding the upstream's API key (never the key itself)
+    api_key_env: str | None = None
+    # "least_outstanding", or "affinity": requests sharing a prefix go to one replica
+    routing: Literal["least_outstanding", "affinity"] = "least_outstanding"
+    # affinity's bound: no replica above (1 + affinity_balance) x the mean in-flight count
+    affinity_balance: float = Field(default=0.25, gt=0, le=10)
+    # tries per request across replicas (connect errors, 5xx, 429, timeouts) before fallbacks
+    max_attempts: int = Field(default=3, ge=1, le=10)
+    connect_timeout: float = Field(default=5.0, gt=0)
+    # to the response headers and first event of a stream; to the whole answer otherwise
+    first_byte_timeout: float = Field(default=60.0, gt=0)
+    timeout: float = Field(default=600.0, gt=0)
+    # between chunks of a stream
+    read_timeout: float = Field(default=60.0, gt=0)
+    # active health probes (GET <replica>/models, or probe_path on the replica's origin)
+    probe_interval: float = Field(default=5.0, gt=0)
+    probe_path: str | None = None
+    # passive ejection after this many consecutive failures (a refused connection: at once)
+    eject_after: int = Field(default=3, ge=1)
+    # the first ejection's cool-down in seconds, doubled for each further one (up to 60x)
+    eject_seconds: float = Field(default=1.0, gt=0)
+    # connections kept open to each replica
+    max_connections: int = Field(default=256, ge=1)
+
+    @model_validator(mode="after")
+    def _backend_fields(self) -> ModelConfig:
+        if self.backend == "upstream":
+            if not self.replicas:
+                raise ValueError(f"model {self.id!r}: an upstream model needs replicas")
+            for url in self.replicas:
+                if not url.startswith(("http://", "https://")):
+                    raise ValueError(f"model {self.id!r}: replica {url!r} is not an http(s) URL")
+        elif self.backend == "local" and self.path is None:
+            raise ValueError(f"model {self.id!r}: a local model needs a path")
+        return self
 
 
 class PriceConfig(BaseModel):

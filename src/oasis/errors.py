@@ -129,5 +129,32 @@ class EngineError(OasisError):
     error_type = "server_error"
 
 
+class UpstreamError(OasisError):
+    """502: the upstream servers of a model failed (connection refused or reset, a 5xx, an
+    answer that is not OpenAI's shape) and every retry and fallback was spent."""
+
+    status = 502
+    error_type = "server_error"
+    default_code = "upstream_error"
+
+
+class UpstreamUnavailableError(UpstreamError):
+    """503: no replica of the model can take a request now (all ejected, or cooling down
+    after a 429); ``Retry-After`` says when one may."""
+
+    status = 503
+    default_code = "upstream_unavailable"
+
+    def __init__(self, message: str, *, retry_after: int = 1) -> None:
+        super().__init__(message, headers={"Retry-After": str(retry_after)})
+
+
+class UpstreamTimeoutError(UpstreamError):
+    """504: the upstream did not answer (or send its first byte) in time."""
+
+    status = 504
+    default_code = "upstream_timeout"
+
+
 class ConfigError(Exception):
     """Invalid configuration (bad model path, unreadable oasis.toml); raised at start-up."""

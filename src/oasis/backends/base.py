@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 from openai.types import Completion
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
@@ -16,6 +16,7 @@ from oasis.serving.common import Meter
 
 if TYPE_CHECKING:
     from oasis.backends.local import LocalServing
+    from oasis.backends.upstream.pool import Pool
 
 
 class Backend(Protocol):
@@ -32,9 +33,17 @@ class Backend(Protocol):
 
     def health(self) -> Health: ...
 
-    def start(self) -> None: ...
+    def pools(self) -> Sequence[Pool]:
+        """Its pools of upstream replicas (for /metrics); none for a local model."""
+        ...
 
-    def close(self) -> None: ...
+    def describe(self) -> dict[str, Any]:
+        """Its state for ``GET /admin/backends`` (JSON-ready)."""
+        ...
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
 
 
 class BackendKind(Protocol):
@@ -49,4 +58,4 @@ class BackendKind(Protocol):
         self, spec: ModelSpec, settings: Settings, on_fatal: Callable[[str], None] | None
     ) -> Engine | None: ...
 
-    def backend(self, spec: ModelSpec, serving: LocalServing) -> Backend: ...
+    def backend(self, spec: ModelSpec, serving: LocalServing, settings: Settings) -> Backend: ...

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from openai.types import Completion
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from oasis.backends.base import Backend
+from oasis.backends.upstream.pool import Pool
 from oasis.config import Settings
 from oasis.engine.base import Engine, Health
 from oasis.models.registry import ModelSpec
@@ -51,10 +53,25 @@ class LocalBackend(Backend):
     def health(self) -> Health:
         return self.engine.health()
 
-    def start(self) -> None:
+    def pools(self) -> Sequence[Pool]:
+        return ()
+
+    def describe(self) -> dict[str, Any]:
+        health = self.engine.health()
+        stats = self.engine.stats()
+        return {
+            "backend": "local",
+            "state": "healthy" if health.ok else "down",
+            "detail": health.detail,
+            "running": stats.running,
+            "waiting": stats.waiting,
+            "requests": stats.requests_total,
+        }
+
+    async def start(self) -> None:
         self.engine.start()
 
-    def close(self) -> None:
+    async def close(self) -> None:
         self.engine.close()
 
 
@@ -87,5 +104,5 @@ class LocalKind:
             on_fatal=on_fatal,
         )
 
-    def backend(self, spec: ModelSpec, serving: LocalServing) -> Backend:
+    def backend(self, spec: ModelSpec, serving: LocalServing, settings: Settings) -> Backend:
         return LocalBackend(serving.engines[spec.id], serving)

@@ -7,10 +7,13 @@ from types import MappingProxyType
 
 from oasis.backends.base import BackendKind
 from oasis.backends.local import LocalKind
+from oasis.backends.upstream.backend import UpstreamKind
 from oasis.errors import ConfigError
 from oasis.models.registry import ModelSpec
 
-KINDS: Mapping[str, BackendKind] = MappingProxyType({"local": LocalKind()})
+KINDS: Mapping[str, BackendKind] = MappingProxyType(
+    {"local": LocalKind(), "upstream": UpstreamKind()}
+)
 
 
 def kind_of(spec: ModelSpec) -> BackendKind:

@@ -13,6 +13,7 @@ from pydantic import ValidationError
 from rich.console import Console
 
 from oasis.cli import apps as apps_cli
+from oasis.cli import backends as backends_cli
 from oasis.cli import keys as keys_cli
 from oasis.cli import usage as usage_cli
 from oasis.config import load_settings
@@ -28,6 +29,7 @@ app = typer.Typer(
 err = Console(stderr=True)
 app.add_typer(keys_cli.app, name="keys")
 app.command("usage")(usage_cli.usage)
+app.command("backends")(backends_cli.backends)
 apps_cli.register(app)
 
 

@@ -158,6 +158,8 @@ class Ticket:
         self._hold: Hold | None = None
         self._limits = Limits(key.rpm, key.tpm) if key is not None else Limits()
         self._decision_headers: dict[str, str] | None = None
+        self._estimated = False
+        self._readmit = False
         self.finished = False
 
     def target(self, model: str, *price_names: str) -> None:
@@ -183,8 +185,15 @@ class Ticket:
         left, when max_tokens is not set; default ``completion_tokens``) at the output price.
         """
         self._prompt_tokens = prompt_tokens
-        self._counted = True
         key = self.key
+        if self._readmit:
+            self._readmit = False
+            tokens = prompt_tokens + completion_tokens
+            if key is not None and self._reserved and tokens != self._reserved:
+                delta, self._reserved = tokens - self._reserved, tokens
+                await self.gateway.limiter.settle(str(key.id), self._limits, delta, None, 0.0)
+            return
+        self._counted = True
         if key is None:
             return
         budget = None
@@ -246,6 +255,20 @@ class Ticket:
     def first_token(self) -> None:
         if self._ttft is None:
             self._ttft = time.perf_counter() - self._t0
+
+    def measured(self, prompt_tokens: int, *, estimated: bool = False) -> None:
+        self._prompt_tokens = prompt_tokens
+        self._estimated = estimated
+
+    async def fallback(self, model_id: str) -> None:
+        """The request moves to a fallback model: priced as that model from now on. Its
+        backend admits it again, which corrects the token reservation but takes no second
+        request and checks no limit (the request was admitted once); the budget hold placed
+        for the first model stays until the request settles."""
+        self.price_names = (self.model, model_id)
+        self._handles = ()
+        self._estimated = False
+        self._readmit = self._counted
 
     # -- called by the route -----------------------------------------------------------------
     async def headers(self) -> dict[str, str]:
@@ -312,6 +335,7 @@ class Ticket:
                 ttft_ms=None if self._ttft is None else self._ttft * 1000,
                 status=status,
                 disconnected=disconnected,
+                estimated=self._estimated,
             )
         )
         if key is None:

@@ -29,6 +29,28 @@ def bundled_model_path() -> Path:
 
 
 @dataclass(frozen=True)
+class UpstreamOptions:
+    """How an upstream model is reached (``backend = "upstream"``; config.ModelConfig documents
+    each field)."""
+
+    replicas: tuple[str, ...]
+    upstream_model: str
+    api_key_env: str | None = None
+    routing: str = "least_outstanding"
+    affinity_balance: float = 0.25
+    max_attempts: int = 3
+    connect_timeout: float = 5.0
+    first_byte_timeout: float = 60.0
+    timeout: float = 600.0
+    read_timeout: float = 60.0
+    probe_interval: float = 5.0
+    probe_path: str | None = None
+    eject_after: int = 3
+    eject_seconds: float = 1.0
+    max_connections: int = 256
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     """One served model."""
 
@@ -38,9 +60,13 @@ class ModelSpec:
     ctx_size: int | None = None
     owned_by: str = "oasis"
     backend: str = "local"  # a kind in oasis.backends.KINDS
+    fallbacks: tuple[str, ...] = ()  # model ids tried in order when this one cannot serve
+    upstream: UpstreamOptions | None = None
 
     @property
     def created(self) -> int:
+        if self.upstream is not None:
+            return 0
         try:
             return int(self.path.stat().st_mtime)
         except OSError:
@@ -55,9 +81,35 @@ def specs_from_settings(settings: Settings) -> list[ModelSpec]:
     specs: list[ModelSpec] = []
     if settings.models:
         for m in settings.models:
+            upstream = None
+            if m.backend == "upstream":
+                upstream = UpstreamOptions(
+                    replicas=tuple(url.rstrip("/") for url in m.replicas),
+                    upstream_model=m.upstream_model or m.id,
+                    api_key_env=m.api_key_env,
+                    routing=m.routing,
+                    affinity_balance=m.affinity_balance,
+                    max_attempts=m.max_attempts,
+                    connect_timeout=m.connect_timeout,
+                    first_byte_timeout=m.first_byte_timeout,
+                    timeout=m.timeout,
+                    read_timeout=m.read_timeout,
+                    probe_interval=m.probe_interval,
+                    probe_path=m.probe_path,
+                    eject_after=m.eject_after,
+                    eject_seconds=m.eject_seconds,
+                    max_connections=m.max_connections,
+                )
             specs.append(
                 ModelSpec(
-                    m.id, m.path.expanduser(), tuple(m.aliases), m.ctx_size, backend=m.backend
+                    m.id,
+                    m.path.expanduser() if m.path is not None else Path(),
+                    tuple(m.aliases),
+                    m.ctx_size,
+                    owned_by="oasis" if upstream is None else "upstream",
+                    backend=m.backend,
+                    fallbacks=tuple(m.fallbacks),
+                    upstream=upstream,
                 )
             )
         if settings.alias:
@@ -88,6 +140,18 @@ class ModelRegistry:
                 if name in self._names and self._names[name] is not spec:
                     raise ConfigError(f"model name {name!r} is used by two models")
                 self._names[name] = spec
+        self.check_fallbacks()
+
+    def check_fallbacks(self) -> None:
+        """Each fallback names another configured model (by id)."""
+        ids = {s.id for s in self.specs}
+        for spec in self.specs:
+            for other in spec.fallbacks:
+                if other not in ids or other == spec.id:
+                    raise ConfigError(
+                        f"model {spec.id!r}: fallback {other!r} is not another model's id "
+                        f"(models: {', '.join(sorted(ids))})"
+                    )
 
     def resolve(self, name: str) -> ModelSpec:
         try:

@@ -15,6 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from oasis import __version__
 from oasis.backends import Backend, LocalServing, kind_of
+from oasis.backends.fallback import with_fallbacks
 from oasis.config import Settings
 from oasis.engine.base import Engine
 from oasis.gateway.limits import Limiter, MemoryLimiter, RedisLimiter
@@ -95,7 +96,10 @@ def create_app(
     )
     serving = ServingContext(registry, engines, limits=limits)
     local = LocalServing.over(serving)
-    backends = {spec.id: kind_of(spec).backend(spec, local) for spec in registry.specs}
+    backends = with_fallbacks(
+        {spec.id: kind_of(spec).backend(spec, local, settings) for spec in registry.specs},
+        registry,
+    )
     gateway = None if settings.no_auth else build_gateway(settings)
     state = AppState(
         settings=settings,
@@ -113,12 +117,12 @@ def create_app(
             if gateway is not None:
                 await gateway.start()
             for backend in backends.values():
-                backend.start()
+                await backend.start()
                 started.append(backend)
             yield
         finally:
             for backend in started:
-                backend.close()
+                await backend.close()
             if gateway is not None:
                 await gateway.close()
 
@@ -143,7 +147,7 @@ def create_app(
     app.include_router(openai_routes.router, dependencies=[Depends(require_api_key)])
     app.include_router(admin_routes.router, dependencies=[Depends(require_admin)])
 
-    metrics = metrics_registry(engines)
+    metrics = metrics_registry(engines, backends)
 
     @app.get("/metrics", dependencies=[Depends(require_api_key)])
     async def prometheus_metrics() -> Response:

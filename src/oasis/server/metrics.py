@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+import math
+from collections.abc import Iterator, Mapping, Sequence
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
+from oasis.backends.base import Backend
+from oasis.backends.upstream.pool import BUCKETS, Pool
 from oasis.engine.base import Engine
 
 
@@ -73,9 +81,72 @@ class EngineCollector(Collector):
             yield c
 
 
-def metrics_registry(engines: Mapping[str, Engine]) -> CollectorRegistry:
+class PoolCollector(Collector):
+    """Per upstream replica: requests, errors by kind, in flight, up, ejections, time to
+    first byte and latency; per model: retries."""
+
+    def __init__(self, pools: Sequence[Pool]) -> None:
+        self.pools = pools
+
+    def collect(self) -> Iterator[Metric]:
+        labels = ["model", "replica"]
+        requests = CounterMetricFamily(
+            "oasis_backend_requests", "Tries sent to an upstream replica.", labels=labels
+        )
+        errors = CounterMetricFamily(
+            "oasis_backend_errors",
+            "Failed tries by kind (connect, timeout, http_5xx, http_429, broken, probe).",
+            labels=[*labels, "kind"],
+        )
+        in_flight = GaugeMetricFamily(
+            "oasis_backend_in_flight", "Requests in flight to a replica.", labels=labels
+        )
+        up = GaugeMetricFamily(
+            "oasis_backend_up", "1 if the replica takes traffic, else 0.", labels=labels
+        )
+        ejections = CounterMetricFamily(
+            "oasis_backend_ejections", "Times a replica was taken out.", labels=labels
+        )
+        retries = CounterMetricFamily(
+            "oasis_backend_retries", "Tries after a first one failed.", labels=["model"]
+        )
+        ttfb = HistogramMetricFamily(
+            "oasis_backend_first_byte_seconds",
+            "Time to a stream's first event from a replica.",
+            labels=labels,
+        )
+        latency = HistogramMetricFamily(
+            "oasis_backend_latency_seconds", "Time to a replica's whole answer.", labels=labels
+        )
+        for pool in self.pools:
+            retries.add_metric([pool.model], pool.retries)
+            ready = {d["url"]: d["state"] == "healthy" for d in pool.describe()}
+            for r in pool.replicas:
+                ids = [pool.model, r.url]
+                requests.add_metric(ids, r.requests)
+                for kind, count in sorted(r.errors.items()):
+                    errors.add_metric([*ids, kind], count)
+                in_flight.add_metric(ids, r.in_flight)
+                up.add_metric(ids, 1.0 if ready[r.url] else 0.0)
+                ejections.add_metric(ids, r.ejected_total)
+                for family, hist in ((ttfb, r.ttfb), (latency, r.latency)):
+                    cumulative, buckets = 0, []
+                    for bound, count in zip((*BUCKETS, math.inf), hist.counts, strict=True):
+                        cumulative += count
+                        label = "+Inf" if bound == math.inf else repr(float(bound))
+                        buckets.append((label, cumulative))
+                    family.add_metric(ids, buckets, hist.total)
+        yield from (requests, errors, in_flight, up, ejections, retries, ttfb, latency)
+
+
+def metrics_registry(
+    engines: Mapping[str, Engine], backends: Mapping[str, Backend] | None = None
+) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(EngineCollector(engines))
+    pools = [p for b in (backends or {}).values() for p in b.pools()]
+    if pools:
+        registry.register(PoolCollector(pools))
     return registry
 
 

@@ -70,6 +70,18 @@ class Meter(Protocol):
 
     def first_token(self) -> None: ...
 
+    def measured(self, prompt_tokens: int, *, estimated: bool = False) -> None:
+        """The prompt's token count, known only after admission (an upstream's usage, or
+        oasis's count when the upstream reported none: ``estimated``); billed instead of the
+        count the request was admitted by."""
+        ...
+
+    async def fallback(self, model_id: str) -> None:
+        """The request moves to another model (``fallbacks``): give back what admission took
+        but the request itself, and price it as ``model_id``; that model's backend admits it
+        again."""
+        ...
+
 
 class NoMeter:
     """Serving without a gateway (``--no-auth``, unit tests)."""
@@ -87,6 +99,12 @@ class NoMeter:
         return None
 
     def first_token(self) -> None:
+        return None
+
+    def measured(self, prompt_tokens: int, *, estimated: bool = False) -> None:
+        return None
+
+    async def fallback(self, model_id: str) -> None:
         return None
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, Integer, String
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, Integer, String, false
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -52,3 +52,5 @@ class UsageRecord(Base):
     ttft_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
     status: Mapped[int] = mapped_column(Integer)
     disconnected: Mapped[bool] = mapped_column(Boolean)
+    # tokens counted by oasis: the upstream that served the request reported no usage
+    estimated: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())

@@ -44,6 +44,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "ttft_ms": (float, int, type(None)),
     "status": (int,),
     "disconnected": (bool,),
+    "estimated": (bool,),
 }
 
 
@@ -66,6 +67,8 @@ class Usage:
     ttft_ms: float | None
     status: int
     disconnected: bool
+    # the tokens were counted by oasis (an upstream reported no usage), not by the engine
+    estimated: bool = False
 
     def __post_init__(self) -> None:
         for name, limit in (("model", MODEL_CHARS), ("endpoint", ENDPOINT_CHARS)):
@@ -83,6 +86,7 @@ class Usage:
         if not isinstance(data, dict):
             raise ValueError("a usage record is a JSON object")
         values = {k: v for k, v in data.items() if k in _TYPES}
+        values.setdefault("estimated", False)  # journals written before the field existed
         for name, types in _TYPES.items():
             value = values.get(name)
             if name not in values or not isinstance(value, types):

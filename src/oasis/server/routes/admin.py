@@ -279,3 +279,15 @@ async def usage_completions(request: Request) -> JSONResponse:
     query = _usage_query(request)
     report = await to_thread.run_sync(usage_report, gw.usage, query)
     return JSONResponse(openai_page(report))
+
+
+@router.get("/admin/backends")
+async def list_backends(request: Request) -> JSONResponse:
+    """Each model's backend: a local engine's state, or every upstream replica's state,
+    in-flight count, error rate and latency."""
+    state = request.app.state.oasis
+    data = [
+        {"model": spec.id, **state.backends[spec.id].describe()}
+        for spec in state.serving.registry.specs
+    ]
+    return JSONResponse({"object": "list", "data": data})

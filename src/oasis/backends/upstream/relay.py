@@ -1,0 +1,155 @@
+"""Reading an upstream's answers: server-sent events, token counts, and what is billed.
+
+An upstream that reports usage is billed by it. One that reports none is billed by counting
+(the record is flagged ``estimated``): the prompt as oasis estimated it at admission, and for
+the completion, in a stream, one token per chunk that carried text or a tool call's arguments
+(OpenAI-compatible servers send one token per chunk), or, in a whole answer, the estimate of
+its text.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from oasis.protocol.requests import ChatCompletionRequest, CompletionRequest
+
+PER_MESSAGE = 4  # tokens a chat template adds around each message, roughly
+
+
+def estimate_tokens(text: str) -> int:
+    """Tokens of ``text`` by a rule that errs high rather than low: a token per 4 ASCII
+    characters, and one per other character (a Chinese character is one or two)."""
+    if text.isascii():
+        return -(-len(text) // 4)
+    ascii_chars = sum(1 for c in text if c < "\x80")
+    return -(-ascii_chars // 4) + (len(text) - ascii_chars)
+
+
+def _content_text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(p.text for p in content if getattr(p, "type", None) == "text")
+    return ""
+
+
+def estimate_chat(req: ChatCompletionRequest) -> int:
+    total = 0
+    for m in req.messages:
+        total += PER_MESSAGE + estimate_tokens(_content_text(m.content))
+        if m.tool_calls:
+            total += sum(estimate_tokens(c.model_dump_json()) for c in m.tool_calls)
+    for tool in req.tools or ():
+        total += estimate_tokens(tool.model_dump_json())
+    return total
+
+
+def estimate_completion(req: CompletionRequest) -> int:
+    p = req.prompt
+    if p is None:
+        return 1
+    if isinstance(p, str):
+        return max(1, estimate_tokens(p))
+    if p and isinstance(p[0], list):
+        return sum(len(t) for t in p if isinstance(t, list))
+    if p and isinstance(p[0], int):
+        return len(p)
+    return sum(estimate_tokens(s) for s in p if isinstance(s, str))
+
+
+def chat_affinity(req: ChatCompletionRequest) -> str:
+    """What requests sharing a prefix have in common: ``prompt_cache_key``, else ``user``,
+    else the system prompt and the first message after it."""
+    if req.prompt_cache_key:
+        return "k:" + req.prompt_cache_key
+    if req.user:
+        return "u:" + req.user
+    head = hashlib.blake2b(digest_size=12)
+    for m in req.messages[:2]:
+        head.update(m.role.encode())
+        head.update(_content_text(m.content).encode("utf-8", "replace"))
+        head.update(b"\0")
+        if m.role not in ("system", "developer"):
+            break
+    return "p:" + head.hexdigest()
+
+
+def completion_affinity(req: CompletionRequest) -> str:
+    if req.user:
+        return "u:" + req.user
+    p = req.prompt
+    head = p[:1024] if isinstance(p, str) else json.dumps(p)[:1024]
+    return "p:" + hashlib.blake2b(head.encode("utf-8", "replace"), digest_size=12).hexdigest()
+
+
+@dataclass
+class UpstreamTokens:
+    """The billing handle of an upstream request (the engine handle's three counts)."""
+
+    prompt_evaluated: int
+    generated: int = 0
+    cached_tokens: int = 0
+    reported: bool = False  # the upstream reported usage
+
+    def report(self, usage: dict[str, Any]) -> None:
+        prompt = usage.get("prompt_tokens")
+        completion = usage.get("completion_tokens")
+        if isinstance(prompt, int) and isinstance(completion, int):
+            self.prompt_evaluated = prompt
+            self.generated = completion
+            details = usage.get("prompt_tokens_details") or {}
+            cached = details.get("cached_tokens") if isinstance(details, dict) else None
+            self.cached_tokens = cached if isinstance(cached, int) else 0
+            self.reported = True
+
+    def __aiter__(self) -> AsyncIterator[Any]:  # the RequestHandle shape; never iterated
+        raise TypeError("an upstream's tokens are not iterated")
+
+    def cancel(self) -> None:
+        return None
+
+
+async def sse_data(lines: AsyncIterator[str]) -> AsyncIterator[str]:
+    """The ``data`` of each server-sent event (comments and other fields skipped)."""
+    parts: list[str] = []
+    async for line in lines:
+        if not line:
+            if parts:
+                yield "\n".join(parts)
+                parts = []
+        elif line.startswith("data:"):
+            parts.append(line[6:] if line.startswith("data: ") else line[5:])
+    if parts:
+        yield "\n".join(parts)
+
+
+def error_message(body: Any, fallback: str) -> str:
+    """The message of an OpenAI error envelope, or ``fallback``."""
+    if isinstance(body, dict):
+        err = body.get("error")
+        if isinstance(err, dict) and isinstance(err.get("message"), str):
+            return str(err["message"])
+        if isinstance(err, str):
+            return err
+        if isinstance(body.get("message"), str):
+            return str(body["message"])
+    return fallback
+
+
+def chunk_tokens(choices: Iterable[Any]) -> int:
+    """Tokens a chunk carried, counted as one per choice that carried text."""
+    n = 0
+    for c in choices:
+        if not isinstance(c, dict):
+            continue
+        delta = c.get("delta")
+        if isinstance(delta, dict):
+            if delta.get("content") or delta.get("tool_calls") or delta.get("refusal"):
+                n += 1
+        elif c.get("text"):
+            n += 1
+    return n

@@ -1,0 +1,405 @@
+"""The upstream backend through the official SDK: oasis in front of two scriptable fake
+OpenAI servers (tests/fake_upstream.py), with its real gateway (keys, limits, the ledger)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+from fastapi.testclient import TestClient
+from openai import OpenAI
+
+from oasis.config import ModelConfig, Settings
+from oasis.server import create_app
+from oasis.store.usage import Usage
+from tests.conftest import API_KEY
+from tests.fake_upstream import FakeUpstream, running
+
+MESSAGES = [{"role": "user", "content": "hello there"}]
+
+
+@pytest.fixture(scope="module")
+def ups() -> Iterator[tuple[FakeUpstream, FakeUpstream]]:
+    with running("a") as a, running("b") as b:
+        yield a, b
+
+
+@pytest.fixture(autouse=True)
+def _reset(ups: tuple[FakeUpstream, FakeUpstream]) -> None:
+    for u in ups:
+        u.start()  # again, if a test stopped it
+        u.script(mode="ok")
+        u.state.chunk_delay = 0.0
+        u.reset_stats()
+
+
+def _settings(tmp: Path, ups: tuple[FakeUpstream, FakeUpstream], **up: Any) -> Settings:
+    options: dict[str, Any] = {"probe_interval": 0.2, "eject_seconds": 0.2,
+                               "first_byte_timeout": 5.0, **up}
+    models = [
+        ModelConfig(id="up", backend="upstream", upstream_model="real/name",
+                    replicas=[u.url for u in ups], aliases=["gpt-4o"], **options),
+        ModelConfig(id="local", path=Path(__file__)),
+    ]
+    return Settings(models=models, engine="fake", api_key=API_KEY, data_dir=tmp,
+                    default_aliases=[], usage_flush_seconds=0.05)
+
+
+class Gateway:
+    def __init__(self, http: TestClient) -> None:
+        self.http = http
+        self.sdk = OpenAI(base_url="http://testserver/v1", api_key=API_KEY, http_client=http,
+                          max_retries=0)
+
+    @property
+    def state(self) -> Any:
+        return self.http.app.state.oasis  # type: ignore[attr-defined]
+
+    def records(self) -> list[Usage]:
+        gw = self.state.gateway
+        self.http.portal.call(gw.ledger.flush)  # type: ignore[union-attr]
+        with gw.usage.engine.connect() as conn:
+            rows = conn.exec_driver_sql("SELECT * FROM usage_records ORDER BY id").mappings()
+            return [Usage(**{k: v for k, v in r.items() if k != "id"}) for r in rows]
+
+    def backends(self) -> dict[str, Any]:
+        data = self.http.get("/admin/backends").json()["data"]
+        return {d["model"]: d for d in data}
+
+
+def gateway(tmp: Path, ups: tuple[FakeUpstream, FakeUpstream], **up: Any) -> Iterator[Gateway]:
+    app = create_app(_settings(tmp, ups, **up))
+    with TestClient(app, headers={"Authorization": f"Bearer {API_KEY}"}) as http:
+        yield Gateway(http)
+
+
+@pytest.fixture
+def gw(tmp_path: Path, ups: tuple[FakeUpstream, FakeUpstream]) -> Iterator[Gateway]:
+    yield from gateway(tmp_path, ups)
+
+
+def _bodies(ups: tuple[FakeUpstream, FakeUpstream]) -> list[dict[str, Any]]:
+    return [b for u in ups for b in u.stats()["bodies"]]
+
+
+# -- passthrough ---------------------------------------------------------------------------
+
+
+def test_chat_is_forwarded_as_the_upstreams_model_and_answered_as_the_clients(
+    gw: Gateway, ups: tuple[FakeUpstream, FakeUpstream]
+) -> None:
+    r = gw.sdk.chat.completions.create(model="gpt-4o", messages=MESSAGES, max_tokens=5,
+                                       temperature=0.3, seed=4, stop=["zz"])
+    assert r.model == "gpt-4o" and r.choices[0].message.content
+    assert r.choices[0].message.content.startswith(("[a]", "[b]"))
+    (body,) = _bodies(ups)
+    assert body["model"] == "real/name" and body["max_tokens"] == 5
+    assert body["temperature"] == 0.3 and body["seed"] == 4 and body["stop"] == ["zz"]
+    assert "stream_options" not in body
+    (rec,) = gw.records()
+    assert rec.model == "gpt-4o" and rec.status == 200 and not rec.estimated
+    assert (rec.prompt_tokens, rec.completion_tokens) == (r.usage.prompt_tokens,  # type: ignore[union-attr]
+                                                          r.usage.completion_tokens)  # type: ignore[union-attr]
+
+
+def test_completions_n_tools_and_json_schema_pass_through(
+    gw: Gateway, ups: tuple[FakeUpstream, FakeUpstream]
+) -> None:
+    c = gw.sdk.completions.create(model="up", prompt="Say hi", max_tokens=3, n=2)
+    assert c.model == "up" and [ch.index for ch in c.choices] == [0, 1]
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
+    gw.sdk.chat.completions.create(model="up", messages=MESSAGES, tools=tools,  # type: ignore[arg-type]
+                                   tool_choice="auto")
+    schema = {"type": "object", "properties": {"answer": {"type": "string"}},
+              "required": ["answer"]}
+    r = gw.sdk.chat.completions.create(
+        model="up", messages=MESSAGES,
+        response_format={"type": "json_schema", "json_schema": {"name": "a", "schema": schema}})
+    assert json.loads(r.choices[0].message.content or "") == {"answer": "w0"}
+    completion, = (b for b in _bodies(ups) if "prompt" in b)
+    tooled, = (b for b in _bodies(ups) if "tools" in b)
+    formatted, = (b for b in _bodies(ups) if "response_format" in b)
+    assert completion["n"] == 2 and completion["prompt"] == "Say hi"
+    assert tooled["tools"] == tools and tooled["tool_choice"] == "auto"
+    assert formatted["response_format"]["json_schema"]["schema"] == schema  # the wire's key
+
+
+@pytest.mark.parametrize("include_usage", [False, True])
+def test_streams_are_metered_but_usage_reaches_only_clients_that_asked(
+    gw: Gateway, ups: tuple[FakeUpstream, FakeUpstream], include_usage: bool
+) -> None:
+    options = {"stream_options": {"include_usage": True}} if include_usage else {}
+    with gw.http.stream("POST", "/v1/chat/completions", json={
+            "model": "gpt-4o", "messages": MESSAGES, "stream": True, **options}) as r:
+        events = [line[6:] for line in r.iter_lines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    assert all(c["model"] == "gpt-4o" for c in chunks)
+    if include_usage:
+        assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == 8
+        assert all("usage" in c and c["usage"] is None for c in chunks[:-1])
+    else:
+        assert all("usage" not in c for c in chunks) and chunks[-1]["choices"]
+    (body,) = _bodies(ups)
+    assert body["stream_options"] == {"include_usage": True}  # always asked upstream
+    (rec,) = gw.records()
+    assert rec.completion_tokens == 8 and rec.status == 200 and not rec.estimated
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+    assert text.startswith(("[a]", "[b]"))
+
+
+def test_an_unknown_parameter_is_refused_before_any_upstream_is_called(
+    gw: Gateway, ups: tuple[FakeUpstream, FakeUpstream]
+) -> None:
+    r = gw.http.post("/v1/chat/completions",
+                     json={"model": "up", "messages": MESSAGES, "frobnicate": 1})
+    assert r.status_code == 400 and "frobnicate" in r.json()["error"]["message"]
+    assert sum(u.stats()["requests"] for u in ups) == 0
+
+
+# -- faults before the first byte: retries, then 502 / 503 / 504 ---------------------------
+
+
+def test_a_5xx_is_retried_on_the_other_replica(
+    gw: Gateway, ups: tuple[FakeUpstream, FakeUpstream]
+) -> None:
+    a, _ = ups
+    a.script(mode="error", status=500, message="a broke")
+    for _ in range(6):
+        r = gw.sdk.chat.completions.create(model="up", messages=MESSAGES)
+        assert (r.choices[0].message.content or "").startswith("[b]")
+    replicas = gw.backends()["up"]["replicas"]
+    assert replicas[0]["errors"].get("http_5xx", 0) >= 1
+    assert gw.backends()["up"]["retries"] >= 1
+    assert all(rec.status == 200 for rec in gw.records())
+
+
+def test_everything_failing_is_a_502_with_the_last_upstream_message(
+    gw: Gateway, ups: tuple[FakeUpstream, FakeUpstream]
+) -> None:
+    for u in ups:
+        u.script(mode="error", status=503, message=f"{u.state.name} is sad")
+    with pytest.raises(openai.InternalServerError) as caught:
+        gw.sdk.chat.completions.create(model="up", messages=MESSAGES)
+    assert caught.value.status_code == 502
+    body: Any = caught.value.body
+    assert body["code"] == "upstream_error" and "is sad" in body["message"]
+    assert sum(u.stats()["requests"] for u in ups) == 3  # max_attempts, across both replicas
+    assert [r.status for r in gw.records()] == [502]
+
+
+def test_429_everywhere_is_a_503_with_retry_after(
+    gw: Gateway, ups: tuple[FakeUpstream, FakeUpstream]
+) -> None:
+    for u in ups:
+        u.script(mode="error", status=429, message="slow down", retry_after=7)
+    r = gw.http.post("/v1/chat/completions", json={"model": "up", "messages": MESSAGES})
+    assert r.status_code == 503 and int(r.headers["retry-after"]) >= 1
+    assert r.json()["error"]["code"] in ("upstream_unavailable",)
+    assert "slow down" in r.json()["error"]["message"]
+    # both replicas cool down for their Retry-After: no try reaches them meanwhile
+    before = sum(u.stats()["requests"] for u in ups)
+    r = gw.http.post("/v1/chat/completions", json={"model": "up", "messages": MESSAGES})
+    assert r.status_code == 503 and sum(u.stats()["requests"] for u in ups) == before
+
+
+def test_a_slow_first_byte_times_out_as_504(
+    tmp_path: Path, ups: tuple[FakeUpstream, FakeUpstream]
+) -> None:
+    for u in ups:
+        u.script(mode="hang")
+    for g in gateway(tmp_path, ups, first_byte_timeout=0.3, timeout=0.3, max_attempts=2):
+        for stream in (False, True):
+            r = g.http.post("/v1/chat/completions",
+                            json={"model": "up", "messages": MESSAGES, "stream": stream})
+            assert r.status_code == 504, r.text
+            assert r.json()["error"]["code"] == "upstream_timeout"
+
+
+def test_an_upstream_400_is_the_clients_error_and_not_retried(
+    gw: Gateway, ups: tuple[FakeUpstream, FakeUpstream]
+) -> None:
+    for u in ups:
+        u.script(mode="error", status=400, message="top_k is not supported")
+    with pytest.raises(openai.BadRequestError) as caught:
+        gw.sdk.chat.completions.create(model="up", messages=MESSAGES, extra_body={"top_k": 3})
+    assert "top_k is not supported" in str(caught.value)
+    assert sum(u.stats()["requests"] for u in ups) == 1
+
+
+def test_garbage_is_retried_then_a_502(
+    gw: Gateway, ups: tuple[FakeUpstream, FakeUpstream]
+) -> None:
+    a, b = ups
+    a.script(mode="garbage")
+    b.script(mode="garbage", times=1)
+    r = gw.http.post("/v1/chat/completions", json={"model": "up", "messages": MESSAGES})
+    # a's garbage and b's garbage, then one of them again: b answers (its fault was once)
+    assert r.status_code in (200, 502)
+    for u in ups:
+        u.script(mode="garbage")
+    r = gw.http.post("/v1/chat/completions", json={"model": "up", "messages": MESSAGES})
+    assert r.status_code == 502 and "OpenAI's shape" in r.json()["error"]["message"]
+
+
+# -- faults after the first byte: one error event, never a retry ---------------------------
+
+
+def _stream(gw: Gateway, **extra: Any) -> list[dict[str, Any]]:
+    with gw.http.stream("POST", "/v1/chat/completions", json={
+            "model": "up", "messages": MESSAGES, "stream": True, **extra}) as r:
+        assert r.status_code == 200
+        events = [line[6:] for line in r.iter_lines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    return [json.loads(e) for e in events[:-1]]
+
+
+@pytest.mark.parametrize("mode", ["cut", "error_event"])
+def test_a_stream_broken_midway_ends_with_one_error_event(
+    gw: Gateway, ups: tuple[FakeUpstream, FakeUpstream], mode: str
+) -> None:
+    for u in ups:
+        u.script(mode=mode, after=3)
+    chunks = _stream(gw)
+    assert "error" in chunks[-1] and not any("error" in c for c in chunks[:-1])
+    assert chunks[-1]["error"]["code"] == "upstream_error"
+    texts = [c["choices"][0]["delta"].get("content") for c in chunks if c.get("choices")]
+    assert sum(1 for t in texts if t) == 3
+    assert sum(u.stats()["requests"] for u in ups) == 1  # no retry once streaming began
+    (rec,) = gw.records()
+    assert rec.status == 502 and rec.completion_tokens == 3 and rec.estimated
+
+
+def test_an_upstream_without_usage_is_metered_by_counting_and_flagged(
+    gw: Gateway, ups: tuple[FakeUpstream, FakeUpstream]
+) -> None:
+    for u in ups:
+        u.script(mode="no_usage")
+    gw.sdk.chat.completions.create(model="up", messages=MESSAGES)
+    chunks = _stream(gw, stream_options={"include_usage": True})
+    assert all(c.get("usage") is None for c in chunks)  # nothing to pass on
+    whole, streamed = gw.records()
+    assert whole.estimated and streamed.estimated
+    assert streamed.completion_tokens == 8  # one per chunk that carried text
+    assert whole.completion_tokens > 0 and whole.prompt_tokens > 0
+
+
+def test_json_schema_output_that_does_not_validate_is_not_passed_off_as_success(
+    gw: Gateway, ups: tuple[FakeUpstream, FakeUpstream]
+) -> None:
+    for u in ups:
+        u.script(mode="bad_json_output")
+    schema = {"type": "object", "properties": {"answer": {"type": "string"}},
+              "required": ["answer"]}
+    fmt = {"type": "json_schema", "json_schema": {"name": "a", "schema": schema}}
+    r = gw.http.post("/v1/chat/completions",
+                     json={"model": "up", "messages": MESSAGES, "response_format": fmt})
+    assert r.status_code == 502, r.text
+    err = r.json()["error"]
+    assert err["code"] == "upstream_invalid_output" and "answer" in err["message"]
+    chunks = _stream(gw, response_format=fmt)
+    assert chunks[-1]["error"]["code"] == "upstream_invalid_output"
+
+
+def test_a_client_that_leaves_a_stream_closes_the_upstream_connection(
+    gw: Gateway, ups: tuple[FakeUpstream, FakeUpstream], tmp_path: Path
+) -> None:
+    for u in ups:
+        u.state.chunk_delay = 0.2
+    with gw.http.stream("POST", "/v1/chat/completions", json={
+            "model": "up", "messages": MESSAGES, "stream": True}) as r:
+        for line in r.iter_lines():
+            if '"content":"w' in line.replace(" ", ""):
+                break
+    deadline = time.monotonic() + 10
+    while sum(u.stats()["disconnects"] for u in ups) < 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert sum(u.stats()["disconnects"] for u in ups) == 1
+    (rec,) = gw.records()
+    assert rec.disconnected and rec.status == 499
+
+
+# -- health, fallbacks, limits ---------------------------------------------------------------
+
+
+def test_a_stopped_replica_is_ejected_and_comes_back_after_a_probe(
+    gw: Gateway, ups: tuple[FakeUpstream, FakeUpstream]
+) -> None:
+    a, _ = ups
+    a.stop()
+    for _ in range(10):
+        r = gw.sdk.chat.completions.create(model="up", messages=MESSAGES)
+        assert (r.choices[0].message.content or "").startswith("[b]")
+    state = gw.backends()["up"]["replicas"]
+    assert state[0]["state"] == "ejected" and state[0]["ejections"] >= 1
+    a.start()
+    deadline = time.monotonic() + 10
+    while gw.backends()["up"]["replicas"][0]["state"] != "healthy":
+        assert time.monotonic() < deadline, gw.backends()
+        time.sleep(0.1)
+    seen = {(gw.sdk.chat.completions.create(model="up", messages=MESSAGES)
+             .choices[0].message.content or "")[:3] for _ in range(20)}
+    assert seen == {"[a]", "[b]"}
+    metrics = gw.http.get("/metrics").text
+    assert 'oasis_backend_ejections_total{model="up",replica="' + a.url + '"}' in metrics
+    assert "oasis_backend_first_byte_seconds_bucket" in metrics
+
+
+def test_fallbacks_answer_when_every_replica_fails(
+    tmp_path: Path, ups: tuple[FakeUpstream, FakeUpstream]
+) -> None:
+    for u in ups:
+        u.script(mode="error", status=500, message="down")
+    for g in gateway(tmp_path, ups, fallbacks=["local"]):
+        r = g.sdk.chat.completions.create(model="up", messages=MESSAGES)
+        assert r.model == "local" and r.choices[0].message.content
+        chunks = _stream(g)
+        assert chunks[0]["model"] == "local" and "error" not in chunks[-1]
+        recs = g.records()
+        assert [x.status for x in recs] == [200, 200] and all(x.model == "up" for x in recs)
+
+
+def test_limits_and_allow_lists_apply_to_upstream_models(
+    gw: Gateway, ups: tuple[FakeUpstream, FakeUpstream]
+) -> None:
+    made = gw.http.post("/admin/keys", json={"name": "narrow", "rpm": 2, "models": ["up"]})
+    assert made.status_code in (200, 201), made.text
+    key = made.json()["value"]
+    sdk = OpenAI(base_url="http://testserver/v1", api_key=key, http_client=gw.http, max_retries=0)
+    sdk.chat.completions.create(model="up", messages=MESSAGES)
+    with pytest.raises(openai.NotFoundError):
+        sdk.chat.completions.create(model="local", messages=MESSAGES)
+    with pytest.raises(openai.RateLimitError):
+        sdk.chat.completions.create(model="up", messages=MESSAGES)
+    assert sum(u.stats()["requests"] for u in ups) == 1
+
+
+def test_concurrent_requests_are_spread_and_every_one_is_recorded(
+    gw: Gateway, ups: tuple[FakeUpstream, FakeUpstream]
+) -> None:
+    for u in ups:
+        u.state.chunk_delay = 0.01
+
+    async def run() -> list[str]:
+        transport = httpx.ASGITransport(app=gw.http.app)  # type: ignore[arg-type]
+        async with httpx.AsyncClient(transport=transport, base_url="http://t",
+                                     headers={"Authorization": f"Bearer {API_KEY}"}) as c:
+            async def one(i: int) -> str:
+                r = await c.post("/v1/chat/completions", json={
+                    "model": "up", "messages": MESSAGES, "stream": i % 2 == 0}, timeout=30)
+                assert r.status_code == 200
+                return r.text
+            return await asyncio.gather(*(one(i) for i in range(40)))
+
+    texts = gw.http.portal.call(run)  # type: ignore[union-attr]
+    assert len(texts) == 40
+    assert min(u.stats()["requests"] for u in ups) >= 10
+    assert all(r["in_flight"] == 0 for r in gw.backends()["up"]["replicas"])
+    assert len(gw.records()) == 40
