@@ -47,7 +47,7 @@ def _free_port() -> int:
 
 def start_server(tmp: Path, **env_overrides: str) -> tuple[subprocess.Popen[bytes], LiveServer]:
     """`oasis serve` as a user starts it, configured through OASIS_* variables."""
-    port = _free_port()
+    port = int(env_overrides.get("OASIS_PORT") or _free_port())  # a restart keeps its port
     log = tmp / "server.log"
     env = {**os.environ, "OASIS_DATA_DIR": str(tmp / "data"), "OASIS_PORT": str(port),
            "OASIS_API_KEY": KEY, **env_overrides}

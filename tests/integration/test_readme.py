@@ -16,7 +16,7 @@ BLOCK = re.compile(r"<!-- readme-test: ([\w-]+) -->\n```\w+\n(.*?)```", re.S)
 
 def examples() -> dict[str, str]:
     found = dict(BLOCK.findall((ROOT / "README.md").read_text()))
-    assert set(found) == {"curl", "python", "python-apps", "python-tools"}, found
+    assert set(found) == {"curl", "python", "python-apps", "python-tools", "upstream-config"}, found
     return found
 
 

@@ -5,8 +5,11 @@ the middle of a 200-request run."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -17,13 +20,18 @@ from typing import Any
 
 import httpx
 import openai
+import pexpect
 import pytest
 from openai import OpenAI
 
+from oasis.models.registry import bundled_model_path
 from tests.integration.conftest import KEY, LiveServer, start_server, stop_server
+from tests.integration.test_readme import examples
 
 pytestmark = pytest.mark.integration
 BUNDLED = "SmolLM2-135M-Instruct"
+MODEL = "llama-3.1-8b"  # the README example's id
+OASIS = str(Path(sys.executable).with_name("oasis"))
 MESSAGES = [{"role": "user", "content": "Name a colour."}]
 
 
@@ -66,18 +74,16 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     p1, r1 = _replica(tmp, "r1")
     p2, r2 = _replica(tmp, "r2")
     (tmp / "gateway").mkdir()
-    (tmp / "gateway" / "oasis.toml").write_text(f"""
-[[models]]
-id = "fleet"
-backend = "upstream"
-upstream_model = "{BUNDLED}"
-replicas = ["{r1.v1}", "{r2.v1}"]
-api_key_env = "FLEET_KEY"
-probe_interval = 0.5
-eject_seconds = 0.5
-first_byte_timeout = 60
-""")
-    pg, gateway = start_server(tmp / "gateway", FLEET_KEY=KEY, OASIS_USAGE_FLUSH_SECONDS="0.2")
+    # the README's example configuration, with this machine's replicas and model file
+    config = (examples()["upstream-config"]
+              .replace("http://gpu-1:8000/v1", r1.v1).replace("http://gpu-2:8000/v1", r2.v1)
+              .replace("meta-llama/Llama-3.1-8B-Instruct", BUNDLED)
+              .replace("/opt/models/SmolLM2-135M-Instruct.Q4_1.gguf", str(bundled_model_path()))
+              .replace('backend = "upstream"',
+                       'backend = "upstream"\nprobe_interval = 0.5\neject_seconds = 0.5'))
+    (tmp / "gateway" / "oasis.toml").write_text(config)
+    pg, gateway = start_server(tmp / "gateway", VLLM_KEY=KEY, OASIS_USAGE_FLUSH_SECONDS="0.2",
+                               OASIS_THREADS="1", OASIS_PARALLEL="2", OASIS_CTX_SIZE="2048")
     procs = {"r1": p1, "r2": p2, "gateway": pg}
     yield Fleet(tmp, gateway, [r1, r2], procs)
     for proc in procs.values():
@@ -86,22 +92,22 @@ first_byte_timeout = 60
 
 def test_the_sdk_through_the_gateway_on_real_replicas(fleet: Fleet) -> None:
     sdk = fleet.sdk
-    r = sdk.chat.completions.create(model="fleet", messages=MESSAGES, max_tokens=8, seed=1)
-    assert r.model == "fleet" and r.choices[0].message.content
+    r = sdk.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=8, seed=1)
+    assert r.model == MODEL and r.choices[0].message.content
     assert r.usage is not None and r.usage.completion_tokens <= 8
     c = sdk.completions.create(model="gpt-3.5-turbo", prompt="The sky is", max_tokens=5, n=2)
     assert c.model == "gpt-3.5-turbo" and len(c.choices) == 2
-    chunks = list(sdk.chat.completions.create(model="fleet", messages=MESSAGES, max_tokens=6,
+    chunks = list(sdk.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=6,
                                               stream=True))
     assert chunks and all(ch.usage is None for ch in chunks)
-    assert all(ch.model == "fleet" for ch in chunks)
-    chunks = list(sdk.chat.completions.create(model="fleet", messages=MESSAGES, max_tokens=6,
+    assert all(ch.model == MODEL for ch in chunks)
+    chunks = list(sdk.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=6,
                                               stream=True, stream_options={"include_usage": True}))
     assert chunks[-1].usage is not None and chunks[-1].choices == []
     tools = [{"type": "function", "function": {
         "name": "get_weather", "parameters": {"type": "object", "properties": {
             "city": {"type": "string"}}, "required": ["city"]}}}]
-    t = sdk.chat.completions.create(model="fleet", max_tokens=40, tools=tools,  # type: ignore[arg-type]
+    t = sdk.chat.completions.create(model=MODEL, max_tokens=40, tools=tools,  # type: ignore[arg-type]
                                     tool_choice="required",
                                     messages=[{"role": "user", "content": "Weather in Paris?"}])
     call = (t.choices[0].message.tool_calls or [])[0]
@@ -110,25 +116,49 @@ def test_the_sdk_through_the_gateway_on_real_replicas(fleet: Fleet) -> None:
     schema = {"type": "object", "properties": {"colour": {"type": "string", "maxLength": 12}},
               "required": ["colour"], "additionalProperties": False}
     j = sdk.chat.completions.create(
-        model="fleet", messages=MESSAGES, max_tokens=60,
+        model=MODEL, messages=MESSAGES, max_tokens=60,
         response_format={"type": "json_schema",
                          "json_schema": {"name": "c", "schema": schema, "strict": True}})
     assert isinstance(json.loads(j.choices[0].message.content or "")["colour"], str)
     with pytest.raises(openai.BadRequestError) as caught:
-        sdk.chat.completions.create(model="fleet", messages=MESSAGES, extra_body={"bogus": 1})
+        sdk.chat.completions.create(model=MODEL, messages=MESSAGES, extra_body={"bogus": 1})
     assert "bogus" in str(caught.value)
+
+
+def test_oasis_backends_as_typed_and_as_piped(fleet: Fleet) -> None:
+    env = {**os.environ, "OPENAI_BASE_URL": fleet.gateway.v1, "OPENAI_API_KEY": KEY}
+    piped = subprocess.run([OASIS, "backends"], env=env, capture_output=True, text=True,
+                           timeout=60)
+    assert piped.returncode == 0, piped.stderr
+    header, *rows = [line.split("\t") for line in piped.stdout.splitlines()]
+    assert header[:4] == ["model", "backend", "replica", "state"]
+    ups = [r for r in rows if r[1] == "upstream"]
+    assert [r[2] for r in ups] == [s.v1 for s in fleet.replicas]
+    assert all(r[0] == MODEL and r[3] == "healthy" for r in ups)
+    assert any(r[0] == "smollm2" and r[1] == "local" for r in rows)
+    as_json = subprocess.run([OASIS, "backends", "--json"], env=env, capture_output=True,
+                             text=True, timeout=60)
+    assert json.loads(as_json.stdout)[0]["replicas"][0]["url"] == fleet.replicas[0].v1
+    child = pexpect.spawn(OASIS, ["backends"], env=env, encoding="utf-8", timeout=60,
+                          dimensions=(40, 200))
+    child.expect(pexpect.EOF)
+    screen = child.before or ""
+    assert "replica" in screen and fleet.replicas[1].v1 in screen and "\t" not in screen
+    wrong = subprocess.run([OASIS, "backends"], env={**env, "OPENAI_API_KEY": "sk-wrong"},
+                           capture_output=True, text=True, timeout=60)
+    assert wrong.returncode == 1 and "401" in wrong.stderr
 
 
 def _one(fleet: Fleet, i: int) -> dict[str, Any]:
     """One request of the run: what the client got."""
     sdk = fleet.sdk
     if i % 2:
-        r = sdk.chat.completions.create(model="fleet", messages=MESSAGES, max_tokens=12)
+        r = sdk.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=12)
         assert r.usage is not None
         return {"ok": True, "tokens": r.usage.completion_tokens}
     tokens, usage, error = 0, None, None
     try:
-        for ch in sdk.chat.completions.create(model="fleet", messages=MESSAGES, max_tokens=12,
+        for ch in sdk.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=12,
                                               stream=True,
                                               stream_options={"include_usage": True}):
             if ch.usage is not None:
@@ -192,3 +222,19 @@ def test_killing_a_replica_mid_run_loses_only_its_streams_and_it_comes_back(
     for _ in range(8):
         _one(fleet, 1)
     assert fleet.backends()[1]["requests"] > served
+
+
+def test_every_replica_gone_the_fallback_model_answers(fleet: Fleet) -> None:
+    for name in ("r1", "r2"):
+        fleet.procs[name].send_signal(signal.SIGKILL)
+        fleet.procs[name].wait()
+    sdk = fleet.sdk
+    r = sdk.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=8)
+    assert r.model == "smollm2" and r.choices[0].message.content  # the local fallback answered
+    chunks = list(sdk.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=8,
+                                              stream=True))
+    assert chunks[0].model == "smollm2"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert all(s["state"] == "ejected" for s in fleet.backends())
+    rows = fleet.ledger()[-2:]
+    assert [s for s, *_ in rows] == [200, 200] and all(c > 0 for _, _, c, _ in rows)
