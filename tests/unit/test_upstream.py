@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,16 +15,23 @@ from typing import Any
 import httpx
 import openai
 import pytest
+import uvicorn
 from fastapi.testclient import TestClient
 from openai import OpenAI
 
-from oasis.config import ModelConfig, Settings
+from oasis.config import ModelConfig, PriceConfig, Settings
 from oasis.server import create_app
 from oasis.store.usage import Usage
 from tests.conftest import API_KEY
 from tests.fake_upstream import FakeUpstream, running
 
 MESSAGES = [{"role": "user", "content": "hello there"}]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -403,3 +412,80 @@ def test_concurrent_requests_are_spread_and_every_one_is_recorded(
     assert min(u.stats()["requests"] for u in ups) >= 10
     assert all(r["in_flight"] == 0 for r in gw.backends()["up"]["replicas"])
     assert len(gw.records()) == 40
+
+
+def test_affinity_keeps_a_prompt_cache_key_on_one_replica_while_load_allows(
+    tmp_path: Path, ups: tuple[FakeUpstream, FakeUpstream]
+) -> None:
+    for g in gateway(tmp_path, ups, routing="affinity"):
+        homes: dict[str, set[str]] = {}
+        for i in range(8):
+            for _ in range(4):
+                r = g.sdk.chat.completions.create(model="up", messages=MESSAGES,
+                                                  prompt_cache_key=f"conversation-{i}")
+                homes.setdefault(f"conversation-{i}", set()).add(
+                    (r.choices[0].message.content or "")[:3])
+        assert all(len(h) == 1 for h in homes.values()), homes  # sequential: load allows
+        assert set().union(*homes.values()) == {"[a]", "[b]"}  # and keys are spread
+        # `user` is the key when there is no prompt_cache_key
+        seen = {(g.sdk.chat.completions.create(model="up", messages=MESSAGES, user="u-7")
+                 .choices[0].message.content or "")[:3] for _ in range(4)}
+        assert len(seen) == 1
+
+
+def test_a_budget_holds_for_upstream_models_under_concurrency(
+    tmp_path: Path, ups: tuple[FakeUpstream, FakeUpstream]
+) -> None:
+    for u in ups:
+        u.state.chunk_delay = 0.01
+    settings = _settings(tmp_path, ups)
+    settings.prices = {"up": PriceConfig(input=1000.0, output=1000.0)}  # $0.001 a token
+    with TestClient(create_app(settings),
+                    headers={"Authorization": f"Bearer {API_KEY}"}) as http:
+        g = Gateway(http)
+        made = http.post("/admin/keys", json={"name": "budgeted", "budget_usd": 0.2})
+        assert made.status_code == 201, made.text
+        key = made.json()["value"]
+
+        async def run() -> list[int]:
+            transport = httpx.ASGITransport(app=http.app)  # type: ignore[arg-type]
+            async with httpx.AsyncClient(transport=transport, base_url="http://t",
+                                         headers={"Authorization": f"Bearer {key}"}) as c:
+                async def one() -> int:
+                    r = await c.post("/v1/chat/completions", json={
+                        "model": "up", "messages": MESSAGES, "max_tokens": 8}, timeout=30)
+                    return r.status_code
+                return await asyncio.gather(*(one() for _ in range(40)))
+
+        statuses = http.portal.call(run)  # type: ignore[union-attr]
+        assert statuses.count(200) >= 5 and statuses.count(429) >= 5
+        spent = sum(r.cost_usd for r in g.records() if r.status == 200)
+        assert spent <= 0.2 + 1e-9  # holds: concurrent admissions never overshoot
+        assert sum(u.stats()["requests"] for u in ups) == statuses.count(200)
+
+
+def test_a_client_that_leaves_a_non_streamed_request_cancels_it_upstream(
+    tmp_path: Path, ups: tuple[FakeUpstream, FakeUpstream]
+) -> None:
+    for u in ups:
+        u.script(mode="hang")
+    app = create_app(_settings(tmp_path, ups))
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        while not server.started:
+            time.sleep(0.02)
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", timeout=1.0,
+                       headers={"Authorization": f"Bearer {API_KEY}"},
+                       json={"model": "up", "messages": MESSAGES})
+        deadline = time.monotonic() + 10
+        while sum(u.stats()["disconnects"] for u in ups) < 1:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert sum(u.stats()["in_flight"] for u in ups) == 0
+    finally:
+        server.should_exit = True
+        thread.join(10)
