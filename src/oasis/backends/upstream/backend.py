@@ -327,7 +327,7 @@ class UpstreamBackend:
                     self._request(call, replica, self.options.timeout)
                 )
                 try:
-                    body = await response.aread()
+                    body = await _read_capped(response)
                 finally:
                     await response.aclose()
             except httpx.HTTPError as exc:
@@ -373,9 +373,9 @@ class UpstreamBackend:
                         self._request(call, replica, self.options.read_timeout), stream=True
                     )
                     if response.status_code != 200:
-                        body = await response.aread()
+                        body = await _read_capped(response)
                         self._refused(replica, response, body, t0)
-                    events = sse_data(response.aiter_lines())
+                    events = sse_data(_capped_lines(response))
                     first = await anext(events, None)
             except httpx.HTTPError as exc:
                 raise self._fail(call, replica, exc, t0, "before its first byte") from None
@@ -594,6 +594,44 @@ class _Relay:
             await self._response.aclose()
         finally:
             self._backend.pool.end(self._replica)
+
+
+# The most an upstream's answer (or one line of its stream) may hold: a broken or hostile
+# upstream must not make the gateway buffer without end.
+MAX_ANSWER_BYTES = 64 * 1024 * 1024
+
+
+async def _read_capped(response: httpx.Response) -> bytes:
+    size = int(response.headers.get("content-length") or 0)
+    if size > MAX_ANSWER_BYTES:
+        raise httpx.DecodingError(f"an answer of {size} bytes (the limit is {MAX_ANSWER_BYTES})")
+    parts, total = [], 0
+    async for part in response.aiter_bytes():
+        total += len(part)
+        if total > MAX_ANSWER_BYTES:
+            raise httpx.DecodingError(f"an answer over {MAX_ANSWER_BYTES} bytes")
+        parts.append(part)
+    return b"".join(parts)
+
+
+async def _capped_lines(response: httpx.Response) -> AsyncIterator[str]:
+    """The stream's lines (LF or CRLF ends), none longer than ``MAX_ANSWER_BYTES``: a line is
+    checked while it is still arriving, not once it is whole."""
+    pending: list[bytes] = []  # the unfinished line's parts
+    size = 0
+    async for part in response.aiter_bytes():
+        if b"\n" not in part:
+            pending.append(part)
+            size += len(part)
+            if size > MAX_ANSWER_BYTES:
+                raise httpx.DecodingError(f"a stream line over {MAX_ANSWER_BYTES} bytes")
+            continue
+        first, *lines, rest = part.split(b"\n")
+        for line in (b"".join((*pending, first)), *lines):
+            yield line.removesuffix(b"\r").decode("utf-8", "replace")
+        pending, size = [rest], len(rest)
+    if size:
+        yield b"".join(pending).decode("utf-8", "replace")
 
 
 def _message_text(choice: dict[str, Any]) -> str:
