@@ -337,8 +337,12 @@ class UpstreamState:
             else []
         tokens = [chunk(i, {"content": p}) for p in pieces for i in range(n)]
         if mode in ("cut", "error_event"):
-            events += tokens[: int(fault.get("after", 1))]
-            events.append(b"" if mode == "cut" else _event(ERROR_EVENT) + DONE)
+            after = int(fault.get("after", 1))
+            events = events + tokens[:after] if after else []  # after=0: the error comes first
+            error = {"error": {**ERROR_EVENT["error"], **{
+                k: fault[f] for k, f in (("message", "message"), ("type", "error_type"))
+                if f in fault}}}
+            events.append(b"" if mode == "cut" else _event(error) + DONE)
         else:
             events += tokens + [chunk(i, {}, finish) for i in range(n)]
             if usage:

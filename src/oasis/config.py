@@ -88,6 +88,8 @@ class ModelConfig(BaseModel):
             for url in self.replicas:
                 if not url.startswith(("http://", "https://")):
                     raise ValueError(f"model {self.id!r}: replica {url!r} is not an http(s) URL")
+            if len({u.rstrip("/") for u in self.replicas}) < len(self.replicas):
+                raise ValueError(f"model {self.id!r}: a replica is listed twice")
         elif self.backend == "local" and self.path is None:
             raise ValueError(f"model {self.id!r}: a local model needs a path")
         return self

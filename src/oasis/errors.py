@@ -149,6 +149,11 @@ class UpstreamUnavailableError(UpstreamError):
         super().__init__(message, headers={"Retry-After": str(retry_after)})
 
 
+class UpstreamConfigError(UpstreamError):
+    """502: an upstream refused oasis itself (401, 403, 404, a redirect): its key or
+    ``upstream_model`` is wrong. Not the client's fault, and no fallback hides it."""
+
+
 class UpstreamTimeoutError(UpstreamError):
     """504: the upstream did not answer (or send its first byte) in time."""
 

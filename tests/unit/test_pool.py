@@ -99,10 +99,10 @@ def test_an_ejected_replica_gets_no_traffic_until_a_probe_after_its_cool_down() 
     clock.now += 2.0
     assert a in p.due()
     assert all(p.pick(None, set()) is b for _ in range(20))  # the cool-down alone is not enough
-    p.probed(a, False, "refused")
+    p.probed(a, False, "refused", epoch=a.epoch)
     assert a.state == "ejected" and a.until == clock.now + 4.0  # doubled
     clock.now += 4.0
-    p.probed(a, True, "HTTP 200")
+    p.probed(a, True, "HTTP 200", epoch=a.epoch)
     assert a.state == "healthy"
     assert {p.pick(None, set()).index for _ in range(40)} == {1, 2}
 
@@ -114,7 +114,7 @@ def test_cool_downs_double_up_to_sixty_times_and_reset_after_a_success() -> None
     for _ in range(9):
         p.eject(a, "x")
         waits.append(a.until - clock.now)
-        p.probed(a, True, "ok")
+        p.probed(a, True, "ok", epoch=a.epoch)
     assert waits == [1, 2, 4, 8, 16, 32, 60, 60, 60]
     p.succeeded(a, 0.1)
     p.eject(a, "x")
@@ -144,12 +144,44 @@ def test_healthy_replicas_are_probed_every_interval() -> None:
     p, clock = pool(2, probe_interval=5.0)
     assert [r.index for r in p.due()] == [1, 2]
     for r in p.replicas:
-        p.probed(r, True, "ok")
+        p.probed(r, True, "ok", epoch=r.epoch)
     assert p.due() == []
     clock.now += 5.0
     assert [r.index for r in p.due()] == [1, 2]
-    p.probed(p.replicas[0], False, "refused")  # a failed probe takes a healthy one out
-    assert p.replicas[0].state == "ejected"
+    a, b = p.replicas
+    p.probed(a, False, "refused", epoch=a.epoch, refused=True)  # nobody there: out at once
+    assert a.state == "ejected"
+    for _ in range(3):  # a slow or failing probe counts like a failed request
+        assert b.state == "healthy"
+        p.probed(b, False, "HTTP 503", epoch=b.epoch)
+    assert b.state == "ejected" and b.errors["probe"] == 3
+
+
+def test_a_probe_begun_before_an_ejection_does_not_bring_the_replica_back() -> None:
+    p, clock = pool(1, eject_seconds=5.0)
+    (a,) = p.replicas
+    epoch = a.epoch  # a probe starts while the replica is healthy...
+    p.failed(a, "connect", "refused", seconds=0.0, eject=True)  # ...requests eject it...
+    p.probed(a, True, "HTTP 200", epoch=epoch)  # ...and the probe's late 200 arrives
+    assert a.state == "ejected"
+    clock.now += 5.0
+    p.probed(a, True, "HTTP 200", epoch=a.epoch)  # a probe after the cool-down does
+    assert a.state == "healthy"
+
+
+def test_cooling_ends_with_its_time_and_a_429_does_not_revive_an_ejected_replica() -> None:
+    p, clock = pool(1, eject_seconds=5.0)
+    (a,) = p.replicas
+    p.limited(a, 2.0, "429")
+    p.succeeded(a, 0.1)  # an answer in flight before the 429 does not end the cool-down
+    assert a.state == "cooling" and not a.routable(clock.now)
+    clock.now += 2.0
+    assert a.routable(clock.now)
+    p.succeeded(a, 0.1)
+    assert a.state == "healthy"
+    p.eject(a, "down")
+    p.limited(a, 1.0, "429")
+    assert a.state == "ejected"
 
 
 def test_describe_reports_state_in_flight_error_rate_and_latency() -> None:
@@ -162,4 +194,12 @@ def test_describe_reports_state_in_flight_error_rate_and_latency() -> None:
     (d,) = p.describe()
     assert d["in_flight"] == 1 and d["requests"] == 1 and d["state"] == "healthy"
     assert d["error_rate"] == 0.1 and d["errors"] == {"http_5xx": 1}
-    assert d["latency_p50_ms"] == 60.0 and d["last_error"] == "503: busy"
+    # the latency of answers: the failure's 0.5 s is not one
+    assert d["latency_p50_ms"] == 50.0 and d["latency_p99_ms"] == 90.0
+    assert d["last_error"] == "503: busy"
+
+
+def test_replica_labels_hide_credentials() -> None:
+    opts = UpstreamOptions(replicas=("https://user:secret@gpu-1:8000/v1",), upstream_model="m")
+    (r,) = Pool("m", opts).replicas
+    assert r.label == "https://gpu-1:8000/v1" and Pool("m", opts).describe()[0]["url"] == r.label

@@ -2,9 +2,13 @@
 
 "Cannot take" means the request never started: every replica of an upstream model failed
 before the first byte (502, 503, 504), or a local engine's queue is full or the engine is down
-(503). Anything else (the client's 400, a 429 of the key's own limits) is the answer. The
-fallback's answer names the model that served it; the usage record keeps the name the client
-asked for and is priced as the model that served. A fallback's own fallbacks are not followed.
+(503). Anything else is the answer: the client's 400, a 429 of the key's own limits, an
+upstream's answer that does not match the json_schema (it was generated and is billed), and an
+upstream that refuses oasis's own key or model name (a configuration error no fallback should
+hide). The fallback's answer names the model that served it; the usage record keeps the name the
+client asked for and is priced as the model that served. Fallbacks the key's allow-list does not
+name are skipped; a fallback that refuses the request (say, too long for its context) leaves the
+first model's error as the answer. A fallback's own fallbacks are not followed.
 """
 
 from __future__ import annotations
@@ -18,9 +22,16 @@ from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from pydantic import BaseModel
 
 from oasis.backends.base import Backend
+from oasis.backends.upstream.output import InvalidOutputError
 from oasis.backends.upstream.pool import Pool
 from oasis.engine.base import Health
-from oasis.errors import EngineError, OverloadedError, UpstreamError
+from oasis.errors import (
+    EngineError,
+    InvalidRequestError,
+    OverloadedError,
+    UpstreamConfigError,
+    UpstreamError,
+)
 from oasis.models.registry import ModelRegistry
 from oasis.protocol.requests import ChatCompletionRequest, CompletionRequest
 from oasis.serving.common import Meter
@@ -30,6 +41,7 @@ Req = TypeVar("Req", ChatCompletionRequest, CompletionRequest)
 
 # the errors that mean "this model could not start the request"
 UNAVAILABLE = (UpstreamError, OverloadedError, EngineError)
+FINAL = (UpstreamConfigError, InvalidOutputError)
 
 
 class WithFallbacks:
@@ -44,6 +56,8 @@ class WithFallbacks:
     ) -> ChatCompletion | AsyncIterator[ChatCompletionChunk]:
         try:
             return await self.primary.chat(req, meter)
+        except FINAL:
+            raise
         except UNAVAILABLE as exc:
             answer: ChatCompletion | AsyncIterator[ChatCompletionChunk] = await self._next(
                 req, meter, exc, lambda b, r: b.chat(r, meter)
@@ -55,6 +69,8 @@ class WithFallbacks:
     ) -> Completion | AsyncIterator[Completion]:
         try:
             return await self.primary.completions(req, meter)
+        except FINAL:
+            raise
         except UNAVAILABLE as exc:
             result: Completion | AsyncIterator[Completion] = await self._next(
                 req, meter, exc, lambda b, r: b.completions(r, meter)
@@ -63,15 +79,16 @@ class WithFallbacks:
 
     async def _next(self, req: Req, meter: Meter, error: Exception, call: Any) -> Any:
         for model_id, backend in self.fallbacks:
+            if not await meter.fallback(model_id):
+                continue
             log.warning("model %s unavailable (%s): falling back to %s", req.model, error, model_id)
-            await meter.fallback(model_id)
             try:
                 result: BaseModel | AsyncIterator[Any] = await call(
                     backend, req.model_copy(update={"model": model_id})
                 )
                 return result
-            except UNAVAILABLE as exc:
-                error = exc
+            except (*UNAVAILABLE, InvalidRequestError) as exc:
+                log.warning("fallback %s of model %s failed: %s", model_id, req.model, exc)
         raise error
 
     def health(self) -> Health:

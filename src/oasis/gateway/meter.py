@@ -26,6 +26,7 @@ from anyio import to_thread
 
 from oasis.engine.base import RequestHandle
 from oasis.errors import OasisError
+from oasis.gateway.access import may_use
 from oasis.gateway.limits import (
     Budget,
     Decision,
@@ -260,15 +261,19 @@ class Ticket:
         self._prompt_tokens = prompt_tokens
         self._estimated = estimated
 
-    async def fallback(self, model_id: str) -> None:
+    async def fallback(self, model_id: str) -> bool:
         """The request moves to a fallback model: priced as that model from now on. Its
         backend admits it again, which corrects the token reservation but takes no second
         request and checks no limit (the request was admitted once); the budget hold placed
-        for the first model stays until the request settles."""
-        self.price_names = (self.model, model_id)
+        for the first model stays until the request settles. A key whose allow-list does not
+        name the fallback does not fall back to it."""
+        if not may_use(self.key, model_id):
+            return False
+        self.price_names = (model_id,)
         self._handles = ()
         self._estimated = False
         self._readmit = self._counted
+        return True
 
     # -- called by the route -----------------------------------------------------------------
     async def headers(self) -> dict[str, str]:

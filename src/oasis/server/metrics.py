@@ -120,14 +120,13 @@ class PoolCollector(Collector):
         )
         for pool in self.pools:
             retries.add_metric([pool.model], pool.retries)
-            ready = {d["url"]: d["state"] == "healthy" for d in pool.describe()}
-            for r in pool.replicas:
-                ids = [pool.model, r.url]
+            for r, d in zip(pool.replicas, pool.describe(), strict=True):
+                ids = [pool.model, r.label]
                 requests.add_metric(ids, r.requests)
                 for kind, count in sorted(r.errors.items()):
                     errors.add_metric([*ids, kind], count)
                 in_flight.add_metric(ids, r.in_flight)
-                up.add_metric(ids, 1.0 if ready[r.url] else 0.0)
+                up.add_metric(ids, 1.0 if d["state"] == "healthy" else 0.0)
                 ejections.add_metric(ids, r.ejected_total)
                 for family, hist in ((ttfb, r.ttfb), (latency, r.latency)):
                     cumulative, buckets = 0, []

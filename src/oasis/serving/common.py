@@ -76,10 +76,10 @@ class Meter(Protocol):
         count the request was admitted by."""
         ...
 
-    async def fallback(self, model_id: str) -> None:
-        """The request moves to another model (``fallbacks``): give back what admission took
-        but the request itself, and price it as ``model_id``; that model's backend admits it
-        again."""
+    async def fallback(self, model_id: str) -> bool:
+        """The request moves to another model (``fallbacks``), priced as ``model_id``; that
+        model's backend admits it again. False if the caller may not use that model (then
+        the fallback is skipped)."""
         ...
 
 
@@ -104,8 +104,8 @@ class NoMeter:
     def measured(self, prompt_tokens: int, *, estimated: bool = False) -> None:
         return None
 
-    async def fallback(self, model_id: str) -> None:
-        return None
+    async def fallback(self, model_id: str) -> bool:
+        return True
 
 
 NO_METER = NoMeter()

@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import os
 import random
 import time
@@ -31,7 +32,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
-import httpx
+import aiohttp
 from openai.types import Completion
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from pydantic import BaseModel, ValidationError
@@ -39,14 +40,17 @@ from pydantic import BaseModel, ValidationError
 from oasis.backends.upstream.output import SchemaCheck
 from oasis.backends.upstream.pool import Pool, Replica
 from oasis.backends.upstream.relay import (
+    UpstreamChat,
+    UpstreamChatChunk,
+    UpstreamCompletion,
     UpstreamTokens,
+    answer_tokens,
     chat_affinity,
     chunk_tokens,
     completion_affinity,
     error_message,
     estimate_chat,
     estimate_completion,
-    estimate_tokens,
     sse_data,
 )
 from oasis.config import Settings
@@ -55,6 +59,7 @@ from oasis.errors import (
     ConfigError,
     InvalidRequestError,
     OasisError,
+    UpstreamConfigError,
     UpstreamError,
     UpstreamTimeoutError,
     UpstreamUnavailableError,
@@ -67,6 +72,9 @@ log = logging.getLogger(__name__)
 R = TypeVar("R", bound=BaseModel)
 
 CHAT_PATH, COMPLETIONS_PATH = "/chat/completions", "/completions"
+# Requests with less prompt text than this are prepared on the event loop; bigger ones (and
+# answers over 8x this) in a worker thread.
+_INLINE_CHARS = 64 * 1024
 
 
 class _Retry(Exception):
@@ -83,12 +91,13 @@ class _Call:
     """One request to forward: its body, and how to read and bill the answer."""
 
     path: str
-    body: dict[str, Any]
+    body: bytes
     requested: str  # the model name the client asked for, echoed back
     stream: bool
     wants_usage: bool
     affinity: str | None
     tokens: UpstreamTokens
+    estimate: int  # the prompt's tokens by oasis's count (billed if the upstream reports none)
     whole: type[BaseModel]
     chunk: type[BaseModel]
     check: SchemaCheck | None
@@ -104,7 +113,8 @@ class UpstreamBackend:
         self.ctx_size = spec.ctx_size or ctx_size
         self.pool = Pool(spec.id, options)
         self._headers = {"Content-Type": "application/json"}
-        self._client: httpx.AsyncClient | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._probes: aiohttp.ClientSession | None = None  # never waits behind requests
         self._prober: asyncio.Task[None] | None = None
         env = options.api_key_env
         if env is not None:
@@ -116,13 +126,15 @@ class UpstreamBackend:
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
         opts = self.options
-        self._client = httpx.AsyncClient(
-            timeout=httpx.Timeout(opts.read_timeout, connect=opts.connect_timeout),
-            limits=httpx.Limits(
-                max_connections=opts.max_connections * len(opts.replicas),
-                max_keepalive_connections=opts.max_connections * len(opts.replicas),
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(
+                limit=opts.max_connections * len(opts.replicas),
+                limit_per_host=opts.max_connections,
             ),
+            headers=self._headers,
+            trust_env=False,
         )
+        self._probes = aiohttp.ClientSession(headers=self._headers, trust_env=False)
         self._prober = asyncio.get_running_loop().create_task(self._probe_forever())
 
     async def close(self) -> None:
@@ -130,14 +142,15 @@ class UpstreamBackend:
             self._prober.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._prober
-        if self._client is not None:
-            await self._client.aclose()
+        for session in (self._session, self._probes):
+            if session is not None:
+                await session.close()
 
     @property
-    def client(self) -> httpx.AsyncClient:
-        if self._client is None:
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
             raise RuntimeError("the upstream backend was not started")
-        return self._client
+        return self._session
 
     def pools(self) -> Sequence[Pool]:
         return (self.pool,)
@@ -160,7 +173,8 @@ class UpstreamBackend:
     async def chat(
         self, req: ChatCompletionRequest, meter: Meter
     ) -> ChatCompletion | AsyncIterator[ChatCompletionChunk]:
-        prompt = estimate_chat(req)
+        size = sum(len(m.content) if isinstance(m.content, str) else 64 for m in req.messages)
+        prompt, body = await self._prepare(req, estimate_chat, size)
         n = req.n or 1
         limit = req.max_completion_tokens or req.max_tokens
         await self._admit(meter, prompt, n, limit)
@@ -170,14 +184,15 @@ class UpstreamBackend:
             check = SchemaCheck.of(getattr(fmt, "json_schema", None), self.spec.id)
         call = _Call(
             CHAT_PATH,
-            self._body(req),
+            body,
             req.model,
             bool(req.stream),
             bool(req.stream_options and req.stream_options.include_usage),
             chat_affinity(req),
-            UpstreamTokens(prompt),
-            ChatCompletion,
-            ChatCompletionChunk,
+            UpstreamTokens(),
+            prompt,
+            UpstreamChat,
+            UpstreamChatChunk,
             check,
             _message_text,
         )
@@ -187,7 +202,9 @@ class UpstreamBackend:
     async def completions(
         self, req: CompletionRequest, meter: Meter
     ) -> Completion | AsyncIterator[Completion]:
-        prompt = estimate_completion(req)
+        p = req.prompt
+        size = len(p) if isinstance(p, str) else sum(len(x) for x in p or () if isinstance(x, str))
+        prompt, body = await self._prepare(req, estimate_completion, size)
         prompts = len(req.prompt) if isinstance(req.prompt, list) and req.prompt else 1
         if isinstance(req.prompt, list) and req.prompt and isinstance(req.prompt[0], int):
             prompts = 1
@@ -196,14 +213,15 @@ class UpstreamBackend:
         await self._admit(meter, prompt, n, limit)
         call = _Call(
             COMPLETIONS_PATH,
-            self._body(req),
+            body,
             req.model,
             bool(req.stream),
             bool(req.stream_options and req.stream_options.include_usage),
             completion_affinity(req),
-            UpstreamTokens(prompt),
-            Completion,
-            Completion,
+            UpstreamTokens(),
+            prompt,
+            UpstreamCompletion,
+            UpstreamCompletion,
             None,
             _choice_text,
         )
@@ -214,26 +232,36 @@ class UpstreamBackend:
         worst = n * (limit if limit is not None else max(self.ctx_size - prompt, 1))
         await meter.admit(prompt, n * (limit or 0), worst_completion_tokens=worst)
 
-    def _body(self, req: BaseModel) -> dict[str, Any]:
-        body = req.model_dump(mode="json", by_alias=True, exclude_unset=True)
-        body["model"] = self.options.upstream_model
-        if body.get("stream"):
-            body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
-        return body
+    async def _prepare(self, req: R, estimate: Callable[[R], int], size: int) -> tuple[int, bytes]:
+        """The prompt's estimated tokens and the body to send upstream: on the event loop for
+        a small request, in a worker thread for a big one (as the local backend prepares)."""
+
+        def work() -> tuple[int, bytes]:
+            body = req.model_dump(mode="json", by_alias=True, exclude_unset=True)
+            body["model"] = self.options.upstream_model
+            if body.get("stream"):
+                options = body.get("stream_options") or {}
+                body["stream_options"] = {**options, "include_usage": True}
+            return estimate(req), json.dumps(body, ensure_ascii=False).encode()
+
+        if size <= _INLINE_CHARS:
+            return work()
+        return await asyncio.to_thread(work)
 
     # -- forwarding ------------------------------------------------------------------------
     async def _run(self, call: _Call, meter: Meter) -> BaseModel | AsyncIterator[BaseModel]:
         tried: set[int] = set()
         last: OasisError | None = None
         for attempt in range(self.options.max_attempts):
+            if attempt:
+                self.pool.retries += 1
+                await asyncio.sleep(random.uniform(0, 0.025 * 2**attempt))
             try:
                 replica = self.pool.pick(call.affinity, tried)
             except UpstreamUnavailableError as exc:
                 raise (last or exc) from None
-            if attempt:
-                self.pool.retries += 1
-                await asyncio.sleep(random.uniform(0, 0.025 * 2**attempt))
             tried.add(replica.index)
+            call.tokens.reset()
             try:
                 if call.stream:
                     return await self._open_stream(call, replica, meter)
@@ -244,23 +272,15 @@ class UpstreamBackend:
                     "model %s: replica %s (%s) failed: %s",
                     self.spec.id,
                     replica.name,
-                    replica.url,
+                    replica.label,
                     retry.error.message,
                 )
         assert last is not None
         raise last
 
-    def _request(self, call: _Call, replica: Replica, timeout: float) -> httpx.Request:
-        return self.client.build_request(
-            "POST",
-            replica.url + call.path,
-            content=json.dumps(call.body, ensure_ascii=False).encode(),
-            headers=self._headers,
-            timeout=httpx.Timeout(
-                timeout if call.stream is False else self.options.read_timeout,
-                connect=self.options.connect_timeout,
-            ),
-        )
+    def _post(self, call: _Call, replica: Replica, timeout: aiohttp.ClientTimeout) -> Any:
+        """The request to one replica (an aiohttp request context)."""
+        return self.session.post(replica.url + call.path, data=call.body, timeout=timeout)
 
     def _fail(
         self, call: _Call, replica: Replica, exc: Exception, t0: float, what: str = ""
@@ -268,10 +288,10 @@ class UpstreamBackend:
         """A failed try: the replica's health, and the error to answer with if none is left."""
         seconds = time.perf_counter() - t0
         name = f"replica {replica.name} of model {self.spec.id!r}"
-        if isinstance(exc, httpx.ConnectError):
+        if isinstance(exc, aiohttp.ClientConnectorError):
             self.pool.failed(replica, "connect", str(exc) or "refused", seconds=seconds, eject=True)
             return _Retry(UpstreamError(f"The upstream server ({name}) refused the connection."))
-        if isinstance(exc, (httpx.TimeoutException, TimeoutError)):
+        if isinstance(exc, TimeoutError):
             self.pool.failed(replica, "timeout", f"timed out {what}".strip(), seconds=seconds)
             return _Retry(
                 UpstreamTimeoutError(f"The upstream server ({name}) timed out {what}.".strip())
@@ -280,9 +300,11 @@ class UpstreamBackend:
         self.pool.failed(replica, "broken", detail, seconds=seconds)
         return _Retry(UpstreamError(f"The upstream server ({name}) failed: {detail}"))
 
-    def _refused(self, replica: Replica, response: httpx.Response, body: bytes, t0: float) -> None:
+    def _refused(
+        self, replica: Replica, response: aiohttp.ClientResponse, body: bytes, t0: float
+    ) -> None:
         """A non-200 answer: raise the client's error (no retry) or a ``_Retry``."""
-        status = response.status_code
+        status = response.status
         try:
             payload = json.loads(body)
         except ValueError:
@@ -305,11 +327,11 @@ class UpstreamBackend:
                 UpstreamError(f"The upstream server ({name}) answered {status}: {message}")
             )
         self.pool.answered(replica)
-        if status in (401, 403, 404):
+        if status in (401, 403, 404) or status < 400:
             # the client's request was valid here: oasis's credentials or configuration are not
-            raise UpstreamError(
+            raise UpstreamConfigError(
                 f"The upstream server ({name}) refused the request with {status}: {message} "
-                "(check the model's upstream_model and api_key_env)."
+                "(check the model's replicas, upstream_model and api_key_env)."
             )
         param = code = None
         if isinstance(payload, dict) and isinstance(payload.get("error"), dict):
@@ -322,26 +344,21 @@ class UpstreamBackend:
         self.pool.begin(replica)
         t0 = time.perf_counter()
         try:
+            timeout = aiohttp.ClientTimeout(
+                total=self.options.timeout, connect=self.options.connect_timeout
+            )
             try:
-                response = await self.client.send(
-                    self._request(call, replica, self.options.timeout)
-                )
-                try:
-                    body = await _read_capped(response)
-                finally:
-                    await response.aclose()
-            except httpx.HTTPError as exc:
+                async with self._post(call, replica, timeout) as response:
+                    body = await _read_capped(response.content_length, response.content.iter_any())
+            except (aiohttp.ClientError, TimeoutError, AnswerTooLargeError) as exc:
                 raise self._fail(call, replica, exc, t0) from None
-            if response.status_code != 200:
+            if response.status != 200:
                 self._refused(replica, response, body, t0)
             try:
-                data = json.loads(body)
-                if not isinstance(data, dict) or not isinstance(data.get("choices"), list):
-                    raise ValueError("no choices")
-                if isinstance(data.get("usage"), dict):
-                    call.tokens.report(data["usage"])
-                data["model"] = call.requested
-                answer = call.whole.model_validate(data)
+                if len(body) <= _INLINE_CHARS * 8:
+                    data, answer = _parse_answer(body, call)
+                else:
+                    data, answer = await asyncio.to_thread(_parse_answer, body, call)
             except (ValueError, ValidationError) as exc:
                 raise self._fail(
                     call, replica, ValueError(f"an answer that is not OpenAI's shape ({exc})"), t0
@@ -349,9 +366,13 @@ class UpstreamBackend:
             self.pool.succeeded(replica, time.perf_counter() - t0)
         finally:
             self.pool.end(replica)
-        if not call.tokens.reported:
-            call.tokens.generated = sum(estimate_tokens(call.text_of(c)) for c in data["choices"])
-        meter.measured(call.tokens.prompt_evaluated, estimated=not call.tokens.reported)
+        tokens = call.tokens
+        if isinstance(data.get("usage"), dict):
+            tokens.report(data["usage"])
+        if not tokens.reported:
+            tokens.prompt_evaluated = call.estimate
+            tokens.generated = sum(answer_tokens(c) for c in data["choices"])
+        meter.measured(tokens.prompt_evaluated, estimated=not tokens.reported)
         if call.check is not None:
             for choice in data["choices"]:
                 finish = choice.get("finish_reason") if isinstance(choice, dict) else None
@@ -365,32 +386,39 @@ class UpstreamBackend:
         retried); the rest is relayed by ``_relay``."""
         self.pool.begin(replica)
         t0 = time.perf_counter()
-        response: httpx.Response | None = None
+        response: aiohttp.ClientResponse | None = None
+        timeout = aiohttp.ClientTimeout(
+            total=None, connect=self.options.connect_timeout, sock_read=self.options.read_timeout
+        )
         try:
             try:
                 async with asyncio.timeout(self.options.first_byte_timeout):
-                    response = await self.client.send(
-                        self._request(call, replica, self.options.read_timeout), stream=True
-                    )
-                    if response.status_code != 200:
-                        body = await _read_capped(response)
+                    response = await self._post(call, replica, timeout)
+                    if response.status != 200:
+                        body = await _read_capped(
+                            response.content_length, response.content.iter_any()
+                        )
                         self._refused(replica, response, body, t0)
-                    events = sse_data(_capped_lines(response))
+                    events = sse_data(_capped_lines(_parts(response.content)))
                     first = await anext(events, None)
-            except httpx.HTTPError as exc:
-                raise self._fail(call, replica, exc, t0, "before its first byte") from None
-            except TimeoutError as exc:
+            except (aiohttp.ClientError, TimeoutError, AnswerTooLargeError) as exc:
                 raise self._fail(call, replica, exc, t0, "before its first byte") from None
             if first is None:
                 raise self._fail(call, replica, ValueError("an empty stream"), t0)
             self.pool.first_byte(replica, time.perf_counter() - t0)
             try:
                 head = self._chunk(call, first, meter)
-            except OasisError as exc:
+            except UpstreamError as exc:
                 raise self._fail(call, replica, ValueError(exc.message), t0) from None
+            except InvalidRequestError:
+                self.pool.answered(replica)  # the client's error, sent as an event
+                raise
+            if not call.tokens.reported:  # accepted: from here on the prompt is billed
+                call.tokens.prompt_evaluated = call.estimate
+                meter.measured(call.estimate, estimated=True)
         except BaseException:
             if response is not None:
-                await response.aclose()
+                response.close()
             self.pool.end(replica)
             raise
         return _Relay(self, call, replica, response, events, head, meter, t0)
@@ -410,6 +438,12 @@ class UpstreamBackend:
         choices = obj.get("choices")
         if "error" in obj and not choices:
             message = error_message(obj, "an error event")
+            err = obj["error"] if isinstance(obj["error"], dict) else {}
+            code = err.get("code")
+            if err.get("type") == "invalid_request_error" or (
+                isinstance(code, int) and 400 <= code < 500 and code != 429
+            ):
+                raise InvalidRequestError(message)  # e.g. a prompt over the upstream's context
             raise UpstreamError(f"The upstream of model {self.spec.id!r} failed: {message}")
         usage = obj.get("usage")
         if isinstance(usage, dict):
@@ -448,25 +482,26 @@ class UpstreamBackend:
         if self.options.probe_path:
             parts = urlsplit(replica.url)
             url = urlunsplit((parts.scheme, parts.netloc, self.options.probe_path, "", ""))
+        epoch, refused = replica.epoch, False
         try:
-            response = await self.client.get(
-                url,
-                headers=self._headers,
-                timeout=httpx.Timeout(self.options.connect_timeout * 2),
-            )
-            ok, detail = response.status_code < 400, f"HTTP {response.status_code}"
-        except httpx.HTTPError as exc:
+            assert self._probes is not None
+            timeout = aiohttp.ClientTimeout(total=self.options.connect_timeout * 2)
+            async with self._probes.get(url, timeout=timeout) as response:
+                ok, detail = response.status < 400, f"HTTP {response.status}"
+        except aiohttp.ClientConnectorError as exc:
+            ok, detail, refused = False, f"connection refused ({exc})", True
+        except (aiohttp.ClientError, TimeoutError) as exc:
             ok, detail = False, f"{type(exc).__name__}: {exc}".rstrip(": ")
         except Exception as exc:  # a probe must never end the loop
             ok, detail = False, f"{type(exc).__name__}: {exc}"
         before = replica.state
-        self.pool.probed(replica, ok, detail)
+        self.pool.probed(replica, ok, detail, epoch=epoch, refused=refused)
         if before != replica.state:
             log.warning(
                 "model %s: replica %s (%s) is %s (%s)",
                 self.spec.id,
                 replica.name,
-                replica.url,
+                replica.label,
                 replica.state,
                 detail,
             )
@@ -481,7 +516,7 @@ class _Relay:
         backend: UpstreamBackend,
         call: _Call,
         replica: Replica,
-        response: httpx.Response,
+        response: aiohttp.ClientResponse,
         events: AsyncIterator[str],
         head: BaseModel | None,
         meter: Meter,
@@ -497,6 +532,7 @@ class _Relay:
         self._t0 = t0
         self._done = False
         self._closed = False
+        self._started: set[int] = set()  # choice indexes seen
         self._texts: dict[int, list[str]] = {}
         self._finished: dict[int, str] = {}
 
@@ -510,13 +546,13 @@ class _Relay:
         while not self._done:
             try:
                 data = await anext(self._events, None)
-            except httpx.TimeoutException:
+            except TimeoutError:
                 self._broken("timed out between two chunks")
                 raise UpstreamTimeoutError(
                     f"The upstream of model {self._backend.spec.id!r} stopped sending "
                     "(timed out between two chunks)."
                 ) from None
-            except httpx.HTTPError as exc:
+            except (aiohttp.ClientError, AnswerTooLargeError) as exc:
                 self._broken(f"{type(exc).__name__}: {exc}")
                 raise UpstreamError(
                     f"The upstream of model {self._backend.spec.id!r} broke off the stream."
@@ -543,19 +579,21 @@ class _Relay:
         raise StopAsyncIteration
 
     def _choices(self) -> int:
-        return max(len(self._texts), 1)
+        return max(len(self._started), 1)
 
     def _seen(self, chunk: BaseModel) -> BaseModel:
         choices = getattr(chunk, "choices", None) or ()
+        keep = self._call.check is not None  # the text is kept only to check it at the end
         for c in choices:
             delta = getattr(c, "delta", None)
             text = (
                 getattr(delta, "content", None) if delta is not None else getattr(c, "text", None)
             )
-            parts = self._texts.setdefault(c.index, [])
+            self._started.add(c.index)
             if text:
-                parts.append(text)
                 self._meter.first_token()
+                if keep:
+                    self._texts.setdefault(c.index, []).append(text)
             if c.finish_reason is not None:
                 self._finished[c.index] = c.finish_reason
         return chunk
@@ -574,8 +612,8 @@ class _Relay:
         self._settle()
         check = self._call.check
         if check is not None:
-            for index in sorted(self._texts):
-                text = "".join(self._texts[index])
+            for index in sorted(self._started):
+                text = "".join(self._texts.get(index, ()))
                 await check.verify(text, self._finished.get(index), self._replica.name)
 
     def _settle(self) -> None:
@@ -587,11 +625,13 @@ class _Relay:
         if self._closed:
             return
         self._closed = True
-        if not self._done:
-            self._done = True
-            self._settle()  # the client left: billed for what was relayed
         try:
-            await self._response.aclose()
+            if self._done:
+                self._response.release()  # read to the end: the connection is reused
+            else:
+                self._done = True
+                self._settle()  # the client left: billed for what was relayed
+                self._response.close()  # the upstream sees its client go and stops
         finally:
             self._backend.pool.end(self._replica)
 
@@ -601,30 +641,54 @@ class _Relay:
 MAX_ANSWER_BYTES = 64 * 1024 * 1024
 
 
-async def _read_capped(response: httpx.Response) -> bytes:
-    size = int(response.headers.get("content-length") or 0)
-    if size > MAX_ANSWER_BYTES:
-        raise httpx.DecodingError(f"an answer of {size} bytes (the limit is {MAX_ANSWER_BYTES})")
-    parts, total = [], 0
-    async for part in response.aiter_bytes():
+class AnswerTooLargeError(Exception):
+    """An upstream's answer, or a line of its stream, is over ``MAX_ANSWER_BYTES``."""
+
+
+async def _read_capped(length: int | None, parts: AsyncIterator[bytes]) -> bytes:
+    if length is not None and length > MAX_ANSWER_BYTES:
+        raise AnswerTooLargeError(f"an answer of {length} bytes (the limit is {MAX_ANSWER_BYTES})")
+    got: list[bytes] = []
+    total = 0
+    async for part in parts:
         total += len(part)
         if total > MAX_ANSWER_BYTES:
-            raise httpx.DecodingError(f"an answer over {MAX_ANSWER_BYTES} bytes")
-        parts.append(part)
-    return b"".join(parts)
+            raise AnswerTooLargeError(f"an answer over {MAX_ANSWER_BYTES} bytes")
+        got.append(part)
+    return b"".join(got)
 
 
-async def _capped_lines(response: httpx.Response) -> AsyncIterator[str]:
+async def _parts(content: aiohttp.StreamReader) -> AsyncIterator[bytes]:
+    """The bytes of a stream as they arrive, and, when the connection breaks, what arrived
+    before it broke (aiohttp raises at once and would drop those bytes: chunks the upstream
+    sent before it died are still the client's)."""
+    while True:
+        try:
+            part = await content.readany()
+        except aiohttp.ClientPayloadError:
+            left = getattr(content, "_read_nowait", None)  # aiohttp's own unread bytes
+            if left is not None:
+                with contextlib.suppress(Exception):
+                    rest = left(-1)
+                    if rest:
+                        yield rest
+            raise
+        if not part:
+            return
+        yield part
+
+
+async def _capped_lines(parts: AsyncIterator[bytes]) -> AsyncIterator[str]:
     """The stream's lines (LF or CRLF ends), none longer than ``MAX_ANSWER_BYTES``: a line is
     checked while it is still arriving, not once it is whole."""
     pending: list[bytes] = []  # the unfinished line's parts
     size = 0
-    async for part in response.aiter_bytes():
+    async for part in parts:
         if b"\n" not in part:
             pending.append(part)
             size += len(part)
             if size > MAX_ANSWER_BYTES:
-                raise httpx.DecodingError(f"a stream line over {MAX_ANSWER_BYTES} bytes")
+                raise AnswerTooLargeError(f"a stream line over {MAX_ANSWER_BYTES} bytes")
             continue
         first, *lines, rest = part.split(b"\n")
         for line in (b"".join((*pending, first)), *lines):
@@ -647,10 +711,21 @@ def _choice_text(choice: dict[str, Any]) -> str:
 
 
 def _retry_after(value: str | None) -> float:
+    """Seconds of a ``Retry-After`` header (an HTTP date, or nonsense: 1 s)."""
     try:
-        return min(max(float(value), 0.0), 3600.0) if value else 1.0
+        seconds = float(value) if value else 1.0
     except ValueError:
         return 1.0
+    return min(max(seconds, 0.0), 3600.0) if math.isfinite(seconds) else 1.0
+
+
+def _parse_answer(body: bytes, call: _Call) -> tuple[dict[str, Any], BaseModel]:
+    """A whole answer as JSON and as the SDK's object, renamed to the client's model."""
+    data = json.loads(body)
+    if not isinstance(data, dict) or not isinstance(data.get("choices"), list):
+        raise ValueError("no choices")
+    data["model"] = call.requested
+    return data, call.whole.model_validate(data)
 
 
 class UpstreamKind:

@@ -33,9 +33,12 @@ class InvalidOutputError(UpstreamError):
 
 
 class SchemaCheck:
-    def __init__(self, validator: Any, model: str) -> None:
+    def __init__(self, validator: Any, model: str, patterns: bool = False) -> None:
         self._validator = validator
         self._model = model
+        # a client's regex is never run on the event loop (a slow one would stall every
+        # request); it runs in a worker thread
+        self._patterns = patterns
 
     @classmethod
     def of(cls, spec: Any, model: str) -> SchemaCheck | None:
@@ -47,7 +50,8 @@ class SchemaCheck:
         try:
             kind = validators.validator_for(schema)
             kind.check_schema(schema)
-            return cls(kind(schema), model)
+            text = json.dumps(schema)
+            return cls(kind(schema), model, '"pattern' in text or '"format"' in text)
         except (SchemaError, RecursionError, TypeError, ValueError) as exc:
             log.warning("model %s: the json_schema cannot be checked: %s", model, exc)
             return None
@@ -59,7 +63,8 @@ class SchemaCheck:
             return "it is not JSON"
         try:
             error = next(iter(self._validator.iter_errors(value)), None)
-        except RecursionError:
+        except Exception as exc:  # an unresolvable $ref, a regex Python cannot compile...
+            log.warning("model %s: the answer could not be checked: %s", self._model, exc)
             return None
         if error is None:
             return None
@@ -70,7 +75,7 @@ class SchemaCheck:
         """Raise ``InvalidOutputError`` if a finished answer does not match the schema."""
         if finish_reason != "stop":
             return
-        if len(text) <= _INLINE_CHARS:
+        if len(text) <= _INLINE_CHARS and not self._patterns:
             problem = self._problem(text)
         else:
             problem = await asyncio.to_thread(self._problem, text)

@@ -24,6 +24,7 @@ from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
 
 from oasis.errors import UpstreamUnavailableError
 from oasis.models.registry import UpstreamOptions
@@ -64,6 +65,7 @@ class Replica:
     ttfb: Histogram = field(default_factory=Histogram)
     latency: Histogram = field(default_factory=Histogram)
     last_probe: float = -math.inf
+    epoch: int = 0  # counts state changes: a probe begun before one does not count
 
     def routable(self, now: float) -> bool:
         return self.state == "healthy" or (self.state == "cooling" and now >= self.until)
@@ -72,12 +74,20 @@ class Replica:
     def name(self) -> str:
         return f"{self.index}"
 
+    @property
+    def label(self) -> str:
+        """The URL without any ``user:password@`` (shown in /metrics and the admin view)."""
+        parts = urlsplit(self.url)
+        if "@" not in parts.netloc:
+            return self.url
+        return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
+
     def describe(self, now: float) -> dict[str, Any]:
         outcomes = [ok for ok, _ in self.recent]
-        times = sorted(t for _, t in self.recent)
+        times = sorted(t for ok, t in self.recent if ok)  # latency of answers, not failures
         state = "healthy" if self.routable(now) else self.state
         return {
-            "url": self.url,
+            "url": self.label,
             "state": state,
             "in_flight": self.in_flight,
             "requests": self.requests,
@@ -203,6 +213,7 @@ class Pool:
         replica.ejections += 1
         factor = min(2 ** (replica.ejections - 1), 60)
         replica.state = "ejected"
+        replica.epoch += 1
         replica.until = self.clock() + self.options.eject_seconds * factor
         replica.last_error = detail
 
@@ -221,15 +232,30 @@ class Pool:
                 out.append(r)
         return out
 
-    def probed(self, replica: Replica, ok: bool, detail: str) -> None:
+    def probed(
+        self, replica: Replica, ok: bool, detail: str, *, epoch: int, refused: bool = False
+    ) -> None:
+        """A probe begun at ``epoch`` answered. One begun before the replica's last change
+        of state says nothing of its state now: only when it was probed is recorded. A failed
+        probe of a replica in service counts as a failure (a refused connection takes it out
+        at once); of an ejected one, it lengthens the cool-down."""
         replica.last_probe = self.clock()
+        if epoch != replica.epoch:
+            return
         if ok:
             if replica.state == "ejected":
                 replica.state = "healthy"
                 replica.failures = 0
-        else:
-            replica.errors["probe"] += 1
+                replica.epoch += 1
+            return
+        replica.errors["probe"] += 1
+        if replica.state == "ejected":
             self.eject(replica, f"probe failed: {detail}", again=True)
+        else:
+            replica.last_error = f"probe failed: {detail}"
+            replica.failures += 1
+            if refused or replica.failures >= self.options.eject_after:
+                self.eject(replica, f"probe failed: {detail}")
 
     def describe(self) -> list[dict[str, Any]]:
         now = self.clock()

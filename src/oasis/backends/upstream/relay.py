@@ -15,6 +15,11 @@ from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from openai.types import Completion, CompletionChoice
+from openai.types.chat import ChatCompletion, ChatCompletionChunk
+from openai.types.chat import chat_completion as whole_chat
+from openai.types.chat import chat_completion_chunk as chunk_chat
+
 from oasis.protocol.requests import ChatCompletionRequest, CompletionRequest
 
 PER_MESSAGE = 4  # tokens a chat template adds around each message, roughly
@@ -86,24 +91,36 @@ def completion_affinity(req: CompletionRequest) -> str:
     return "p:" + hashlib.blake2b(head.encode("utf-8", "replace"), digest_size=12).hexdigest()
 
 
+def _count(value: Any) -> int | None:
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**53:
+        return value
+    return None
+
+
 @dataclass
 class UpstreamTokens:
-    """The billing handle of an upstream request (the engine handle's three counts)."""
+    """The billing handle of an upstream request (the engine handle's three counts). Nothing
+    is billed until a replica accepted the request: then its usage, or oasis's estimate."""
 
-    prompt_evaluated: int
+    prompt_evaluated: int = 0
     generated: int = 0
     cached_tokens: int = 0
     reported: bool = False  # the upstream reported usage
 
+    def reset(self) -> None:
+        """A new try: what an earlier one reported does not count."""
+        self.prompt_evaluated = self.generated = self.cached_tokens = 0
+        self.reported = False
+
     def report(self, usage: dict[str, Any]) -> None:
-        prompt = usage.get("prompt_tokens")
-        completion = usage.get("completion_tokens")
-        if isinstance(prompt, int) and isinstance(completion, int):
+        prompt = _count(usage.get("prompt_tokens"))
+        completion = _count(usage.get("completion_tokens"))
+        if prompt is not None and completion is not None:
             self.prompt_evaluated = prompt
             self.generated = completion
             details = usage.get("prompt_tokens_details") or {}
-            cached = details.get("cached_tokens") if isinstance(details, dict) else None
-            self.cached_tokens = cached if isinstance(cached, int) else 0
+            cached = _count(details.get("cached_tokens")) if isinstance(details, dict) else None
+            self.cached_tokens = min(cached or 0, prompt)
             self.reported = True
 
     def __aiter__(self) -> AsyncIterator[Any]:  # the RequestHandle shape; never iterated
@@ -140,6 +157,25 @@ def error_message(body: Any, fallback: str) -> str:
     return fallback
 
 
+def answer_tokens(choice: Any) -> int:
+    """Estimated tokens of one choice of a whole answer: its text, refusal and tool calls."""
+    if not isinstance(choice, dict):
+        return 0
+    parts: list[str] = []
+    message = choice.get("message")
+    if isinstance(message, dict):
+        for key in ("content", "refusal"):
+            if isinstance(message.get(key), str):
+                parts.append(message[key])
+        for call in message.get("tool_calls") or ():
+            fn = call.get("function") if isinstance(call, dict) else None
+            if isinstance(fn, dict):
+                parts += [str(fn.get("name") or ""), str(fn.get("arguments") or "")]
+    elif isinstance(choice.get("text"), str):
+        parts.append(choice["text"])
+    return sum(estimate_tokens(p) for p in parts)
+
+
 def chunk_tokens(choices: Iterable[Any]) -> int:
     """Tokens a chunk carried, counted as one per choice that carried text."""
     n = 0
@@ -153,3 +189,29 @@ def chunk_tokens(choices: Iterable[Any]) -> int:
         elif c.get("text"):
             n += 1
     return n
+
+
+# An upstream's answers are read with the SDK's types, but a finish_reason outside OpenAI's
+# list (vLLM's "abort", a completions stream's null before the end) is not a broken replica.
+class _ChunkChoice(chunk_chat.Choice):
+    finish_reason: str | None = None  # type: ignore[assignment]
+
+
+class UpstreamChatChunk(ChatCompletionChunk):
+    choices: list[_ChunkChoice]  # type: ignore[assignment]
+
+
+class _ChatChoice(whole_chat.Choice):
+    finish_reason: str  # type: ignore[assignment]
+
+
+class UpstreamChat(ChatCompletion):
+    choices: list[_ChatChoice]  # type: ignore[assignment]
+
+
+class _CompletionChoice(CompletionChoice):
+    finish_reason: str | None = None  # type: ignore[assignment]
+
+
+class UpstreamCompletion(Completion):
+    choices: list[_CompletionChoice]  # type: ignore[assignment]
