@@ -20,6 +20,10 @@ ROOTS = [
     "ListModelsResponse",
     "ErrorResponse",
     "UsageResponse",
+    # the Responses API: the object, every stream event, the input_items list
+    "Response",
+    "ResponseStreamEvent",
+    "ResponseItemList",
 ]
 DROP = {"description", "example", "examples", "title", "deprecated", "default", "format"}
 
