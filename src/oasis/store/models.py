@@ -4,7 +4,17 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, Integer, String, false
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    Integer,
+    String,
+    Text,
+    false,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -54,3 +64,21 @@ class UsageRecord(Base):
     disconnected: Mapped[bool] = mapped_column(Boolean)
     # tokens counted by oasis: the upstream that served the request reported no usage
     estimated: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+
+
+class ResponseRecord(Base):
+    """A stored Responses API response (``store: true``), readable by the key that made it
+    until ``expires_at``. The JSON columns are text written with ``ensure_ascii`` (PostgreSQL
+    text refuses NUL; escaped JSON never holds one)."""
+
+    __tablename__ = "responses"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # resp_...
+    key_id: Mapped[int | None] = mapped_column(Integer, nullable=True)  # None: the static key
+    created_at: Mapped[int] = mapped_column(BigInteger)  # unix seconds
+    expires_at: Mapped[int] = mapped_column(BigInteger, index=True)  # the cleanup scans it
+    model: Mapped[str] = mapped_column(String(200))
+    previous_response_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    status: Mapped[str] = mapped_column(String(20))
+    input_items: Mapped[str] = mapped_column(Text)  # a JSON array
+    response: Mapped[str] = mapped_column(Text)  # a JSON object
