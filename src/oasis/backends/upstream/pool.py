@@ -204,13 +204,16 @@ class Pool:
             replica.until = max(replica.until, self.clock() + retry_after)
 
     def eject(self, replica: Replica, detail: str, *, again: bool = False) -> None:
-        """Take the replica out (``again``: one already out failed its probe: a longer
-        cool-down). Requests that were in flight when it went out do not extend it."""
+        """Take the replica out (``again``: one already out failed its probe, so its next
+        probe waits another cool-down). Requests that were in flight when it went out do not
+        extend it."""
         if replica.state == "ejected" and not again:
             return
         if replica.state != "ejected":
             replica.ejected_total += 1
-        replica.ejections += 1
+            replica.ejections += 1
+        # the cool-down doubles with each ejection in a row (a flapping replica), not with
+        # each failed probe: a replica that is back is found within one cool-down
         factor = min(2 ** (replica.ejections - 1), 60)
         replica.state = "ejected"
         replica.epoch += 1
