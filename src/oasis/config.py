@@ -161,6 +161,8 @@ class Settings(BaseSettings):
     max_messages: int = Field(default=2048, ge=1)
     # Characters of prompt text (all messages, or all prompts) before tokenizing.
     max_prompt_chars: int = Field(default=1_000_000, ge=1000)
+    # How long stored responses (/v1/responses with store) are kept, in days (OpenAI: 30).
+    responses_retention_days: float = Field(default=30.0, gt=0, le=3650)
 
     @field_validator("alias", "default_aliases", mode="before")
     @classmethod

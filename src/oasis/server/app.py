@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import signal
+import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
+from anyio import to_thread
 from fastapi import Depends, FastAPI
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
+from sqlalchemy import Engine as Database
 
 from oasis import __version__
 from oasis.backends import Backend, LocalServing, kind_of
@@ -28,10 +32,12 @@ from oasis.server.guard import RequestGuard
 from oasis.server.metrics import metrics_registry, render
 from oasis.server.routes import admin as admin_routes
 from oasis.server.routes import openai as openai_routes
+from oasis.server.routes import responses as responses_routes
 from oasis.server.state import AppState
 from oasis.serving.common import RequestLimits, ServingContext
 from oasis.store.db import database_url, make_engine, migrate
 from oasis.store.keys import KeyStore
+from oasis.store.responses import ResponseStore
 from oasis.store.usage import UsageStore
 
 log = logging.getLogger(__name__)
@@ -50,10 +56,15 @@ def build_engines(
     return engines
 
 
-def build_gateway(settings: Settings) -> Gateway:
-    """Keys, limits and the usage ledger on the configured database (and Redis, if set)."""
+def build_database(settings: Settings) -> Database:
+    """The configured database (SQLite in the data directory by default), migrated."""
     db = make_engine(database_url(settings.database_url, settings.data_dir))
     migrate(db)
+    return db
+
+
+def build_gateway(settings: Settings, db: Database) -> Gateway:
+    """Keys, limits and the usage ledger on the database (and Redis, if set)."""
     usage = UsageStore(db)
     limiter: Limiter
     if settings.redis_url:
@@ -72,6 +83,19 @@ def build_gateway(settings: Settings) -> Gateway:
         prices=prices,
         key_cache_seconds=settings.key_cache_seconds,
     )
+
+
+async def _purge_responses(store: ResponseStore, every: float = 600.0) -> None:
+    """Remove expired stored responses: at start, then every ``every`` seconds (each pass
+    deletes in bounded batches, so a backlog is worked off over a few passes)."""
+    while True:
+        try:
+            removed = await to_thread.run_sync(store.purge, int(time.time()))
+            if removed:
+                log.info("removed %d expired stored responses", removed)
+        except Exception:
+            log.exception("removing expired stored responses failed")
+        await asyncio.sleep(every)
 
 
 def create_app(
@@ -100,11 +124,14 @@ def create_app(
         {spec.id: kind_of(spec).backend(spec, local, settings) for spec in registry.specs},
         registry,
     )
-    gateway = None if settings.no_auth else build_gateway(settings)
+    db = build_database(settings)
+    gateway = None if settings.no_auth else build_gateway(settings, db)
+    responses = ResponseStore(db)
     state = AppState(
         settings=settings,
         serving=serving,
         backends=backends,
+        responses=responses,
         keys=gateway.keys if gateway else None,
         gateway=gateway,
     )
@@ -113,6 +140,7 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         started: list[Backend] = []
+        cleaner = asyncio.get_running_loop().create_task(_purge_responses(responses))
         try:
             if gateway is not None:
                 await gateway.start()
@@ -121,6 +149,7 @@ def create_app(
                 started.append(backend)
             yield
         finally:
+            cleaner.cancel()
             for backend in started:
                 await backend.close()
             if gateway is not None:
@@ -145,6 +174,7 @@ def create_app(
         max_header_bytes=settings.max_header_bytes,
     )
     app.include_router(openai_routes.router, dependencies=[Depends(require_api_key)])
+    app.include_router(responses_routes.router, dependencies=[Depends(require_api_key)])
     app.include_router(admin_routes.router, dependencies=[Depends(require_admin)])
 
     metrics = metrics_registry(engines, backends)

@@ -10,6 +10,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from oasis.errors import EngineError, OasisError
+from oasis.serving.responses import StreamFailed
 
 log = logging.getLogger(__name__)
 
@@ -35,3 +36,34 @@ async def sse_events(chunks: AsyncIterator[BaseModel]) -> AsyncIterator[bytes]:
         if aclose is not None:
             await aclose()
     yield b"data: [DONE]\n\n"
+
+
+async def named_sse_events(events: AsyncIterator[dict[str, Any]]) -> AsyncIterator[bytes]:
+    """Server-sent events as the Responses API frames them: ``event: TYPE`` and ``data:
+    JSON`` per event, no ``[DONE]``. A stream that already reported its failure (``error`` and
+    ``response.failed`` events) ends there; any other failure becomes one ``error`` event."""
+    try:
+        async for event in events:
+            data = json.dumps(event, ensure_ascii=False).encode()
+            yield b"event: " + str(event["type"]).encode() + b"\ndata: " + data + b"\n\n"
+    except StreamFailed:
+        pass
+    except Exception as exc:
+        if isinstance(exc, OasisError):
+            log.warning("stream failed: %s", exc)
+            err = exc
+        else:
+            log.exception("stream failed")
+            err = EngineError("The server had an error while processing your request.")
+        body = {
+            "type": "error",
+            "code": err.code or err.error_type,
+            "message": err.message,
+            "param": err.param,
+            "sequence_number": 0,
+        }
+        yield b"event: error\ndata: " + json.dumps(body).encode() + b"\n\n"
+    finally:
+        aclose = getattr(events, "aclose", None)
+        if aclose is not None:
+            await aclose()

@@ -10,6 +10,7 @@ from oasis.config import Settings
 from oasis.gateway.meter import Gateway
 from oasis.serving.common import ServingContext
 from oasis.store.keys import KeyStore
+from oasis.store.responses import ResponseStore
 
 
 @dataclass
@@ -17,5 +18,6 @@ class AppState:
     settings: Settings
     serving: ServingContext
     backends: Mapping[str, Backend]  # by model id
+    responses: ResponseStore
     keys: KeyStore | None = None
     gateway: Gateway | None = None  # None with --no-auth: no keys, limits or metering

@@ -18,7 +18,7 @@ from oasis.errors import OasisError
 from oasis.gateway.access import check_model, may_use
 from oasis.gateway.meter import Ticket
 from oasis.protocol.requests import ChatCompletionRequest, CompletionRequest
-from oasis.server.sse import dump, sse_events
+from oasis.server.sse import dump, named_sse_events, sse_events
 from oasis.server.state import AppState
 from oasis.server.validation import parse_json_body, validate
 from oasis.serving.common import NO_METER, Meter
@@ -41,9 +41,14 @@ class _EventStream(StreamingResponse):
     generators never started, so their own ``finally`` clauses never run)."""
 
     def __init__(
-        self, chunks: AsyncIterator[Any], on_close: Callable[[], Awaitable[None]], **kw: Any
+        self,
+        chunks: AsyncIterator[Any],
+        on_close: Callable[[], Awaitable[None]],
+        named: bool = False,
+        **kw: Any,
     ) -> None:
-        super().__init__(sse_events(chunks), media_type="text/event-stream", **kw)
+        frames = named_sse_events(chunks) if named else sse_events(chunks)
+        super().__init__(frames, media_type="text/event-stream", **kw)
         self._on_close = on_close
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
@@ -64,12 +69,14 @@ def _respond(
     result: BaseModel | AsyncIterator[Any],
     headers: dict[str, str] | None = None,
     on_close: Callable[[], Awaitable[None]] | None = None,
+    named: bool = False,
 ) -> Response:
     if isinstance(result, BaseModel):
         return JSONResponse(dump(result), headers=headers)
     return _EventStream(
         result,
         on_close or functools.partial(_close, result),
+        named=named or getattr(result, "named_events", False),
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **(headers or {})},
     )
 
@@ -223,7 +230,8 @@ async def _generate(
         finally:
             await ticket.finish(499, disconnected=True)  # no-op unless the stream never ran
 
-    return _respond(ticket.metered(stream), headers, on_close)
+    named = getattr(stream, "named_events", False)
+    return _respond(ticket.metered(stream), headers, on_close, named)
 
 
 @router.post("/v1/chat/completions")
