@@ -101,7 +101,8 @@ def test_item_lists_with_roles_and_parts(client: OpenAI, engine: FakeEngine) -> 
 
 def test_max_output_tokens_cut_is_incomplete(client: OpenAI, engine: FakeEngine) -> None:
     engine.reply = "word " * 100
-    r = client.responses.create(model="gpt-3.5-turbo", temperature=0, input="Talk.", max_output_tokens=16)
+    r = client.responses.create(model="gpt-3.5-turbo", temperature=0, input="Talk.",
+                                max_output_tokens=16)
     assert r.status == "incomplete" and r.incomplete_details is not None
     assert r.incomplete_details.reason == "max_output_tokens"
     assert r.usage is not None and r.usage.output_tokens == 16
@@ -178,7 +179,8 @@ def test_parse_with_a_pydantic_text_format(client: OpenAI, engine: FakeEngine) -
         sunny: bool
 
     engine.reply = '{"city": "Paris", "sunny": true}'
-    r = client.responses.parse(model="gpt-3.5-turbo", temperature=0, input="Weather?", text_format=Weather)
+    r = client.responses.parse(model="gpt-3.5-turbo", temperature=0, input="Weather?",
+                               text_format=Weather)
     assert r.output_parsed == Weather(city="Paris", sunny=True)
     assert engine.last_request is not None and engine.last_request.grammar is not None
 
@@ -209,7 +211,8 @@ def test_store_false_is_not_kept(client: OpenAI) -> None:
     with pytest.raises(openai.NotFoundError):
         client.responses.retrieve(r.id)
     with pytest.raises(openai.BadRequestError) as caught:
-        client.responses.create(model="gpt-3.5-turbo", temperature=0, input="again", previous_response_id=r.id)
+        client.responses.create(model="gpt-3.5-turbo", temperature=0, input="again",
+                                previous_response_id=r.id)
     assert caught.value.code == "previous_response_not_found"
 
 
