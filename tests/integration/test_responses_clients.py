@@ -27,8 +27,10 @@ def test_sdk_create_stream_parse_and_a_tool_loop(sdk: OpenAI) -> None:
     r = sdk.responses.create(model=MODEL, input="Name a colour.", max_output_tokens=16,
                              instructions="Answer in one word.")
     assert r.status in ("completed", "incomplete") and r.output_text
-    with sdk.responses.stream(model=MODEL, input="Count to three.",
-                              max_output_tokens=24) as stream:
+    # the helper's final response needs `response.completed`: room for the whole answer
+    with sdk.responses.stream(model=MODEL, input="Say: one, two, three.",
+                              instructions="Answer in one short sentence.",
+                              max_output_tokens=300) as stream:
         deltas = [e.delta for e in stream if e.type == "response.output_text.delta"]
         final = stream.get_final_response()
     assert "".join(deltas) == final.output_text and final.usage is not None
@@ -82,16 +84,6 @@ def test_the_agents_sdk_default_model(agents: object) -> None:
     from agents import Agent, ModelSettings, Runner, function_tool
 
     settings = ModelSettings(max_tokens=60, temperature=0)
-    plain = Agent(name="helper", instructions="Answer in a few words.", model=MODEL,
-                  model_settings=settings)
-    out = asyncio.run(Runner.run(plain, "Name a fruit."))
-    assert isinstance(out.final_output, str) and out.final_output
-
-    typed = Agent(name="geo", instructions="Answer with the city and its country.",
-                  model=MODEL, model_settings=settings, output_type=City)
-    out = asyncio.run(Runner.run(typed, "Where is the Colosseum?"))
-    assert isinstance(out.final_output, City)
-
     calls: list[str] = []
 
     @function_tool
@@ -100,14 +92,27 @@ def test_the_agents_sdk_default_model(agents: object) -> None:
         calls.append(city)
         return f"It is sunny in {city}."
 
+    plain = Agent(name="helper", instructions="Answer in a few words.", model=MODEL,
+                  model_settings=settings)
+    typed = Agent(name="geo", instructions="Answer with the city and its country.",
+                  model=MODEL, model_settings=settings, output_type=City)
     weather = Agent(name="weather", instructions="Use the tool, then answer.", model=MODEL,
                     tools=[get_weather],
                     model_settings=ModelSettings(max_tokens=60, temperature=0,
                                                  tool_choice="required"),
                     tool_use_behavior="stop_on_first_tool")
-    out = asyncio.run(Runner.run(weather, "What is the weather in Rome?"))
-    assert calls and isinstance(calls[0], str)
-    assert out.final_output == f"It is sunny in {calls[0]}."
+
+    async def runs() -> list[object]:  # one event loop: the client's connections live in it
+        return [
+            (await Runner.run(plain, "Name a fruit.")).final_output,
+            (await Runner.run(typed, "Where is the Colosseum?")).final_output,
+            (await Runner.run(weather, "What is the weather in Rome?")).final_output,
+        ]
+
+    text, city, answer = asyncio.run(runs())
+    assert isinstance(text, str) and text
+    assert isinstance(city, City)
+    assert calls and isinstance(calls[0], str) and answer == f"It is sunny in {calls[0]}."
 
 
 def test_langchain_chat_openai_on_the_responses_api(live: LiveServer) -> None:
