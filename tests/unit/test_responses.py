@@ -287,3 +287,31 @@ def test_responses_are_metered_under_their_endpoint(http: TestClient, client: Op
     http.portal.call(state.gateway.ledger.flush)  # type: ignore[union-attr]
     (rec,) = state.gateway.usage.records()
     assert rec.endpoint == "/v1/responses" and rec.status == 200 and rec.completion_tokens > 0
+
+
+def test_truncation_auto_keeps_tool_outputs_with_their_calls(
+    client: OpenAI, engine: FakeEngine
+) -> None:
+    loop: list[dict[str, Any]] = [{"role": "user", "content": "plan " + "y" * 900}]
+    for i in range(12):
+        loop += [{"type": "function_call", "call_id": f"c{i}", "name": "get_weather",
+                  "arguments": json.dumps({"city": "x" * 300})},
+                 {"type": "function_call_output", "call_id": f"c{i}",
+                  "output": f"result {i} " + "z" * 400}]
+    r = client.responses.create(model="gpt-3.5-turbo", temperature=0, input=loop,  # type: ignore[arg-type]
+                                tools=[WEATHER], truncation="auto")  # type: ignore[list-item]
+    assert r.status == "completed"
+    text = prompt_text(engine)
+    assert ("plan " not in text and '"c11"' not in text) or "z" * 400 in text  # the last output
+
+
+def test_hostile_limits_and_item_counts_are_400s(http: TestClient) -> None:
+    for limit in ("²", "9" * 5000, "-1", "1.5"):
+        r = http.get("/v1/responses/resp_x/input_items", params={"limit": limit})
+        assert r.status_code == 400, (limit, r.status_code)
+    r = http.post("/v1/responses", json={"model": "gpt-3.5-turbo",
+                                         "input": [{"role": "user", "content": "x"}] * 5000})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "array_above_max_length"
+    r = http.post("/v1/responses", json={"model": "gpt-3.5-turbo", "input": "x",
+                                         "text": {"verbosity": "low"}})
+    assert r.status_code == 400 and "verbosity" in r.json()["error"]["message"]

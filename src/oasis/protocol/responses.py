@@ -288,6 +288,8 @@ class ResponseCreateRequest(Strict):
             found.append("reasoning")
         if self.service_tier not in (None, "auto", "default"):
             found.append("service_tier")
+        if self.text is not None and self.text.verbosity not in (None, "medium"):
+            found.append("text.verbosity")
         for value in self.include or ():
             if value not in INCLUDABLE:
                 found.append(f"include: {value}")

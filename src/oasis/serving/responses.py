@@ -9,7 +9,6 @@ continued by ``previous_response_id`` reads the stored items exactly as they wer
 
 from __future__ import annotations
 
-import json
 import secrets
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
@@ -22,6 +21,7 @@ from pydantic import ValidationError
 
 from oasis.errors import (
     ContextLengthExceededError,
+    EngineError,
     InvalidRequestError,
     OasisError,
     UnsupportedParameterError,
@@ -64,7 +64,15 @@ def input_items(req: ResponseCreateRequest) -> list[dict[str, Any]]:
         return []
     if isinstance(req.input, str):
         text = [{"type": "input_text", "text": req.input}]
-        return [{"id": new_id("msg"), "type": "message", "role": "user", "content": text}]
+        return [
+            {
+                "id": new_id("msg"),
+                "type": "message",
+                "role": "user",
+                "content": text,
+                "status": "completed",
+            }
+        ]
     items = []
     for item in req.input:
         data = item.model_dump(mode="json", by_alias=True, exclude_none=True)
@@ -77,6 +85,7 @@ def input_items(req: ResponseCreateRequest) -> list[dict[str, Any]]:
             data["content"] = [part]
         prefix = {"message": "msg", "function_call": "fc", "function_call_output": "fco"}
         data.setdefault("id", new_id(prefix[data["type"]]))
+        data.setdefault("status", "completed")  # as OpenAI lists input items
         items.append(data)
     return items
 
@@ -100,6 +109,16 @@ def to_messages(instructions: str | None, items: Sequence[dict[str, Any]]) -> li
         kind = item.get("type", "message")
         if kind == "message":
             role, content = item["role"], item.get("content")
+            last = messages[-1] if messages else None
+            if (
+                role == "assistant"
+                and last is not None
+                and last["role"] == "assistant"
+                and last.get("tool_calls")
+                and not last.get("content")
+            ):
+                last["content"] = _text(content)  # text after the calls, in the same turn
+                continue
             if role == "assistant":
                 refusal = (
                     "".join(p.get("refusal", "") for p in content or () if isinstance(p, dict))
@@ -160,8 +179,15 @@ def to_chat(req: ResponseCreateRequest, messages: list[dict[str, Any]]) -> ChatC
         if value is not None:
             body[name] = value
     if req.tools:
+        # the Responses API's functions are strict unless they say otherwise (chat's are not)
         body["tools"] = [
-            {"type": "function", "function": t.model_dump(exclude={"type"}, exclude_none=True)}
+            {
+                "type": "function",
+                "function": {
+                    **t.model_dump(exclude={"type"}, exclude_none=True),
+                    "strict": True if t.strict is None else t.strict,
+                },
+            }
             for t in req.tools
             if isinstance(t, FunctionToolDef)
         ]
@@ -198,27 +224,49 @@ def to_chat(req: ResponseCreateRequest, messages: list[dict[str, Any]]) -> ChatC
         ) from None
 
 
+def _too_long(exc: InvalidRequestError) -> bool:
+    return isinstance(exc, ContextLengthExceededError) or exc.code == "context_length_exceeded"
+
+
+def _drop_oldest_turn(messages: list[dict[str, Any]], head: int) -> bool:
+    """Drop the oldest message after ``head`` (an assistant message with its tool outputs),
+    and any tool output left without its call; False if only the last message would be
+    left."""
+    if len(messages) - head <= 1:
+        return False
+    first = messages.pop(head)
+    calls = {c["id"] for c in first.get("tool_calls") or ()}
+    while (
+        len(messages) - head > 1
+        and messages[head]["role"] == "tool"
+        and (not calls or messages[head].get("tool_call_id") in calls)
+    ):
+        del messages[head]
+    return len(messages) - head >= 1 and messages[head]["role"] != "tool"
+
+
 async def answer_with_truncation(
     req: ResponseCreateRequest,
     messages: list[dict[str, Any]],
     call: Callable[[ChatCompletionRequest], Awaitable[Any]],
 ) -> Any:
     """``call`` on the chat request; with ``truncation: "auto"``, a conversation over the
-    model's context loses its oldest turns (never the instructions, never the last message)
-    until it fits, as OpenAI's truncation drops items from the start."""
-    while True:
+    model's context loses its oldest turns (never the instructions, never the last message,
+    never a tool output without its call) until it fits, as OpenAI's truncation drops items
+    from the start. The first refusal is the answer when nothing more can go."""
+    first_error: InvalidRequestError | None = None
+    head = 1 if messages and messages[0]["role"] == "system" and req.instructions else 0
+    for _ in range(len(messages) + 1):
         try:
             return await call(to_chat(req, messages))
-        except ContextLengthExceededError:
-            if req.truncation != "auto":
+        except InvalidRequestError as exc:
+            if req.truncation != "auto" or not _too_long(exc):
                 raise
-            head = 1 if messages and messages[0]["role"] == "system" and req.instructions else 0
-            if len(messages) - head <= 1:
-                raise
-            # drop the oldest message, then anything that would be left without its call
-            del messages[head]
-            while len(messages) - head > 1 and messages[head]["role"] in ("tool", "assistant"):
-                del messages[head]
+            first_error = first_error or exc
+            if not _drop_oldest_turn(messages, head):
+                raise first_error from None
+    assert first_error is not None
+    raise first_error
 
 
 # -- the response --------------------------------------------------------------------------
@@ -370,7 +418,7 @@ def output_of(answer: ChatCompletion, with_logprobs: bool) -> tuple[list[dict[st
             {
                 "id": new_id("fc"),
                 "type": "function_call",
-                "status": "completed",
+                "status": status,
                 "call_id": call.id,
                 "name": fn.name,
                 "arguments": fn.arguments,
@@ -465,7 +513,12 @@ class EventStream:
                 for choice in chunk.choices:
                     for event in self._choice(choice):
                         yield event
-        except OasisError as exc:
+        except Exception as failure:
+            exc = (
+                failure
+                if isinstance(failure, OasisError)
+                else EngineError("The server had an error while processing your request.")
+            )
             for event in self._close_items("incomplete", open_empty=False):
                 yield event
             code = exc.code or exc.error_type
@@ -480,7 +533,7 @@ class EventStream:
             self.final = self.shape.body("failed", self._output, self._usage, error=error)
             await self._finished()
             yield self._event("response.failed", response=self.final)
-            raise StreamFailed(exc.status) from exc
+            raise StreamFailed(exc.status) from failure
         reason = _INCOMPLETE.get(self._finish or "")
         status = "incomplete" if reason else "completed"
         for event in self._close_items(status):
@@ -635,11 +688,16 @@ def previous_items(chain: Sequence[Any]) -> list[dict[str, Any]]:
     items: list[dict[str, Any]] = []
     for stored in chain:
         items += stored.input_items
+        # a call cut short (an incomplete or failed response) is not replayed: nobody answered
         items += [
             i
             for i in stored.response.get("output", ())
-            if i.get("type") in ("message", "function_call")
+            if i.get("type") == "message"
+            or (i.get("type") == "function_call" and i.get("status") == "completed")
         ]
+    # a chain longer than the store keeps may begin mid-turn: start at a message
+    while items and (items[0].get("type") != "message" or items[0].get("role") == "assistant"):
+        items.pop(0)
     return items
 
 
@@ -649,7 +707,3 @@ def not_found(response_id: str, param: str | None = None) -> InvalidRequestError
         param=param,
         code="previous_response_not_found",
     )
-
-
-def dumps(event: dict[str, Any]) -> bytes:
-    return json.dumps(event, ensure_ascii=False).encode()

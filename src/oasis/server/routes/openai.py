@@ -116,9 +116,10 @@ async def _parse(request: Request, model: type[M], engine: str | None, ticket: T
         body.setdefault("model", engine)  # the legacy /v1/engines/{engine}/... paths
     if ticket is not None and isinstance(body.get("model"), str):
         ticket.target(body["model"])
-    messages = body.get("messages")
-    if isinstance(messages, list):
-        _state(request).serving.check_messages(len(messages))  # before validating them all
+    for field in ("messages", "input"):  # chat's messages, a response's items
+        items = body.get(field)
+        if isinstance(items, list):
+            _state(request).serving.check_messages(len(items))  # before validating them all
     parsed = (
         validate(model, body)
         if len(raw) <= _PARSE_INLINE_BYTES

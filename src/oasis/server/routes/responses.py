@@ -9,6 +9,7 @@ key that made them (store/responses.py).
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -38,6 +39,7 @@ from oasis.serving.responses import (
 from oasis.store.responses import ResponseStore, StoredResponse
 
 router = APIRouter()
+log = logging.getLogger(__name__)
 RESPONSES = "/v1/responses"
 
 
@@ -75,7 +77,10 @@ async def create_response(request: Request) -> Response:
             input_items=items,
             response=body,
         )
-        await to_thread.run_sync(store.add, stored)
+        try:
+            await to_thread.run_sync(store.add, stored)
+        except Exception:  # the answer stands; only GET and previous_response_id miss it
+            log.exception("storing response %s failed", shape.id)
 
     async def call(
         backend: Backend, req: ResponseCreateRequest, meter: Meter
@@ -90,6 +95,7 @@ async def create_response(request: Request) -> Response:
                 raise not_found(req.previous_response_id, "previous_response_id")
             history = previous_items(chain)
         items = input_items(req)
+        state.serving.check_messages(len(history) + len(items))
         messages = to_messages(req.instructions, history + items)
         shape = Shape(req)
         answer = await answer_with_truncation(req, messages, lambda chat: backend.chat(chat, meter))
@@ -130,7 +136,7 @@ async def delete_response(response_id: str, request: Request) -> JSONResponse:
 def _page_query(request: Request) -> tuple[int, str, str | None]:
     q = request.query_params
     raw = q.get("limit", "20")
-    if not raw.isdigit() or not 1 <= int(raw) <= 100:
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 3 and 1 <= int(raw) <= 100):
         raise InvalidRequestError(
             f"Invalid 'limit': expected an integer from 1 to 100, got {raw[:20]!r}.",
             param="limit",
