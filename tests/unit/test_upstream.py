@@ -642,3 +642,20 @@ def test_metrics_histograms_are_cumulative_and_end_at_the_count(
     total = sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
                 if line.startswith("oasis_backend_requests_total{"))
     assert total == 10
+
+
+def test_the_responses_api_runs_on_an_upstream_model(
+    gw: Gateway, ups: tuple[FakeUpstream, FakeUpstream]
+) -> None:
+    r = gw.sdk.responses.create(model="up", input="Say hi", instructions="Be brief.")
+    assert r.status == "completed" and r.output_text.startswith(("[a]", "[b]"))
+    assert r.model == "up" and r.usage is not None and r.usage.output_tokens == 8
+    (body,) = _bodies(ups)
+    assert body["model"] == "real/name"
+    assert [m["role"] for m in body["messages"]] == ["system", "user"]
+    with gw.sdk.responses.stream(model="up", input="Stream it") as stream:
+        final = stream.get_final_response()
+    assert final.output_text.startswith(("[a]", "[b]"))
+    records = gw.records()
+    assert [x.endpoint for x in records] == ["/v1/responses"] * 2
+    assert all(x.status == 200 and x.completion_tokens == 8 for x in records)
