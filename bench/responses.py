@@ -174,7 +174,7 @@ def main() -> None:
     try:
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                       TimeElapsedColumn(), console=console) as progress:
-            asyncio.run(run(port, 1, args.concurrency, 8, progress))  # warm-up
+            asyncio.run(run(port, 1, args.concurrency, 16, progress))  # warm-up (16: the least
             samples, tps = asyncio.run(run(port, args.rounds, args.concurrency,
                                            args.max_tokens, progress))
     finally:
