@@ -25,31 +25,32 @@ class City(BaseModel):
 
 def test_sdk_create_stream_parse_and_a_tool_loop(sdk: OpenAI) -> None:
     r = sdk.responses.create(model=MODEL, input="Name a colour.", max_output_tokens=16,
-                             instructions="Answer in one word.")
+                             instructions="Answer in one word.", temperature=0)
     assert r.status in ("completed", "incomplete") and r.output_text
     # the helper's final response needs `response.completed`: room for the whole answer
-    with sdk.responses.stream(model=MODEL, input="Say: one, two, three.",
+    with sdk.responses.stream(model=MODEL, input="Say: one, two, three.", temperature=0,
                               instructions="Answer in one short sentence.",
                               max_output_tokens=300) as stream:
         deltas = [e.delta for e in stream if e.type == "response.output_text.delta"]
         final = stream.get_final_response()
     assert "".join(deltas) == final.output_text and final.usage is not None
-    parsed = sdk.responses.parse(model=MODEL, input="Where is the Eiffel Tower?",
+    parsed = sdk.responses.parse(model=MODEL, input="Where is the Eiffel Tower?", temperature=0,
                                  text_format=City, max_output_tokens=60)
     assert isinstance(parsed.output_parsed, City)
     tool = {"type": "function", "name": "get_weather", "strict": True,
             "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
                            "required": ["city"], "additionalProperties": False}}
-    first = sdk.responses.create(model=MODEL, input="What is the weather in Paris?",
+    first = sdk.responses.create(model=MODEL, input="What is the weather in Paris?", temperature=0,
                                  tools=[tool], tool_choice="required",  # type: ignore[list-item]
                                  max_output_tokens=60)
     call = next(i for i in first.output if i.type == "function_call")
     assert call.name == "get_weather" and isinstance(json.loads(call.arguments)["city"], str)
     second = sdk.responses.create(
         model=MODEL, previous_response_id=first.id, tools=[tool],  # type: ignore[list-item]
+        tool_choice="none",  # the loop's last turn: an answer in words
         input=[{"type": "function_call_output", "call_id": call.call_id,
                 "output": json.dumps({"forecast": "sunny", "celsius": 24})}],
-        max_output_tokens=40)
+        max_output_tokens=40, temperature=0)
     assert second.status in ("completed", "incomplete") and second.output_text
     items = sdk.responses.input_items.list(second.id)
     assert [i.type for i in items.data] == ["function_call_output"]
@@ -58,7 +59,7 @@ def test_sdk_create_stream_parse_and_a_tool_loop(sdk: OpenAI) -> None:
 
 def test_a_cut_is_incomplete_and_bad_input_names_the_parameter(sdk: OpenAI) -> None:
     r = sdk.responses.create(model=MODEL, input="Tell me a long story about the sea.",
-                             max_output_tokens=16)
+                             max_output_tokens=16, temperature=0)
     assert r.status == "incomplete" and r.incomplete_details is not None
     assert r.incomplete_details.reason == "max_output_tokens"
     import openai
