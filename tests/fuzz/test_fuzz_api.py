@@ -20,6 +20,7 @@ codes among them (the ``event`` lines).
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 from collections.abc import Iterator
@@ -341,4 +342,71 @@ def test_admin_usage_and_model_routes(http: TestClient, schemas: Schemas,
             schemas.validate("Model", data)
         else:
             assert isinstance(data, dict), data
+    check_alive(http)
+
+
+# -- the Responses API -------------------------------------------------------------------------
+
+_TEXTS = st.one_of(st.text(max_size=40), url_texts())
+_FUNCTION = st.fixed_dictionaries(
+    {"type": st.just("function"), "name": st.sampled_from(("get_weather", "f", "x-y"))},
+    optional={"parameters": st.just({"type": "object", "properties": {"a": {"type": "string"}}}
+                                    ).map(copy.deepcopy),
+              "strict": st.booleans(), "description": _TEXTS})
+_ITEMS = st.one_of(
+    st.fixed_dictionaries({"role": st.sampled_from(("user", "system", "developer", "assistant")),
+                           "content": _TEXTS}),
+    st.fixed_dictionaries({"type": st.just("message"), "role": st.just("user"),
+                           "content": st.lists(st.fixed_dictionaries(
+                               {"type": st.just("input_text"), "text": _TEXTS}), max_size=3)}),
+    st.fixed_dictionaries({"type": st.just("function_call"),
+                           "call_id": st.sampled_from(("c1", "c2")),
+                           "name": st.just("get_weather"), "arguments": _TEXTS}),
+    st.fixed_dictionaries({"type": st.just("function_call_output"),
+                           "call_id": st.sampled_from(("c1", "c2")), "output": _TEXTS}),
+)
+RESPONSE_BODIES = st.fixed_dictionaries(
+    {"model": st.sampled_from(SERVED_MODELS),
+     "input": st.one_of(_TEXTS, st.lists(_ITEMS, min_size=1, max_size=5))},
+    optional={
+        "instructions": _TEXTS,
+        "max_output_tokens": st.integers(16, 64),
+        "temperature": st.floats(0, 2),
+        "stream": st.booleans(),
+        "store": st.booleans(),
+        "tools": st.lists(_FUNCTION, min_size=1, max_size=2),
+        "tool_choice": st.sampled_from(("auto", "none", "required")),
+        "text": st.sampled_from(({"format": {"type": "text"}}, {"format": {"type": "json_object"}},
+                                 {"format": {"type": "json_schema", "name": "a", "schema": {
+                                     "type": "object", "properties": {"a": {"type": "string"}},
+                                     "required": ["a"]}}})).map(copy.deepcopy),
+        "truncation": st.sampled_from(("auto", "disabled")),
+        "previous_response_id": st.one_of(st.just("resp_missing"), _TEXTS),
+        "metadata": st.dictionaries(st.text(max_size=8), st.text(max_size=8), max_size=3),
+    })
+
+
+def check_response_stream(r: Response, schemas: Schemas) -> None:
+    events = [json.loads(line[6:]) for line in r.text.splitlines() if line.startswith("data: ")]
+    assert events and "[DONE]" not in r.text
+    for i, e in enumerate(events):
+        schemas.validate("ResponseStreamEvent", e)
+        assert e["sequence_number"] == i or e["type"] == "error", e
+    assert events[-1]["type"] in ("response.completed", "response.incomplete", "response.failed",
+                                  "error"), events[-1]
+
+
+@fuzz_settings
+@given(data=st.data())
+def test_responses_requests_plain_and_hostile(http: TestClient, schemas: Schemas,
+                                              data: st.DataObject) -> None:
+    how = data.draw(st.sampled_from(("plain", "mutated", "mutated")), label="how")
+    body = data.draw(RESPONSE_BODIES if how == "plain" else mutated(RESPONSE_BODIES), label="body")
+    r = post(http, "/v1/responses", encode_json(body, ascii_only=data.draw(st.booleans())))
+    check_status(r, "responses")
+    if r.status_code == 200:
+        if r.headers.get("content-type", "").startswith("text/event-stream"):
+            check_response_stream(r, schemas)
+        else:
+            schemas.validate("Response", r.json())
     check_alive(http)
