@@ -315,3 +315,21 @@ def test_hostile_limits_and_item_counts_are_400s(http: TestClient) -> None:
     r = http.post("/v1/responses", json={"model": "gpt-3.5-turbo", "input": "x",
                                          "text": {"verbosity": "low"}})
     assert r.status_code == 400 and "verbosity" in r.json()["error"]["message"]
+
+
+def test_include_logprobs_fills_output_text_logprobs(
+    client: OpenAI, http: TestClient, schemas: Schemas
+) -> None:
+    r = client.responses.create(model="gpt-3.5-turbo", temperature=0, input="Hi",
+                                include=["message.output_text.logprobs"], top_logprobs=2)
+    part = r.output[0].content[0]  # type: ignore[union-attr]
+    assert part.logprobs and len(part.logprobs[0].top_logprobs) == 2
+    assert "".join(lp.token for lp in part.logprobs) == r.output_text
+    events = raw_events(http, {"model": "gpt-3.5-turbo", "temperature": 0, "input": "Hi",
+                               "include": ["message.output_text.logprobs"], "top_logprobs": 1})
+    deltas = [e for n, e in events if n == "response.output_text.delta"]
+    assert all(d["logprobs"] for d in deltas)
+    for _, event in events:
+        schemas.validate("ResponseStreamEvent", event)
+    plain = client.responses.create(model="gpt-3.5-turbo", temperature=0, input="Hi")
+    assert plain.output[0].content[0].logprobs == []  # type: ignore[union-attr]
