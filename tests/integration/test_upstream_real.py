@@ -219,8 +219,11 @@ def test_killing_a_replica_mid_run_loses_only_its_streams_and_it_comes_back(
         assert time.monotonic() < deadline, fleet.backends()
         time.sleep(0.2)
     served = fleet.backends()[1]["requests"]
-    for _ in range(8):
-        _one(fleet, 1)
+    # the README's config routes by affinity: sixteen users' keys, spread by the hash
+    for i in range(16):
+        r = fleet.sdk.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=4,
+                                              user=f"user-{i}")
+        assert r.choices[0].message.content is not None
     assert fleet.backends()[1]["requests"] > served
 
 
