@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -24,14 +23,22 @@ from oasis.server import create_app
 from oasis.store.usage import Usage
 from tests.conftest import API_KEY
 from tests.fake_upstream import FakeUpstream, running
+from tests.unit.test_disconnect import free_port
 
 MESSAGES = [{"role": "user", "content": "hello there"}]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def _concurrently(http: TestClient, key: str, bodies: list[dict[str, Any]]) -> list[Any]:
+    """The responses to ``bodies`` sent at once through the app (one event loop)."""
+
+    async def run() -> list[Any]:
+        transport = httpx.ASGITransport(app=http.app)  # type: ignore[arg-type]
+        async with httpx.AsyncClient(transport=transport, base_url="http://t",
+                                     headers={"Authorization": f"Bearer {key}"}) as c:
+            return await asyncio.gather(*(c.post("/v1/chat/completions", json=b, timeout=30)
+                                          for b in bodies))
+
+    return http.portal.call(run)  # type: ignore[union-attr, no-any-return]
 
 
 @pytest.fixture(scope="module")
@@ -397,18 +404,10 @@ def test_concurrent_requests_are_spread_and_every_one_is_recorded(
     for u in ups:
         u.state.chunk_delay = 0.01
 
-    async def run() -> list[str]:
-        transport = httpx.ASGITransport(app=gw.http.app)  # type: ignore[arg-type]
-        async with httpx.AsyncClient(transport=transport, base_url="http://t",
-                                     headers={"Authorization": f"Bearer {API_KEY}"}) as c:
-            async def one(i: int) -> str:
-                r = await c.post("/v1/chat/completions", json={
-                    "model": "up", "messages": MESSAGES, "stream": i % 2 == 0}, timeout=30)
-                assert r.status_code == 200
-                return r.text
-            return await asyncio.gather(*(one(i) for i in range(40)))
-
-    texts = gw.http.portal.call(run)  # type: ignore[union-attr]
+    answers = _concurrently(gw.http, API_KEY, [
+        {"model": "up", "messages": MESSAGES, "stream": i % 2 == 0} for i in range(40)])
+    assert all(r.status_code == 200 for r in answers)
+    texts = [r.text for r in answers]
     assert len(texts) == 40
     assert min(u.stats()["requests"] for u in ups) >= 10
     assert all(r["in_flight"] == 0 for r in gw.backends()["up"]["replicas"])
@@ -448,17 +447,8 @@ def test_a_budget_holds_for_upstream_models_under_concurrency(
         assert made.status_code == 201, made.text
         key = made.json()["value"]
 
-        async def run() -> list[int]:
-            transport = httpx.ASGITransport(app=http.app)  # type: ignore[arg-type]
-            async with httpx.AsyncClient(transport=transport, base_url="http://t",
-                                         headers={"Authorization": f"Bearer {key}"}) as c:
-                async def one() -> int:
-                    r = await c.post("/v1/chat/completions", json={
-                        "model": "up", "messages": MESSAGES, "max_tokens": 8}, timeout=30)
-                    return r.status_code
-                return await asyncio.gather(*(one() for _ in range(40)))
-
-        statuses = http.portal.call(run)  # type: ignore[union-attr]
+        statuses = [r.status_code for r in _concurrently(http, key, [
+            {"model": "up", "messages": MESSAGES, "max_tokens": 8}] * 40)]
         assert statuses.count(200) >= 5 and statuses.count(429) >= 5
         spent = sum(r.cost_usd for r in g.records() if r.status == 200)
         assert spent <= 0.2 + 1e-9  # holds: concurrent admissions never overshoot
@@ -471,7 +461,7 @@ def test_a_client_that_leaves_a_non_streamed_request_cancels_it_upstream(
     for u in ups:
         u.script(mode="hang")
     app = create_app(_settings(tmp_path, ups))
-    port = _free_port()
+    port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

@@ -20,16 +20,21 @@ def dump(obj: BaseModel) -> dict[str, Any]:
     return obj.model_dump(mode="json", exclude_unset=True)
 
 
+def _reported(exc: Exception) -> OasisError:
+    """The error a failed stream tells its client (logged; a bug gets a generic 500)."""
+    if isinstance(exc, OasisError):
+        log.warning("stream failed: %s", exc)
+        return exc
+    log.exception("stream failed")
+    return EngineError("The server had an error while processing your request.")
+
+
 async def sse_events(chunks: AsyncIterator[BaseModel]) -> AsyncIterator[bytes]:
     try:
         async for chunk in chunks:
             yield b"data: " + json.dumps(dump(chunk), ensure_ascii=False).encode() + b"\n\n"
-    except OasisError as exc:
-        log.warning("stream failed: %s", exc)
-        yield b"data: " + json.dumps(exc.to_dict()).encode() + b"\n\n"
-    except Exception:
-        log.exception("stream failed")
-        err = EngineError("The server had an error while processing your request.")
+    except Exception as exc:
+        err = _reported(exc)
         yield b"data: " + json.dumps(err.to_dict()).encode() + b"\n\n"
     finally:
         aclose = getattr(chunks, "aclose", None)
@@ -49,12 +54,7 @@ async def named_sse_events(events: AsyncIterator[dict[str, Any]]) -> AsyncIterat
     except StreamFailed:
         pass
     except Exception as exc:
-        if isinstance(exc, OasisError):
-            log.warning("stream failed: %s", exc)
-            err = exc
-        else:
-            log.exception("stream failed")
-            err = EngineError("The server had an error while processing your request.")
+        err = _reported(exc)
         body = {
             "type": "error",
             "code": err.code or err.error_type,

@@ -28,7 +28,7 @@ import os
 import random
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
@@ -93,15 +93,15 @@ class _Call:
     path: str
     body: bytes
     requested: str  # the model name the client asked for, echoed back
-    stream: bool
-    wants_usage: bool
-    affinity: str | None
-    tokens: UpstreamTokens
-    estimate: int  # the prompt's tokens by oasis's count (billed if the upstream reports none)
     whole: type[BaseModel]
     chunk: type[BaseModel]
     check: SchemaCheck | None
     text_of: Callable[[dict[str, Any]], str]
+    stream: bool = False
+    wants_usage: bool = False
+    affinity: str | None = None
+    estimate: int = 0  # the prompt's tokens by oasis's count (billed if the upstream reports none)
+    tokens: UpstreamTokens = field(default_factory=UpstreamTokens)
 
 
 class UpstreamBackend:
@@ -177,27 +177,17 @@ class UpstreamBackend:
         prompt, body = await self._prepare(req, estimate_chat, size)
         n = req.n or 1
         limit = req.max_completion_tokens or req.max_tokens
-        await self._admit(meter, prompt, n, limit)
         fmt = req.response_format
         check = None
         if fmt is not None and fmt.type == "json_schema":
             check = SchemaCheck.of(getattr(fmt, "json_schema", None), self.spec.id)
         call = _Call(
-            CHAT_PATH,
-            body,
-            req.model,
-            bool(req.stream),
-            bool(req.stream_options and req.stream_options.include_usage),
-            chat_affinity(req),
-            UpstreamTokens(),
-            prompt,
-            UpstreamChat,
-            UpstreamChatChunk,
-            check,
-            _message_text,
+            CHAT_PATH, body, req.model, UpstreamChat, UpstreamChatChunk, check, _message_text
         )
-        meter.track([call.tokens])
-        return await self._run(call, meter)  # type: ignore[return-value]
+        answer: ChatCompletion | AsyncIterator[ChatCompletionChunk] = await self._forward(
+            call, req, meter, prompt, n, limit, chat_affinity
+        )
+        return answer
 
     async def completions(
         self, req: CompletionRequest, meter: Meter
@@ -210,23 +200,39 @@ class UpstreamBackend:
             prompts = 1
         n = (req.n or 1) * prompts
         limit = req.max_tokens if req.max_tokens is not None else 16
-        await self._admit(meter, prompt, n, limit)
         call = _Call(
             COMPLETIONS_PATH,
             body,
             req.model,
-            bool(req.stream),
-            bool(req.stream_options and req.stream_options.include_usage),
-            completion_affinity(req),
-            UpstreamTokens(),
-            prompt,
             UpstreamCompletion,
             UpstreamCompletion,
             None,
             _choice_text,
         )
+        result: Completion | AsyncIterator[Completion] = await self._forward(
+            call, req, meter, prompt, n, limit, completion_affinity
+        )
+        return result
+
+    async def _forward(
+        self,
+        call: _Call,
+        req: Any,
+        meter: Meter,
+        prompt: int,
+        n: int,
+        limit: int | None,
+        affinity: Callable[[Any], str],
+    ) -> Any:
+        """Admit the request, then run it on the pool (what chat and completions share)."""
+        await self._admit(meter, prompt, n, limit)
+        call.stream = bool(req.stream)
+        call.wants_usage = bool(req.stream_options and req.stream_options.include_usage)
+        call.estimate = prompt
+        # the prefix key is hashed only when the pool routes by it (not on every request)
+        call.affinity = affinity(req) if self.pool.affinity else None
         meter.track([call.tokens])
-        return await self._run(call, meter)  # type: ignore[return-value]
+        return await self._run(call, meter)
 
     async def _admit(self, meter: Meter, prompt: int, n: int, limit: int | None) -> None:
         worst = n * (limit if limit is not None else max(self.ctx_size - prompt, 1))
