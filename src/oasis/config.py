@@ -45,6 +45,9 @@ class ModelConfig(BaseModel):
     path: Path | None = None
     aliases: list[str] = Field(default_factory=list)
     ctx_size: int | None = Field(default=None, ge=64)
+    # "chat": a generative model (chat, completions, responses); "embedding": a sentence
+    # embedding model served by /v1/embeddings (a GGUF llama.cpp pools, e.g. BERT)
+    kind: Literal["chat", "embedding"] = "chat"
     # which kind of backend serves it (oasis.backends.KINDS): "local" runs llama.cpp in this
     # process, "upstream" forwards to OpenAI-compatible servers
     backend: str = "local"
@@ -163,6 +166,18 @@ class Settings(BaseSettings):
     max_prompt_chars: int = Field(default=1_000_000, ge=1000)
     # How long stored responses (/v1/responses with store) are kept, in days (OpenAI: 30).
     responses_retention_days: float = Field(default=30.0, gt=0, le=3650)
+    # Serve the bundled embedding model (all-MiniLM-L6-v2) beside the chat model(s), unless
+    # oasis.toml lists models (then list it there with kind = "embedding" to keep it).
+    embeddings: bool = True
+    # Where converted models are cached (the bundled embedding model's GGUF).
+    cache_dir: Path = Field(default_factory=lambda: Path.home() / ".cache" / "oasis")
+    # The largest file /v1/files accepts, in bytes (OpenAI: 200 MB for a batch input file).
+    max_file_bytes: int = Field(default=200 * 1000 * 1000, ge=1024)
+    # Batches (/v1/batches): the price discount of a batch line (OpenAI: 0.5, half price) and
+    # how many lines run at once (default: the engine's slots minus one, which is left to
+    # interactive requests; the engine also serves interactive requests first).
+    batch_discount: float = Field(default=0.5, ge=0, le=1)
+    batch_concurrency: int | None = Field(default=None, ge=1, le=256)
 
     @field_validator("alias", "default_aliases", mode="before")
     @classmethod

@@ -10,6 +10,7 @@ from sqlalchemy import (
     Boolean,
     DateTime,
     Float,
+    Index,
     Integer,
     String,
     Text,
@@ -64,6 +65,8 @@ class UsageRecord(Base):
     disconnected: Mapped[bool] = mapped_column(Boolean)
     # tokens counted by oasis: the upstream that served the request reported no usage
     estimated: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # the batch (/v1/batches) the request was a line of
+    batch_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
 class ResponseRecord(Base):
@@ -82,3 +85,64 @@ class ResponseRecord(Base):
     status: Mapped[str] = mapped_column(String(20))
     input_items: Mapped[str] = mapped_column(Text)  # a JSON array
     response: Mapped[str] = mapped_column(Text)  # a JSON object
+
+
+class FileRecord(Base):
+    """An uploaded (or batch-written) file's metadata; its bytes are under the data directory
+    (``files/<id>``). It belongs to the key that uploaded it."""
+
+    __tablename__ = "files"
+    __table_args__ = (Index("ix_files_key_created", "key_id", "created_at"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # file-...
+    key_id: Mapped[int | None] = mapped_column(Integer, nullable=True)  # None: the static key
+    purpose: Mapped[str] = mapped_column(String(32))
+    filename: Mapped[str] = mapped_column(String(255))
+    bytes: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[int] = mapped_column(BigInteger)  # unix seconds
+    expires_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+
+
+class BatchRecord(Base):
+    """A batch (``/v1/batches``): its input file, status and the times it reached each, and
+    its counts. ``metadata_json`` and ``errors`` are JSON text."""
+
+    __tablename__ = "batches"
+    __table_args__ = (Index("ix_batches_key_created", "key_id", "created_at"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # batch_...
+    key_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    endpoint: Mapped[str] = mapped_column(String(64))
+    input_file_id: Mapped[str] = mapped_column(String(64))
+    completion_window: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(20), index=True)
+    output_file_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    error_file_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    expires_at: Mapped[int] = mapped_column(BigInteger)
+    in_progress_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    finalizing_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    completed_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    failed_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    expired_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    cancelling_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    cancelled_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    total: Mapped[int] = mapped_column(Integer)
+    completed: Mapped[int] = mapped_column(Integer)
+    failed: Mapped[int] = mapped_column(Integer)
+    input_tokens: Mapped[int] = mapped_column(BigInteger)
+    output_tokens: Mapped[int] = mapped_column(BigInteger)
+    metadata_json: Mapped[str | None] = mapped_column("metadata", Text, nullable=True)
+    errors: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class BatchLine(Base):
+    """One answered line of a batch: its line of the output file (``ok``) or of the error
+    file, as JSON text. The primary key makes each line answered at most once."""
+
+    __tablename__ = "batch_lines"
+
+    batch_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    line: Mapped[int] = mapped_column(Integer, primary_key=True)
+    ok: Mapped[bool] = mapped_column(Boolean)
+    result: Mapped[str] = mapped_column(Text)

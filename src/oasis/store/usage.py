@@ -45,6 +45,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "status": (int,),
     "disconnected": (bool,),
     "estimated": (bool,),
+    "batch_id": (str, type(None)),
 }
 
 
@@ -69,6 +70,8 @@ class Usage:
     disconnected: bool
     # the tokens were counted by oasis (an upstream reported no usage), not by the engine
     estimated: bool = False
+    # the batch (/v1/batches) this request was a line of
+    batch_id: str | None = None
 
     def __post_init__(self) -> None:
         for name, limit in (("model", MODEL_CHARS), ("endpoint", ENDPOINT_CHARS)):
@@ -86,7 +89,8 @@ class Usage:
         if not isinstance(data, dict):
             raise ValueError("a usage record is a JSON object")
         values = {k: v for k, v in data.items() if k in _TYPES}
-        values.setdefault("estimated", False)  # journals written before the field existed
+        values.setdefault("estimated", False)  # journals written before the fields existed
+        values.setdefault("batch_id", None)
         for name, types in _TYPES.items():
             value = values.get(name)
             if name not in values or not isinstance(value, types):
