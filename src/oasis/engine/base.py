@@ -38,6 +38,10 @@ class GenerationRequest:
     prompt_logprobs: bool = False
     # A GBNF grammar the output must follow (structured outputs); checked with check_grammar.
     grammar: str | None = None
+    # Background work (a batch line): slots go to interactive requests first, one slot is
+    # always left to them, and a background sequence's decode waits while an interactive
+    # prompt is being read, so batches fill idle capacity without slowing live traffic.
+    background: bool = False
 
 
 @dataclass(frozen=True)

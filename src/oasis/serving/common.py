@@ -8,7 +8,8 @@ import hashlib
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from contextvars import ContextVar
+from dataclasses import dataclass, replace
 from typing import Generic, Protocol, TypeVar
 
 from openai.types.completion_usage import CompletionUsage, PromptTokensDetails
@@ -29,6 +30,12 @@ from oasis.errors import (
 from oasis.models.registry import ModelRegistry, ModelSpec
 
 T = TypeVar("T")
+
+# Set (in its own task) by work that runs in the background: the batch runner's lines. The
+# engine serves interactive requests first (GenerationRequest.background). A context
+# variable rather than a parameter: a batch line goes through the same backends, services and
+# fallbacks as a live request, none of which needs to know.
+BACKGROUND: ContextVar[bool] = ContextVar("oasis_background", default=False)
 
 
 class SamplingFields(Protocol):
@@ -328,12 +335,14 @@ def check_sequences(engine: Engine, count: int, param: str) -> None:
 def submit_all(
     engine: Engine, requests: list[GenerationRequest], *, param: str = "n"
 ) -> list[RequestHandle]:
-    """Submit every sequence, or none: a refusal cancels those already submitted."""
+    """Submit every sequence, or none: a refusal cancels those already submitted. In a
+    ``background()`` context (a batch line) the sequences are background work."""
     check_sequences(engine, len(requests), param)
     handles: list[RequestHandle] = []
+    background = BACKGROUND.get()
     try:
         for req in requests:
-            handles.append(engine.submit(req))
+            handles.append(engine.submit(replace(req, background=True) if background else req))
     except BaseException:
         for h in handles:
             h.cancel()

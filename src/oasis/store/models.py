@@ -134,6 +134,12 @@ class BatchRecord(Base):
     output_tokens: Mapped[int] = mapped_column(BigInteger)
     metadata_json: Mapped[str | None] = mapped_column("metadata", Text, nullable=True)
     errors: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # output_expires_after.seconds: the output and error files expire that long after made
+    output_expires_seconds: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # the server process running the batch, until lease_until (unix seconds): several
+    # replicas on one database never run the same batch; a killed one's lease runs out
+    owner: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    lease_until: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
 class BatchLine(Base):

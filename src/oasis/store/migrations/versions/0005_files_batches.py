@@ -53,6 +53,9 @@ def upgrade() -> None:
         sa.Column("output_tokens", sa.BigInteger(), nullable=False),
         sa.Column("metadata", sa.Text(), nullable=True),
         sa.Column("errors", sa.Text(), nullable=True),
+        sa.Column("output_expires_seconds", sa.Integer(), nullable=True),
+        sa.Column("owner", sa.String(64), nullable=True),
+        sa.Column("lease_until", sa.Float(), nullable=True),
     )
     op.create_index("ix_batches_key_created", "batches", ["key_id", "created_at"])
     op.create_index("ix_batches_status", "batches", ["status"])
