@@ -29,6 +29,9 @@ OPENAI_ALIASES = (
     "babbage-002",
 )
 
+# The OpenAI embedding model names, resolved to the bundled embedding model.
+OPENAI_EMBEDDING_ALIASES = ("text-embedding-3-small", "text-embedding-ada-002")
+
 
 def _default_data_dir() -> Path:
     base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
@@ -48,6 +51,8 @@ class ModelConfig(BaseModel):
     # "chat": a generative model (chat, completions, responses); "embedding": a sentence
     # embedding model served by /v1/embeddings (a GGUF llama.cpp pools, e.g. BERT)
     kind: Literal["chat", "embedding"] = "chat"
+    # an embedding model trained to be shortened (Matryoshka): `dimensions` cuts its vectors
+    matryoshka: bool = False
     # which kind of backend serves it (oasis.backends.KINDS): "local" runs llama.cpp in this
     # process, "upstream" forwards to OpenAI-compatible servers
     backend: str = "local"
@@ -93,7 +98,8 @@ class ModelConfig(BaseModel):
                     raise ValueError(f"model {self.id!r}: replica {url!r} is not an http(s) URL")
             if len({u.rstrip("/") for u in self.replicas}) < len(self.replicas):
                 raise ValueError(f"model {self.id!r}: a replica is listed twice")
-        elif self.backend == "local" and self.path is None:
+        elif self.backend == "local" and self.path is None and self.kind != "embedding":
+            # a local embedding model without a path is the bundled all-MiniLM-L6-v2
             raise ValueError(f"model {self.id!r}: a local model needs a path")
         return self
 
@@ -169,6 +175,10 @@ class Settings(BaseSettings):
     # Serve the bundled embedding model (all-MiniLM-L6-v2) beside the chat model(s), unless
     # oasis.toml lists models (then list it there with kind = "embedding" to keep it).
     embeddings: bool = True
+    # Names that resolve to the bundled embedding model.
+    embedding_aliases: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: list(OPENAI_EMBEDDING_ALIASES)
+    )
     # Where converted models are cached (the bundled embedding model's GGUF).
     cache_dir: Path = Field(default_factory=lambda: Path.home() / ".cache" / "oasis")
     # The largest file /v1/files accepts, in bytes (OpenAI: 200 MB for a batch input file).
@@ -179,7 +189,7 @@ class Settings(BaseSettings):
     batch_discount: float = Field(default=0.5, ge=0, le=1)
     batch_concurrency: int | None = Field(default=None, ge=1, le=256)
 
-    @field_validator("alias", "default_aliases", mode="before")
+    @field_validator("alias", "default_aliases", "embedding_aliases", mode="before")
     @classmethod
     def _comma_list(cls, value: Any) -> Any:
         return _split_commas(value)

@@ -5,12 +5,13 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
-from openai.types import Completion
+from openai.types import Completion, CreateEmbeddingResponse
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from oasis.config import Settings
-from oasis.engine.base import Engine, Health
+from oasis.engine.base import Embedder, Engine, Health
 from oasis.models.registry import ModelSpec
+from oasis.protocol.embeddings import EmbeddingRequest
 from oasis.protocol.requests import ChatCompletionRequest, CompletionRequest
 from oasis.serving.common import Meter
 
@@ -30,6 +31,11 @@ class Backend(Protocol):
     async def completions(
         self, req: CompletionRequest, meter: Meter
     ) -> Completion | AsyncIterator[Completion]: ...
+
+    async def embeddings(self, req: EmbeddingRequest, meter: Meter) -> CreateEmbeddingResponse:
+        """Vectors of the inputs (an embedding model's backend; routes send embedding requests
+        only to embedding models, and chat requests only to chat models)."""
+        ...
 
     def health(self) -> Health: ...
 
@@ -59,3 +65,8 @@ class BackendKind(Protocol):
     ) -> Engine | None: ...
 
     def backend(self, spec: ModelSpec, serving: LocalServing, settings: Settings) -> Backend: ...
+
+    def embedder(self, spec: ModelSpec, settings: Settings) -> Embedder | None:
+        """The embedding engine an embedding model of this kind runs in this process (None
+        for kinds that run none)."""
+        ...

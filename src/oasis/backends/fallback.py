@@ -17,7 +17,7 @@ import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any, TypeVar
 
-from openai.types import Completion
+from openai.types import Completion, CreateEmbeddingResponse
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from pydantic import BaseModel
 
@@ -33,11 +33,12 @@ from oasis.errors import (
     UpstreamError,
 )
 from oasis.models.registry import ModelRegistry
+from oasis.protocol.embeddings import EmbeddingRequest
 from oasis.protocol.requests import ChatCompletionRequest, CompletionRequest
 from oasis.serving.common import Meter
 
 log = logging.getLogger(__name__)
-Req = TypeVar("Req", ChatCompletionRequest, CompletionRequest)
+Req = TypeVar("Req", ChatCompletionRequest, CompletionRequest, EmbeddingRequest)
 
 # the errors that mean "this model could not start the request"
 UNAVAILABLE = (UpstreamError, OverloadedError, EngineError)
@@ -74,6 +75,17 @@ class WithFallbacks:
         except UNAVAILABLE as exc:
             result: Completion | AsyncIterator[Completion] = await self._next(
                 req, meter, exc, lambda b, r: b.completions(r, meter)
+            )
+            return result
+
+    async def embeddings(self, req: EmbeddingRequest, meter: Meter) -> CreateEmbeddingResponse:
+        try:
+            return await self.primary.embeddings(req, meter)
+        except FINAL:
+            raise
+        except UNAVAILABLE as exc:
+            result: CreateEmbeddingResponse = await self._next(
+                req, meter, exc, lambda b, r: b.embeddings(r, meter)
             )
             return result
 

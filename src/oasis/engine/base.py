@@ -6,6 +6,9 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
+import numpy as np
+from numpy.typing import NDArray
+
 FinishReason = Literal["stop", "length"]
 
 
@@ -167,6 +170,53 @@ class Engine(Protocol):
     def health(self) -> Health:
         """Whether the engine can serve requests now."""
         return Health(True)
+
+    def start(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class EmbeddingModelInfo:
+    """What serving needs to know about a loaded embedding model."""
+
+    name: str
+    n_ctx: int  # most tokens of one input, special tokens included
+    n_embd: int  # the vectors' length
+    n_vocab: int
+
+
+class EmbeddingJob(Protocol):
+    """Submitted inputs: await ``result`` for their vectors (unit length, in input order);
+    ``cancel`` drops the inputs not yet computed. ``evaluated`` counts the tokens computed so
+    far (billing reads it, as it reads a generation's handle)."""
+
+    evaluated: int
+
+    async def result(self) -> list[NDArray[np.float32]]: ...
+
+    def cancel(self) -> None: ...
+
+
+class Embedder(Protocol):
+    """Token lists in, sentence vectors out: an embedding model's engine."""
+
+    @property
+    def info(self) -> EmbeddingModelInfo: ...
+
+    def tokenize(self, text: str) -> list[int]:
+        """The model's tokens for a text, with the special tokens it adds around an input."""
+        ...
+
+    def wrap(self, tokens: list[int]) -> list[int]:
+        """A client's token array with the special tokens the model adds around an input."""
+        ...
+
+    def submit(self, inputs: list[list[int]]) -> EmbeddingJob: ...
+
+    def stats(self) -> EngineStats: ...
+
+    def health(self) -> Health: ...
 
     def start(self) -> None: ...
 

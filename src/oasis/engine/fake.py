@@ -9,14 +9,20 @@ from __future__ import annotations
 
 import asyncio
 import random
+import zlib
 from collections.abc import AsyncIterator
 
+import numpy as np
+from numpy.typing import NDArray
+
 from oasis.engine.base import (
+    EmbeddingModelInfo,
     Engine,
     EngineStats,
     Event,
     FinishEvent,
     GenerationRequest,
+    Health,
     ModelInfo,
     TokenEvent,
     TokenLogprob,
@@ -177,6 +183,68 @@ class FakeEngine(Engine):
 
     def stats(self) -> EngineStats:
         return self._stats
+
+    def start(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class FakeEmbeddingJob:
+    def __init__(self, vectors: list[NDArray[np.float32]], tokens: int, delay: float) -> None:
+        self._vectors = vectors
+        self._delay = delay
+        self.evaluated = 0
+        self._tokens = tokens
+        self.cancelled = False
+
+    async def result(self) -> list[NDArray[np.float32]]:
+        if self._delay:
+            await asyncio.sleep(self._delay)
+        self.evaluated = self._tokens
+        return self._vectors
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class FakeEmbedder:
+    """A deterministic embedding model for unit tests: word tokens (a word's id is its CRC32
+    mod the vocabulary, ids 0 and 1 are the specials around an input) and a vector that is
+    the normalized sum of a fixed random vector per token. ``delay`` seconds per request."""
+
+    def __init__(
+        self, *, name: str = "fake-embedding", n_ctx: int = 512, dim: int = 384, delay: float = 0.0
+    ) -> None:
+        self._info = EmbeddingModelInfo(name=name, n_ctx=n_ctx, n_embd=dim, n_vocab=30522)
+        self.delay = delay
+        self._stats = EngineStats()
+        self._table = np.random.default_rng(0).standard_normal((30522, dim)).astype(np.float32)
+
+    @property
+    def info(self) -> EmbeddingModelInfo:
+        return self._info
+
+    def tokenize(self, text: str) -> list[int]:
+        return self.wrap([2 + zlib.crc32(w.encode()) % 30520 for w in text.split()])
+
+    def wrap(self, tokens: list[int]) -> list[int]:
+        return [0, *tokens, 1]
+
+    def submit(self, inputs: list[list[int]]) -> FakeEmbeddingJob:
+        vectors = []
+        for tokens in inputs:
+            vec = self._table[tokens].sum(axis=0)
+            vectors.append((vec / np.linalg.norm(vec)).astype(np.float32))
+        self._stats.requests_total += 1
+        return FakeEmbeddingJob(vectors, sum(len(t) for t in inputs), self.delay)
+
+    def stats(self) -> EngineStats:
+        return self._stats
+
+    def health(self) -> Health:
+        return Health(True)
 
     def start(self) -> None:
         pass

@@ -116,8 +116,15 @@ class Gateway:
                 return self.prices[name]
         return Price()
 
-    def ticket(self, key: KeyInfo | None, endpoint: str) -> Ticket:
-        return Ticket(self, key, endpoint)
+    def ticket(
+        self,
+        key: KeyInfo | None,
+        endpoint: str,
+        *,
+        batch_id: str | None = None,
+        discount: float = 0.0,
+    ) -> Ticket:
+        return Ticket(self, key, endpoint, batch_id=batch_id, discount=discount)
 
     async def spend(self, key: KeyInfo, now: float | None = None) -> float:
         """USD the key spent in its current budget period (the counter is loaded from the
@@ -141,10 +148,24 @@ class Gateway:
 class Ticket:
     """One metered request."""
 
-    def __init__(self, gateway: Gateway, key: KeyInfo | None, endpoint: str) -> None:
+    def __init__(
+        self,
+        gateway: Gateway,
+        key: KeyInfo | None,
+        endpoint: str,
+        *,
+        batch_id: str | None = None,
+        discount: float = 0.0,
+    ) -> None:
+        """``batch_id``: the request is a line of that batch. Batch lines are billed at
+        ``1 - discount`` of the price, recorded with the batch's id, held to the key's budget
+        but not to its rate limits (which are for interactive traffic; the batch runner paces
+        its own lines)."""
         self.gateway = gateway
         self.key = key
         self.endpoint = endpoint
+        self.batch_id = batch_id
+        self._factor = 1.0 - discount
         self.model = ""
         self.price_names: tuple[str, ...] = ()
         self.request_id = uuid.uuid4().hex
@@ -157,7 +178,9 @@ class Ticket:
         self._reserved = 0
         self._window_end: float | None = None
         self._hold: Hold | None = None
-        self._limits = Limits(key.rpm, key.tpm) if key is not None else Limits()
+        self._limits = (
+            Limits(key.rpm, key.tpm) if key is not None and batch_id is None else Limits()
+        )
         self._decision_headers: dict[str, str] | None = None
         self._estimated = False
         self._readmit = False
@@ -207,7 +230,7 @@ class Ticket:
         hold = None
         if budget is not None:
             worst = max(completion_tokens, worst_completion_tokens or 0)
-            usd = gw.price(*self.price_names).cost(prompt_tokens, 0, worst)
+            usd = gw.price(*self.price_names).cost(prompt_tokens, 0, worst) * self._factor
             hold = Hold(self.request_id, usd) if usd > 0 else None
         # Known before the call: a client that leaves while Redis runs the script (the task
         # is cancelled) must not leave a hold this ticket does not know of and never releases.
@@ -323,7 +346,7 @@ class Ticket:
         evaluated = sum(h.prompt_evaluated for h in handles)
         prompt = min(self._prompt_tokens, evaluated)
         cached = min(prompt, max((h.cached_tokens for h in handles), default=0))
-        cost = gw.price(*self.price_names).cost(prompt, cached, completion)
+        cost = gw.price(*self.price_names).cost(prompt, cached, completion) * self._factor
         key = self.key
         gw.ledger.record(
             Usage(
@@ -341,6 +364,7 @@ class Ticket:
                 status=status,
                 disconnected=disconnected,
                 estimated=self._estimated,
+                batch_id=self.batch_id,
             )
         )
         if key is None:

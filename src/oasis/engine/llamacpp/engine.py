@@ -53,6 +53,10 @@ from oasis.errors import EngineError, OverloadedError
 log = logging.getLogger(__name__)
 
 
+# How long after an interactive request the engine keeps a slot free of background work.
+INTERACTIVE_SECONDS = 10.0
+
+
 class LlamaHandle:
     """A submitted request. Iterate for events; ``cancel`` frees the slot at the next step."""
 
@@ -139,6 +143,7 @@ class LlamaEngine(Engine):
         self._inbox: queue.SimpleQueue[Seq | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._pending = 0  # submitted, not yet in a slot
+        self._last_interactive = -INTERACTIVE_SECONDS  # when the last non-background request came
         self._stats = EngineStats()
         self._thread: threading.Thread | None = None
         self._stopping = False
@@ -265,6 +270,8 @@ class LlamaEngine(Engine):
                     retry_after=1,
                 )
             self._pending += 1
+            if not request.background:
+                self._last_interactive = time.monotonic()
             self._inbox.put(seq)
         return handle
 
@@ -476,12 +483,15 @@ class LlamaEngine(Engine):
 
     def _next_waiting(self, waiting: deque[Seq], active: list[Seq], free: int) -> Seq | None:
         """The next sequence to admit: the first interactive one, else the first background
-        one unless it would take the last free slot (kept for interactive requests)."""
+        one, unless it would take the last free slot while interactive requests are about
+        (one came in the last ``INTERACTIVE_SECONDS``): that slot is kept for them, so a live
+        request never waits for a batch line to finish. Batches alone use every slot."""
         for seq in waiting:
             if not seq.handle.request.background:
                 waiting.remove(seq)
                 return seq
-        if free <= 1 and self.n_parallel > 1:
+        recent = time.monotonic() - self._last_interactive < INTERACTIVE_SECONDS
+        if free <= 1 and self.n_parallel > 1 and recent:
             return None
         return waiting.popleft()
 

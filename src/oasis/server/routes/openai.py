@@ -14,20 +14,30 @@ from openai.types import Model
 from pydantic import BaseModel
 
 from oasis.backends import Backend
+from oasis.backends.local import not_embedding, not_generative
 from oasis.errors import OasisError
 from oasis.gateway.access import check_model, may_use
 from oasis.gateway.meter import Ticket
+from oasis.protocol.embeddings import EmbeddingRequest
 from oasis.protocol.requests import ChatCompletionRequest, CompletionRequest
+from oasis.protocol.responses import ResponseCreateRequest
 from oasis.server.sse import dump, named_sse_events, sse_events
 from oasis.server.state import AppState
 from oasis.server.validation import parse_json_body, validate
 from oasis.serving.common import NO_METER, Meter
+from oasis.serving.embeddings import check_inputs
+from oasis.store.keys import KeyInfo
 
 router = APIRouter()
 M = TypeVar("M", bound=BaseModel)
 T = TypeVar("T")
 R = TypeVar("R", bound=BaseModel, contravariant=True)
-CHAT, COMPLETIONS = "/v1/chat/completions", "/v1/completions"
+CHAT, COMPLETIONS, EMBEDDINGS = "/v1/chat/completions", "/v1/completions", "/v1/embeddings"
+ENDPOINT_OF: dict[type[BaseModel], str] = {
+    ChatCompletionRequest: CHAT,
+    CompletionRequest: COMPLETIONS,
+    ResponseCreateRequest: "/v1/responses",
+}
 
 
 def _state(request: Request) -> AppState:
@@ -108,27 +118,47 @@ _PARSE_INLINE_BYTES = 64 * 1024
 async def _parse(request: Request, model: type[M], engine: str | None, ticket: Ticket | None) -> M:
     raw = await request.body()
     depth = _state(request).settings.max_json_depth
-    if len(raw) <= _PARSE_INLINE_BYTES:
+    big = len(raw) > _PARSE_INLINE_BYTES
+    if not big:
         body = parse_json_body(raw, max_depth=depth)
     else:
         body = await asyncio.to_thread(parse_json_body, raw, max_depth=depth)
     if engine is not None:
         body.setdefault("model", engine)  # the legacy /v1/engines/{engine}/... paths
+    return await prepare(_state(request), request.state.api_key, model, body, ticket, big=big)
+
+
+async def prepare(
+    state: AppState,
+    key: KeyInfo | None,
+    model: type[M],
+    body: dict[str, Any],
+    ticket: Ticket | None,
+    *,
+    big: bool = False,
+) -> M:
+    """A parsed JSON body as the request ``model``, checked against the key's allow-list
+    (``big``: validate in a worker thread). Shared by the routes and the batch runner."""
     if ticket is not None and isinstance(body.get("model"), str):
         ticket.target(body["model"])
+    embedding = model is EmbeddingRequest
     for field in ("messages", "input"):  # chat's messages, a response's items
         items = body.get(field)
         if isinstance(items, list):
-            _state(request).serving.check_messages(len(items))  # before validating them all
-    parsed = (
-        validate(model, body)
-        if len(raw) <= _PARSE_INLINE_BYTES
-        else await asyncio.to_thread(validate, model, body)
-    )
+            if embedding:
+                check_inputs(len(items))  # before validating them all
+            else:
+                state.serving.check_messages(len(items))
+    parsed = await asyncio.to_thread(validate, model, body) if big else validate(model, body)
     name = str(getattr(parsed, "model", ""))
-    check_model(request.state.api_key, name)
+    check_model(key, name)
+    spec = state.serving.registry.resolve(name)
+    if embedding and not spec.is_embedding:
+        raise not_embedding(name)
+    if not embedding and spec.is_embedding:
+        raise not_generative(name, ENDPOINT_OF.get(model, "this endpoint"))
     if ticket is not None:
-        ticket.target(name, _state(request).serving.registry.resolve(name).id)
+        ticket.target(name, spec.id)
     return parsed
 
 
@@ -169,27 +199,34 @@ async def _unless_client_leaves(request: Request, work: Awaitable[T]) -> T:
         watcher.cancel()
 
 
-class _Call(Protocol[R]):
+class Call(Protocol[R]):
     """What a route asks of the model's backend (``Backend.chat`` or ``.completions``)."""
 
     def __call__(self, backend: Backend, req: R, meter: Meter) -> Awaitable[Any]: ...
 
 
-def _chat(backend: Backend, req: ChatCompletionRequest, meter: Meter) -> Awaitable[Any]:
+def chat_call(backend: Backend, req: ChatCompletionRequest, meter: Meter) -> Awaitable[Any]:
     return backend.chat(req, meter)
 
 
-def _completions(backend: Backend, req: CompletionRequest, meter: Meter) -> Awaitable[Any]:
+def completions_call(backend: Backend, req: CompletionRequest, meter: Meter) -> Awaitable[Any]:
     return backend.completions(req, meter)
 
 
-def _backend(request: Request, model: str) -> Backend:
-    state = _state(request)
+def backend_of(state: AppState, model: str) -> Backend:
     return state.backends[state.serving.registry.resolve(model).id]
 
 
+def embeddings_call(backend: Backend, req: EmbeddingRequest, meter: Meter) -> Awaitable[Any]:
+    return backend.embeddings(req, meter)
+
+
+def _backend(request: Request, model: str) -> Backend:
+    return backend_of(_state(request), model)
+
+
 async def _generate(
-    request: Request, kind: type[M], call: _Call[M], endpoint: str, engine: str | None = None
+    request: Request, kind: type[M], call: Call[M], endpoint: str, engine: str | None = None
 ) -> Response:
     """Parse, run on the model's backend and (through the gateway) meter one request."""
     gateway = _state(request).gateway
@@ -237,19 +274,29 @@ async def _generate(
 
 @router.post("/v1/chat/completions")
 async def chat_completions(request: Request) -> Response:
-    return await _generate(request, ChatCompletionRequest, _chat, CHAT)
+    return await _generate(request, ChatCompletionRequest, chat_call, CHAT)
 
 
 @router.post("/v1/engines/{engine}/chat/completions")
 async def engine_chat_completions(engine: str, request: Request) -> Response:
-    return await _generate(request, ChatCompletionRequest, _chat, CHAT, engine)
+    return await _generate(request, ChatCompletionRequest, chat_call, CHAT, engine)
 
 
 @router.post("/v1/completions")
 async def completions(request: Request) -> Response:
-    return await _generate(request, CompletionRequest, _completions, COMPLETIONS)
+    return await _generate(request, CompletionRequest, completions_call, COMPLETIONS)
 
 
 @router.post("/v1/engines/{engine}/completions")
 async def engine_completions(engine: str, request: Request) -> Response:
-    return await _generate(request, CompletionRequest, _completions, COMPLETIONS, engine)
+    return await _generate(request, CompletionRequest, completions_call, COMPLETIONS, engine)
+
+
+@router.post("/v1/embeddings")
+async def embeddings(request: Request) -> Response:
+    return await _generate(request, EmbeddingRequest, embeddings_call, EMBEDDINGS)
+
+
+@router.post("/v1/engines/{engine}/embeddings")
+async def engine_embeddings(engine: str, request: Request) -> Response:
+    return await _generate(request, EmbeddingRequest, embeddings_call, EMBEDDINGS, engine)

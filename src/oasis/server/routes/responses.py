@@ -22,7 +22,8 @@ from pydantic import BaseModel
 from oasis.backends import Backend
 from oasis.errors import InvalidRequestError, NotFoundError
 from oasis.protocol.responses import ResponseCreateRequest
-from oasis.server.routes.openai import _generate, _state
+from oasis.server.routes.openai import Call, _generate, _state
+from oasis.server.state import AppState
 from oasis.serving.common import Meter
 from oasis.serving.responses import (
     EventStream,
@@ -57,11 +58,10 @@ def _missing(response_id: str) -> NotFoundError:
     return NotFoundError(f"Response with id '{response_id[:100]}' not found.")
 
 
-@router.post(RESPONSES)
-async def create_response(request: Request) -> Response:
-    state = _state(request)
-    key_id = _key_id(request)
-    store = _store(request)
+def responses_call(state: AppState, key_id: int | None) -> Call[ResponseCreateRequest]:
+    """What ``POST /v1/responses`` asks of a model's backend, for the caller ``key_id``
+    (stored responses are that key's). Shared by the route and the batch runner."""
+    store = state.responses
     retention = int(state.settings.responses_retention_days * 86400)
 
     async def keep(shape: Shape, items: list[dict[str, Any]], body: dict[str, Any]) -> None:
@@ -112,6 +112,12 @@ async def create_response(request: Request) -> Response:
             await keep(shape, items, body)
         return as_response(body)
 
+    return call
+
+
+@router.post(RESPONSES)
+async def create_response(request: Request) -> Response:
+    call = responses_call(_state(request), _key_id(request))
     return await _generate(request, ResponseCreateRequest, call, RESPONSES)
 
 
