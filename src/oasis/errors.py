@@ -67,6 +67,20 @@ class ContextLengthExceededError(InvalidRequestError):
     default_code = "context_length_exceeded"
 
 
+class FileTooLargeError(InvalidRequestError):
+    """413: an uploaded file (``/v1/files``) is over the server's limit."""
+
+    status = 413
+    default_code = "file_too_large"
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            f"The file is too large: this server accepts files of at most {limit} bytes "
+            "(OASIS_MAX_FILE_BYTES).",
+            param="file",
+        )
+
+
 class AuthenticationError(OasisError):
     """401: missing or wrong API key."""
 

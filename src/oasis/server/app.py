@@ -31,11 +31,13 @@ from oasis.server.errors import install_error_handlers
 from oasis.server.guard import RequestGuard
 from oasis.server.metrics import metrics_registry, render
 from oasis.server.routes import admin as admin_routes
+from oasis.server.routes import files as files_routes
 from oasis.server.routes import openai as openai_routes
 from oasis.server.routes import responses as responses_routes
 from oasis.server.state import AppState
 from oasis.serving.common import RequestLimits, ServingContext
 from oasis.store.db import database_url, make_engine, migrate
+from oasis.store.files import FileStore
 from oasis.store.keys import KeyStore
 from oasis.store.responses import ResponseStore
 from oasis.store.usage import UsageStore
@@ -85,9 +87,9 @@ def build_gateway(settings: Settings, db: Database) -> Gateway:
     )
 
 
-async def _purge_responses(store: ResponseStore, every: float = 600.0) -> None:
-    """Remove expired stored responses: at start, then every ``every`` seconds (each pass
-    deletes in bounded batches, so a backlog is worked off over a few passes)."""
+async def _purge_expired(store: ResponseStore, files: FileStore, every: float = 600.0) -> None:
+    """Remove expired stored responses and files: at start, then every ``every`` seconds
+    (each pass deletes in bounded batches, so a backlog is worked off over a few passes)."""
     while True:
         try:
             removed = await to_thread.run_sync(store.purge, int(time.time()))
@@ -95,6 +97,12 @@ async def _purge_responses(store: ResponseStore, every: float = 600.0) -> None:
                 log.info("removed %d expired stored responses", removed)
         except Exception:
             log.exception("removing expired stored responses failed")
+        try:
+            removed = await to_thread.run_sync(files.purge, int(time.time()))
+            if removed:
+                log.info("removed %d expired files", removed)
+        except Exception:
+            log.exception("removing expired files failed")
         await asyncio.sleep(every)
 
 
@@ -127,11 +135,13 @@ def create_app(
     db = build_database(settings)
     gateway = None if settings.no_auth else build_gateway(settings, db)
     responses = ResponseStore(db)
+    files = FileStore(db, settings.data_dir / "files")
     state = AppState(
         settings=settings,
         serving=serving,
         backends=backends,
         responses=responses,
+        files=files,
         keys=gateway.keys if gateway else None,
         gateway=gateway,
     )
@@ -140,7 +150,7 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         started: list[Backend] = []
-        cleaner = asyncio.get_running_loop().create_task(_purge_responses(responses))
+        cleaner = asyncio.get_running_loop().create_task(_purge_expired(responses, files))
         try:
             if gateway is not None:
                 await gateway.start()
@@ -172,9 +182,13 @@ def create_app(
         RequestGuard,
         max_body_bytes=settings.max_body_bytes,
         max_header_bytes=settings.max_header_bytes,
+        allowances={
+            ("POST", files_routes.FILES): files_routes.upload_allowance(settings.max_file_bytes)
+        },
     )
     app.include_router(openai_routes.router, dependencies=[Depends(require_api_key)])
     app.include_router(responses_routes.router, dependencies=[Depends(require_api_key)])
+    app.include_router(files_routes.router, dependencies=[Depends(require_api_key)])
     app.include_router(admin_routes.router, dependencies=[Depends(require_admin)])
 
     metrics = metrics_registry(engines, backends)

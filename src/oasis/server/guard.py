@@ -5,6 +5,8 @@
 - headers larger than ``max_header_bytes`` in all get a 431 before any route runs;
 - a body larger than ``max_body_bytes`` gets a 400 naming the limit, from its
   ``Content-Length`` before a byte is read, or as soon as a chunked body passes the limit;
+  a route given an ``Allowance`` (``POST /v1/files``: an upload of up to the file limit) has
+  its own limit and its own error in place of these;
 - any exception that escaped the routes' own handling becomes one logged 500 in OpenAI's
   envelope. Starlette's own catch-all sends its response and then re-raises, so the server
   logged the traceback twice and dropped the keep-alive connection without ``Connection:
@@ -15,7 +17,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from dataclasses import dataclass
 from typing import Any
 
 from oasis.errors import EngineError, InvalidRequestError, OasisError
@@ -54,6 +57,15 @@ class HeadersTooLargeError(InvalidRequestError):
         )
 
 
+@dataclass(frozen=True)
+class Allowance:
+    """A body limit of one route (by method and path) in place of ``max_body_bytes``, and
+    the error a body over it gets."""
+
+    limit: int
+    error: Callable[[], OasisError]
+
+
 async def send_error(send: Send, exc: OasisError) -> None:
     body = json.dumps(exc.to_dict()).encode()
     headers = [
@@ -66,10 +78,18 @@ async def send_error(send: Send, exc: OasisError) -> None:
 
 
 class RequestGuard:
-    def __init__(self, app: ASGIApp, *, max_body_bytes: int, max_header_bytes: int) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        max_body_bytes: int,
+        max_header_bytes: int,
+        allowances: Mapping[tuple[str, str], Allowance] | None = None,
+    ) -> None:
         self.app = app
         self.max_body = max_body_bytes
         self.max_headers = max_header_bytes
+        self.allowances = dict(allowances or {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -79,17 +99,22 @@ class RequestGuard:
         if sum(len(k) + len(v) for k, v in headers) > self.max_headers:
             await send_error(send, HeadersTooLargeError(self.max_headers))
             return
+        allowance = self.allowances.get((str(scope.get("method")), str(scope.get("path"))))
+        limit = self.max_body if allowance is None else allowance.limit
+
+        def too_large() -> OasisError:
+            return BodyTooLargeError(limit) if allowance is None else allowance.error()
+
         for k, v in headers:
             if k == b"content-length":
                 try:
                     declared = int(v)
                 except ValueError:
                     declared = 0
-                if declared > self.max_body:
-                    await send_error(send, BodyTooLargeError(self.max_body))
+                if declared > limit:
+                    await send_error(send, too_large())
                     return
         seen = 0
-        limit = self.max_body
         started = False
 
         async def limited_receive() -> Message:
@@ -98,7 +123,7 @@ class RequestGuard:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > limit:
-                    raise BodyTooLargeError(limit)
+                    raise too_large()
             return message
 
         async def tracking_send(message: Message) -> None:

@@ -9,6 +9,7 @@ from oasis.backends import Backend
 from oasis.config import Settings
 from oasis.gateway.meter import Gateway
 from oasis.serving.common import ServingContext
+from oasis.store.files import FileStore
 from oasis.store.keys import KeyStore
 from oasis.store.responses import ResponseStore
 
@@ -19,5 +20,6 @@ class AppState:
     serving: ServingContext
     backends: Mapping[str, Backend]  # by model id
     responses: ResponseStore
+    files: FileStore
     keys: KeyStore | None = None
     gateway: Gateway | None = None  # None with --no-auth: no keys, limits or metering
