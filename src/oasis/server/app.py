@@ -20,8 +20,9 @@ from sqlalchemy import Engine as Database
 from oasis import __version__
 from oasis.backends import Backend, LocalServing, kind_of
 from oasis.backends.fallback import with_fallbacks
+from oasis.batches.runner import BatchRunner
 from oasis.config import Settings
-from oasis.engine.base import Engine
+from oasis.engine.base import Embedder, Engine
 from oasis.gateway.limits import Limiter, MemoryLimiter, RedisLimiter
 from oasis.gateway.meter import Gateway
 from oasis.gateway.usage import Ledger, Price
@@ -31,11 +32,13 @@ from oasis.server.errors import install_error_handlers
 from oasis.server.guard import RequestGuard
 from oasis.server.metrics import metrics_registry, render
 from oasis.server.routes import admin as admin_routes
+from oasis.server.routes import batches as batches_routes
 from oasis.server.routes import files as files_routes
 from oasis.server.routes import openai as openai_routes
 from oasis.server.routes import responses as responses_routes
 from oasis.server.state import AppState
 from oasis.serving.common import RequestLimits, ServingContext
+from oasis.store.batches import BatchStore
 from oasis.store.db import database_url, make_engine, migrate
 from oasis.store.files import FileStore
 from oasis.store.keys import KeyStore
@@ -56,6 +59,27 @@ def build_engines(
         if engine is not None:
             engines[spec.id] = engine
     return engines
+
+
+def build_embedders(settings: Settings, registry: ModelRegistry) -> dict[str, Embedder]:
+    """The embedding engines of the embedding models that run in this process."""
+    embedders: dict[str, Embedder] = {}
+    for spec in registry.specs:
+        embedder = kind_of(spec).embedder(spec, settings)
+        if embedder is not None:
+            embedders[spec.id] = embedder
+    return embedders
+
+
+def batch_endpoints(registry: ModelRegistry) -> frozenset[str]:
+    """The endpoints a batch may run: chat, completions and responses when a chat model is
+    served, embeddings when an embedding model is."""
+    out: set[str] = set()
+    if any(not s.is_embedding for s in registry.specs):
+        out |= {"/v1/chat/completions", "/v1/completions", "/v1/responses"}
+    if any(s.is_embedding for s in registry.specs):
+        out.add("/v1/embeddings")
+    return frozenset(out)
 
 
 def build_database(settings: Settings) -> Database:
@@ -111,8 +135,10 @@ def create_app(
     *,
     registry: ModelRegistry | None = None,
     engines: Mapping[str, Engine] | None = None,
+    embedders: Mapping[str, Embedder] | None = None,
 ) -> FastAPI:
-    """Build the app. Tests pass a registry and fake engines; ``oasis serve`` passes neither."""
+    """Build the app. Tests pass a registry and fake engines (and embedders); ``oasis serve``
+    passes neither."""
     registry = registry or ModelRegistry(specs_from_settings(settings))
     fatal: list[str] = []
 
@@ -127,7 +153,9 @@ def create_app(
         max_messages=settings.max_messages, max_prompt_chars=settings.max_prompt_chars
     )
     serving = ServingContext(registry, engines, limits=limits)
-    local = LocalServing.over(serving)
+    if embedders is None:
+        embedders = build_embedders(settings, registry)
+    local = LocalServing.over(serving, embedders)
     backends = with_fallbacks(
         {spec.id: kind_of(spec).backend(spec, local, settings) for spec in registry.specs},
         registry,
@@ -142,8 +170,17 @@ def create_app(
         backends=backends,
         responses=responses,
         files=files,
+        batches=BatchStore(db),
         keys=gateway.keys if gateway else None,
         gateway=gateway,
+        batch_endpoints=batch_endpoints(registry),
+    )
+    state.batch_runner = BatchRunner(
+        state,
+        state.batches,
+        files,
+        concurrency=settings.batch_concurrency or settings.parallel,
+        discount=settings.batch_discount,
     )
 
     @asynccontextmanager
@@ -157,9 +194,11 @@ def create_app(
             for backend in backends.values():
                 await backend.start()
                 started.append(backend)
+            await state.batch_runner.start()
             yield
         finally:
             cleaner.cancel()
+            await state.batch_runner.close()
             for backend in started:
                 await backend.close()
             if gateway is not None:
@@ -189,6 +228,7 @@ def create_app(
     app.include_router(openai_routes.router, dependencies=[Depends(require_api_key)])
     app.include_router(responses_routes.router, dependencies=[Depends(require_api_key)])
     app.include_router(files_routes.router, dependencies=[Depends(require_api_key)])
+    app.include_router(batches_routes.router, dependencies=[Depends(require_api_key)])
     app.include_router(admin_routes.router, dependencies=[Depends(require_admin)])
 
     metrics = metrics_registry(engines, backends)

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from oasis.backends import Backend
 from oasis.config import Settings
 from oasis.gateway.meter import Gateway
 from oasis.serving.common import ServingContext
+from oasis.store.batches import BatchStore
 from oasis.store.files import FileStore
 from oasis.store.keys import KeyStore
 from oasis.store.responses import ResponseStore
+
+if TYPE_CHECKING:
+    from oasis.batches.runner import BatchRunner
 
 
 @dataclass
@@ -21,5 +26,10 @@ class AppState:
     backends: Mapping[str, Backend]  # by model id
     responses: ResponseStore
     files: FileStore
+    batches: BatchStore
     keys: KeyStore | None = None
     gateway: Gateway | None = None  # None with --no-auth: no keys, limits or metering
+    # the endpoints a batch may name: those some model here serves
+    batch_endpoints: frozenset[str] = frozenset()
+    # set by create_app once the state exists (the runner runs lines against it)
+    batch_runner: BatchRunner = field(init=False)
