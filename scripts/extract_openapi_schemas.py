@@ -24,6 +24,13 @@ ROOTS = [
     "Response",
     "ResponseStreamEvent",
     "ResponseItemList",
+    # embeddings, files and batches
+    "CreateEmbeddingResponse",
+    "OpenAIFile",
+    "ListFilesResponse",
+    "DeleteFileResponse",
+    "Batch",
+    "ListBatchesResponse",
 ]
 DROP = {"description", "example", "examples", "title", "deprecated", "default", "format"}
 

@@ -188,6 +188,9 @@ class Settings(BaseSettings):
     # interactive requests; the engine also serves interactive requests first).
     batch_discount: float = Field(default=0.5, ge=0, le=1)
     batch_concurrency: int | None = Field(default=None, ge=1, le=256)
+    # How long a server's claim on a running batch lasts unrenewed: a server killed mid-batch
+    # is taken over (by itself restarted, or another replica) after at most this long.
+    batch_lease_seconds: float = Field(default=20.0, ge=1, le=3600)
 
     @field_validator("alias", "default_aliases", "embedding_aliases", mode="before")
     @classmethod

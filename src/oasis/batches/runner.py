@@ -41,6 +41,16 @@ WINDOWS = {"24h": 24 * 3600}
 
 
 @dataclass
+class _Window:
+    """When a running batch's completion window ends (unix seconds)."""
+
+    expires_at: float
+
+    def over(self) -> bool:
+        return time.time() >= self.expires_at
+
+
+@dataclass
 class _Stop:
     """Why a batch's lines stopped before the end (None: they did not)."""
 
@@ -240,8 +250,9 @@ class BatchRunner:
             return stop
         key = await self._key(batch)
         cancel = self._cancels[batch.id]
+        window = _Window(batch.expires_at)
         tasks: set[asyncio.Task[None]] = set()
-        poller = asyncio.get_running_loop().create_task(self._poll(batch, cancel))
+        poller = asyncio.get_running_loop().create_task(self._poll(batch, cancel, window))
 
         def release(task: asyncio.Task[None]) -> None:
             tasks.discard(task)
@@ -250,14 +261,14 @@ class BatchRunner:
         try:
             for req in todo:
                 await self._slots.acquire()
-                if cancel.is_set() or time.time() >= batch.expires_at:
+                if cancel.is_set() or window.over():
                     self._slots.release()
                     break
                 task = asyncio.get_running_loop().create_task(self._line(batch, key, req))
                 tasks.add(task)
                 task.add_done_callback(release)
             cancelled = asyncio.ensure_future(cancel.wait())
-            while tasks and not cancel.is_set() and time.time() < batch.expires_at:
+            while tasks and not cancel.is_set() and not window.over():
                 await asyncio.wait(
                     [*tasks, cancelled],
                     timeout=self.poll_seconds,
@@ -271,21 +282,24 @@ class BatchRunner:
             await asyncio.gather(*tasks, return_exceptions=True)
         if cancel.is_set():
             stop.reason = "cancelled"
-        elif time.time() >= batch.expires_at:
+        elif window.over():
             stop.reason = "expired"
         return stop
 
-    async def _poll(self, batch: StoredBatch, cancel: asyncio.Event) -> None:
-        """Notice a cancel made through another process (or the database)."""
+    async def _poll(self, batch: StoredBatch, cancel: asyncio.Event, window: _Window) -> None:
+        """Notice a cancel made through another process, or a changed window (the database
+        is the truth; this process's own cancels arrive at once through ``cancel``)."""
         while not cancel.is_set():
             await asyncio.sleep(self.poll_seconds)
             try:
-                status = await to_thread.run_sync(self.batches.status, batch.id)
+                now = await to_thread.run_sync(self.batches.load, batch.id)
             except Exception:
                 log.exception("batch %s: reading its status failed", batch.id)
                 continue
-            if status == "cancelling":
+            if now is None or now.status == "cancelling":
                 cancel.set()
+            else:
+                window.expires_at = now.expires_at
 
     async def _line(self, batch: StoredBatch, key: KeyInfo | None, req: BatchRequest) -> None:
         answer = await run_line(

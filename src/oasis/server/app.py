@@ -181,6 +181,7 @@ def create_app(
         files,
         concurrency=settings.batch_concurrency or settings.parallel,
         discount=settings.batch_discount,
+        lease_seconds=settings.batch_lease_seconds,
     )
 
     @asynccontextmanager

@@ -66,8 +66,9 @@ class StoredBatch:
     output_expires_seconds: int | None
 
     def to_openai(self) -> dict[str, Any]:
-        """The Batch object as OpenAI sends it."""
-        return {
+        """The Batch object as OpenAI sends it (fields not set yet left out: OpenAI's schema
+        types them as values, not nulls)."""
+        body = {
             "id": self.id,
             "object": "batch",
             "endpoint": self.endpoint,
@@ -100,6 +101,7 @@ class StoredBatch:
             },
             "metadata": self.metadata,
         }
+        return {k: v for k, v in body.items() if v is not None}
 
 
 _NAMES = [f.name for f in fields(StoredBatch)]
