@@ -85,7 +85,6 @@ def test_float_and_base64_are_the_same_vectors(client: OpenAI, http: TestClient,
 
 
 def test_every_input_form(client: OpenAI, http: TestClient) -> None:
-    embedder = http.app.state.oasis.serving.registry  # noqa: F841  (the app is up)
     one = client.embeddings.create(model=EMBED, input="hello world", encoding_format="float")
     assert len(one.data) == 1
     fake = FakeEmbedder()
@@ -223,7 +222,7 @@ def test_concurrent_requests_each_get_their_own_vectors(http: TestClient) -> Non
 
 
 def test_huge_and_deep_bodies_are_refused_cleanly(http: TestClient) -> None:
-    deep = '{"model": "%s", "input": %s"a"%s}' % (EMBED, "[" * 500, "]" * 500)
+    deep = '{"model": "' + EMBED + '", "input": ' + "[" * 500 + '"a"' + "]" * 500 + "}"
     r = http.post("/v1/embeddings", content=deep, headers={"Content-Type": "application/json"})
     assert r.status_code == 400 and "nested" in r.json()["error"]["message"]
     r = http.post("/v1/embeddings", content=b'{"model": "x", "input": ["a",',
