@@ -9,27 +9,37 @@ custom_ids already in the output, so running again after an interruption finishe
 Requests are retried by the SDK with exponential backoff, honouring ``Retry-After``, on 429,
 5xx and connection errors. A request that still fails that way is not written, so the next run
 tries it again; a request the server refuses (4xx other than 429) is written with its error.
+
+The same file can instead run on the server, through OpenAI's Batch API (``asubmit_batch``,
+``await_batch``, ``adownload_results``): it is uploaded (purpose ``batch``), the server runs its
+lines in the background and keeps the results, so the client may go away and collect them later.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import tempfile
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpx
 import openai
 from openai import AsyncOpenAI, OpenAI
+from openai.types import Batch
 
 from oasis.apps.client import sync_twin, using
 
 URLS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
+# The server-side Batch API also runs the Responses API's lines.
+SERVER_URLS = (*URLS, "/v1/responses")
+FINAL_STATUSES = frozenset({"completed", "failed", "expired", "cancelled"})
 
 
 class BatchInputError(Exception):
@@ -69,7 +79,9 @@ def _json_or_text(response: Any) -> Any:
         return {"error": {"message": response.text, "type": "server_error"}}
 
 
-def read_input(path: Path) -> list[dict[str, Any]]:
+def read_input(path: Path, *, urls: tuple[str, ...] = URLS) -> list[dict[str, Any]]:
+    """The requests of a batch file, checked line by line (BatchInputError names the first
+    bad line); ``urls`` are the endpoints a line may name."""
     requests: list[dict[str, Any]] = []
     seen: set[str] = set()
     for n, raw in enumerate(path.read_text().splitlines(), 1):
@@ -89,9 +101,9 @@ def read_input(path: Path) -> list[dict[str, Any]]:
         seen.add(cid)
         if item.get("method", "POST") != "POST":
             raise BatchInputError(f"{path}:{n}: only POST requests are supported")
-        if item.get("url") not in URLS:
+        if item.get("url") not in urls:
             raise BatchInputError(
-                f"{path}:{n}: 'url' must be one of {', '.join(URLS)} (got {item.get('url')!r})"
+                f"{path}:{n}: 'url' must be one of {', '.join(urls)} (got {item.get('url')!r})"
             )
         if not isinstance(item.get("body"), dict):
             raise BatchInputError(f"{path}:{n}: 'body' must be an object")
@@ -233,3 +245,136 @@ def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
 
 
 run_batch = sync_twin(arun_batch)
+
+
+# -- on the server: OpenAI's Batch API ---------------------------------------------------------
+
+
+class Downloaded(NamedTuple):
+    """Lines written by ``download_results``: the output file's and the error file's."""
+
+    output_lines: int
+    error_lines: int
+
+
+async def asubmit_batch(
+    input_file: str | Path,
+    *,
+    endpoint: str | None = None,
+    metadata: dict[str, str] | None = None,
+    client: OpenAI | AsyncOpenAI | None = None,
+) -> str:
+    """Upload ``input_file`` (purpose ``batch``) and create a batch of it; the batch's id.
+
+    The file is checked first (``read_input``): a malformed one raises BatchInputError before
+    anything is sent. ``endpoint`` defaults to the first line's ``url``; the server checks
+    that every line names it. When creating the batch fails (or is cancelled) the uploaded
+    file is deleted again.
+    """
+    path = Path(input_file)
+    requests = read_input(path, urls=SERVER_URLS)
+    if not requests:
+        raise BatchInputError(f"{path}: no requests")
+    target: Any = endpoint or requests[0]["url"]  # the SDK types it as a Literal of endpoints
+    async with using(client) as api:
+        uploaded = await api.files.create(file=path, purpose="batch")
+        try:
+            created = await api.batches.create(
+                input_file_id=uploaded.id,
+                endpoint=target,
+                completion_window="24h",
+                metadata=metadata,
+            )
+        except (Exception, asyncio.CancelledError):
+            with contextlib.suppress(openai.APIError):
+                await api.files.delete(uploaded.id)
+            raise
+        return created.id
+
+
+async def await_batch(
+    batch_id: str,
+    *,
+    client: OpenAI | AsyncOpenAI | None = None,
+    poll: float = 1.0,
+    timeout: float | None = None,
+    on_progress: Callable[[Batch], None] | None = None,
+) -> Batch:
+    """Poll the batch every ``poll`` seconds until it ends (completed, failed, expired or
+    cancelled) and return it; ``on_progress`` sees every state read, the last one included.
+    TimeoutError after ``timeout`` seconds (the batch runs on)."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    async with using(client) as api:
+        while True:
+            batch = await api.batches.retrieve(batch_id)
+            if on_progress is not None:
+                on_progress(batch)
+            if batch.status in FINAL_STATUSES:
+                return batch
+            if deadline is not None and time.monotonic() + poll > deadline:
+                raise TimeoutError(f"batch {batch_id} is still {batch.status} after {timeout} s")
+            await asyncio.sleep(poll)
+
+
+async def acancel_batch(batch_id: str, *, client: OpenAI | AsyncOpenAI | None = None) -> Batch:
+    """Ask the server to cancel a batch (it goes ``cancelling``, then ``cancelled``; lines
+    that finished are kept). A batch that already ended is returned unchanged."""
+    async with using(client) as api:
+        return await api.batches.cancel(batch_id)
+
+
+async def adownload_results(
+    batch: Batch | str,
+    output: str | Path,
+    errors_output: str | Path | None = None,
+    *,
+    client: OpenAI | AsyncOpenAI | None = None,
+) -> Downloaded:
+    """Write an ended batch's output file to ``output`` and its error file to
+    ``errors_output`` (when given), line for line as the server wrote them (input order).
+
+    A batch with no output file gives an empty ``output``; one with no error file removes a
+    file left at ``errors_output`` (it belonged to another batch). Each file is written
+    whole or not at all (a temporary file, renamed). ValueError if the batch has not ended.
+    """
+    async with using(client) as api:
+        found = await api.batches.retrieve(batch) if isinstance(batch, str) else batch
+        if found.status not in FINAL_STATUSES:
+            raise ValueError(f"batch {found.id} has not ended yet: it is {found.status}")
+        written = await _download(api, found.output_file_id, Path(output))
+        errors = 0
+        if errors_output is not None:
+            if found.error_file_id is None:
+                Path(errors_output).unlink(missing_ok=True)
+            else:
+                errors = await _download(api, found.error_file_id, Path(errors_output))
+        return Downloaded(written, errors)
+
+
+async def _download(api: AsyncOpenAI, file_id: str | None, target: Path) -> int:
+    """A file's content streamed into ``target`` (empty when there is no file); its lines."""
+    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    scratch = Path(name)
+    lines, last = 0, b"\n"
+    try:
+        with os.fdopen(fd, "wb") as f:
+            if file_id is not None:
+                async with api.files.with_streaming_response.content(file_id) as response:
+                    async for chunk in response.iter_bytes():
+                        f.write(chunk)
+                        lines += chunk.count(b"\n")
+                        last = chunk[-1:] or last
+            if last != b"\n":  # a last line without its newline still counts
+                lines += 1
+        scratch.chmod(0o644)
+        scratch.replace(target)
+    except BaseException:
+        scratch.unlink(missing_ok=True)
+        raise
+    return lines
+
+
+submit_batch = sync_twin(asubmit_batch)
+wait_batch = sync_twin(await_batch)
+cancel_batch = sync_twin(acancel_batch)
+download_results = sync_twin(adownload_results)

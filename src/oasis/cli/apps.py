@@ -13,12 +13,14 @@ import json
 import signal
 import sys
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, TypeVar, cast
 
 import openai
 import typer
 from openai import AsyncOpenAI
+from openai.types import Batch
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -29,7 +31,17 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from oasis.apps.batch import BatchInputError, BatchSummary, arun_batch, read_input
+from oasis.apps.batch import (
+    BatchInputError,
+    BatchSummary,
+    Downloaded,
+    acancel_batch,
+    adownload_results,
+    arun_batch,
+    asubmit_batch,
+    await_batch,
+    read_input,
+)
 from oasis.apps.chat import Conversation
 from oasis.apps.classify import METHODS, ClassificationError, Method, aclassify
 from oasis.apps.client import DEFAULT_MODEL, ClientConfigError, async_client, resolve
@@ -433,27 +445,174 @@ def roleplay(
 
 # -- batch -------------------------------------------------------------------------------------
 
+HERE = "Sent from here (the default)"
+ON_SERVER = "On the server (--server: OpenAI's Batch API)"
+
 
 def batch(
-    input_file: Annotated[Path, typer.Argument(help="Requests, in OpenAI's batch JSONL format.")],
-    output: Annotated[Path, typer.Option("-o", "--output", help="Where results go (JSONL).")],
+    input_file: Annotated[
+        Path | None,
+        typer.Argument(
+            metavar="INPUT",
+            help="Requests, in OpenAI's batch JSONL format (not with --attach).",
+            show_default=False,
+        ),
+    ] = None,
+    output: Annotated[
+        Path | None,
+        typer.Option("-o", "--output", help="Where results go (JSONL); required unless --detach."),
+    ] = None,
     jobs: Annotated[
-        int, typer.Option("-j", "--jobs", min=1, max=256, help="Concurrent requests.")
+        int,
+        typer.Option(
+            "-j", "--jobs", min=1, max=256, help="Concurrent requests.", rich_help_panel=HERE
+        ),
     ] = 4,
     retries: Annotated[
-        int, typer.Option(min=0, help="Retries per request (429, 5xx, network).")
+        int,
+        typer.Option(min=0, help="Retries per request (429, 5xx, network).", rich_help_panel=HERE),
     ] = 5,
     input_price: Annotated[
-        float | None, typer.Option(help="USD per million prompt tokens, for the cost line.")
+        float | None,
+        typer.Option(
+            help="USD per million prompt tokens, for the cost line.", rich_help_panel=HERE
+        ),
     ] = None,
     output_price: Annotated[
-        float | None, typer.Option(help="USD per million completion tokens.")
+        float | None,
+        typer.Option(help="USD per million completion tokens.", rich_help_panel=HERE),
     ] = None,
+    server: Annotated[
+        bool,
+        typer.Option(
+            "--server",
+            help="Run the batch on the server instead: upload the file, create the batch, show "
+            "its progress, download its output to OUTPUT and its failed lines to the errors "
+            "file. The server keeps running it if this command goes away; Ctrl-C cancels it.",
+            rich_help_panel=ON_SERVER,
+        ),
+    ] = False,
+    errors: Annotated[
+        Path | None,
+        typer.Option(
+            "--errors",
+            help="Where the failed lines go (default: OUTPUT with .errors.jsonl).",
+            show_default=False,
+            rich_help_panel=ON_SERVER,
+        ),
+    ] = None,
+    detach: Annotated[
+        bool,
+        typer.Option(
+            "--detach",
+            help="Submit, print the batch id and return; the batch runs on (implies --server).",
+            rich_help_panel=ON_SERVER,
+        ),
+    ] = False,
+    attach: Annotated[
+        str | None,
+        typer.Option(
+            "--attach",
+            metavar="BATCH_ID",
+            help="Wait for a batch submitted earlier (--detach, or one that Ctrl-C cancelled) "
+            "and download its results (implies --server).",
+            show_default=False,
+            rich_help_panel=ON_SERVER,
+        ),
+    ] = None,
+    endpoint: Annotated[
+        str | None,
+        typer.Option(
+            help="The batch's endpoint (default: the first line's url).",
+            show_default=False,
+            rich_help_panel=ON_SERVER,
+        ),
+    ] = None,
+    metadata: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--metadata",
+            metavar="KEY=VALUE",
+            help="Tag the batch (repeatable).",
+            show_default=False,
+            rich_help_panel=ON_SERVER,
+        ),
+    ] = None,
+    poll: Annotated[
+        float,
+        typer.Option(min=0.05, help="Seconds between status checks.", rich_help_panel=ON_SERVER),
+    ] = 1.0,
     base_url: BaseUrl = None,
     api_key: ApiKey = None,
     timeout: Timeout = 600.0,
 ) -> None:
-    """Run many requests at once; resumable (skips custom_ids already in the output)."""
+    """Run many requests at once: sent from here (resumable: a rerun skips the custom_ids
+    already in the output), or with --server run by the server, which keeps the work and the
+    results if this command goes away.
+
+    Exit status: 0 if every request succeeded, 130 after Ctrl-C, 1 otherwise.
+    """
+    if not (server or detach or attach is not None):
+        if input_file is None:
+            raise _fail("missing INPUT: the batch file to run", 2)
+        if output is None:
+            raise _fail("missing -o OUTPUT: where the results go", 2)
+        _batch_here(
+            input_file, output, jobs, retries, input_price, output_price, base_url, api_key, timeout
+        )
+        return
+    if attach is not None and (input_file is not None or detach):
+        raise _fail("--attach BATCH_ID takes no INPUT and no --detach", 2)
+    if attach is None and input_file is None:
+        raise _fail("missing INPUT (or --attach BATCH_ID)", 2)
+    if output is None and not detach:
+        raise _fail("missing -o OUTPUT: where the results go", 2)
+    errors_path = None
+    if output is not None:
+        errors_path = errors or output.with_suffix(".errors.jsonl")
+        if errors_path.resolve() == output.resolve():
+            raise _fail("--errors must be another file than OUTPUT", 2)
+        for path in (output, errors_path):
+            if not path.parent.is_dir():
+                raise _fail(f"cannot write {path}: no directory {path.parent}", 2)
+    tags: dict[str, str] = {}
+    for item in metadata or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise _fail(f"--metadata takes KEY=VALUE (got {item!r})", 2)
+        tags[key] = value
+    job = _ServerJob(
+        input_file=input_file,
+        output=output,
+        errors=errors_path,
+        attach=attach,
+        detach=detach,
+        endpoint=endpoint,
+        metadata=tags or None,
+        poll=poll,
+        interactive=sys.stdout.isatty(),
+    )
+    try:
+        code = _call(base_url, api_key, lambda: job.run(_client(base_url, api_key, timeout)))
+    except KeyboardInterrupt:  # a second Ctrl-C, or one where no signal handler could be set
+        err.print("interrupted")
+        raise typer.Exit(130) from None
+    if code:
+        raise typer.Exit(code)
+
+
+def _batch_here(
+    input_file: Path,
+    output: Path,
+    jobs: int,
+    retries: int,
+    input_price: float | None,
+    output_price: float | None,
+    base_url: str | None,
+    api_key: str | None,
+    timeout: float,
+) -> None:
+    """The requests sent from this process, concurrently, resumable."""
     try:
         read_input(input_file)  # a bad file fails before any work
     except (BatchInputError, OSError) as exc:
@@ -509,6 +668,214 @@ def batch(
         err.print(f"  {line}")
     if summary.failed:
         raise typer.Exit(1)
+
+
+class _Interrupted(Exception):
+    """Ctrl-C, while awaiting something ``_interruptible`` ran."""
+
+
+async def _interruptible(work: Awaitable[T]) -> T:
+    """Await ``work``; Ctrl-C cancels it and raises _Interrupted, so the caller can still use
+    the network (to cancel the batch). A second Ctrl-C is a KeyboardInterrupt as usual."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.ensure_future(work)
+    hooked, hit = False, False
+
+    def on_ctrl_c() -> None:
+        nonlocal hooked, hit
+        hit = True
+        task.cancel()
+        loop.remove_signal_handler(signal.SIGINT)
+        hooked = False
+
+    # Not possible off the main thread or without signals: Ctrl-C stays a KeyboardInterrupt.
+    with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+        loop.add_signal_handler(signal.SIGINT, on_ctrl_c)
+        hooked = True
+    try:
+        return await task
+    except asyncio.CancelledError:
+        if hit:
+            raise _Interrupted from None
+        raise
+    finally:
+        if hooked:
+            loop.remove_signal_handler(signal.SIGINT)
+
+
+@dataclass
+class _ServerJob:
+    """``oasis batch --server``: submit (or attach), follow, download, report."""
+
+    input_file: Path | None
+    output: Path | None
+    errors: Path | None
+    attach: str | None
+    detach: bool
+    endpoint: str | None
+    metadata: dict[str, str] | None
+    poll: float
+    interactive: bool  # stdout is a terminal: a person watches (else only the summary)
+
+    def collect_hint(self, batch_id: str) -> str:
+        return f"`oasis batch --attach {batch_id} -o {self.output or 'OUTPUT'}`"
+
+    async def run(self, client: AsyncOpenAI) -> int:
+        """The exit status."""
+        if self.attach is None:
+            assert self.input_file is not None
+            try:
+                batch_id = await _interruptible(
+                    asubmit_batch(
+                        self.input_file,
+                        endpoint=self.endpoint,
+                        metadata=self.metadata,
+                        client=client,
+                    )
+                )
+            except _Interrupted:
+                err.print("interrupted before the batch was created")
+                return 130
+            if self.detach:
+                out.print(batch_id, markup=False)
+                err.print(f"submitted {batch_id}; {self.collect_hint(batch_id)} collects it")
+                return 0
+            if self.interactive:
+                err.print(
+                    f"submitted {batch_id}: Ctrl-C cancels it on the server, --detach would "
+                    "leave it running"
+                )
+        else:
+            batch_id = self.attach
+            if self.interactive:
+                err.print(f"waiting for {batch_id}: Ctrl-C cancels it on the server")
+        final = await self.follow(client, batch_id)
+        if final is None:
+            return 130
+        got = None
+        if final.status != "failed" or final.output_file_id or final.error_file_id:
+            assert self.output is not None
+            try:
+                got = await adownload_results(final, self.output, self.errors, client=client)
+            except OSError as exc:
+                raise _fail(
+                    f"{batch_id} ended ({final.status}) but its results could not be written: "
+                    f"{exc}; {self.collect_hint(batch_id)} downloads them again"
+                ) from None
+        return self.report(final, got)
+
+    async def follow(self, client: AsyncOpenAI, batch_id: str) -> Batch | None:
+        """The batch once it ended, with a progress bar; None after Ctrl-C cancelled it."""
+        progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[failed]}"),
+            TimeElapsedColumn(),
+            console=err,
+            disable=not self.interactive,
+        )
+        task = progress.add_task("batch", total=None, failed="")
+
+        def show(b: Batch) -> None:
+            counts = b.request_counts
+            failed = counts.failed if counts else 0
+            progress.update(
+                task,
+                description=f"batch {b.status}",
+                total=counts.total if counts and counts.total else None,
+                completed=(counts.completed + failed) if counts else 0,
+                failed=f"{failed} failed" if failed else "",
+            )
+
+        try:
+            with progress:
+                return await _interruptible(
+                    await_batch(batch_id, client=client, poll=self.poll, on_progress=show)
+                )
+        except _Interrupted:
+            try:
+                now = await acancel_batch(batch_id, client=client)
+            except openai.APIError as exc:
+                err.print(
+                    f"interrupted, but cancelling {batch_id} failed "
+                    f"({describe(exc, str(client.base_url))}); it may run on: "
+                    f"{self.collect_hint(batch_id)}",
+                    markup=False,
+                )
+                return None
+            err.print(
+                f"interrupted: asked the server to cancel {batch_id} (now {now.status}); "
+                f"the requests that finished are kept - {self.collect_hint(batch_id)} "
+                "downloads them",
+                markup=False,
+            )
+            return None
+        except openai.NotFoundError:
+            raise _fail(f"no batch {batch_id!r} here (for this API key)") from None
+        except (openai.APIConnectionError, openai.InternalServerError):
+            err.print(f"lost track of {batch_id}, which runs on: {self.collect_hint(batch_id)}")
+            raise
+
+    def report(self, b: Batch, got: Downloaded | None) -> int:
+        """The summary line (and what went wrong) on stderr; the exit status."""
+        problems = b.errors.data if b.errors and b.errors.data else []
+        counts = b.request_counts
+        done, failed = (counts.completed, counts.failed) if counts else (0, 0)
+        if got is None:  # nothing to download: the batch failed (its input, or the server)
+            n = len(problems)
+            err.print(
+                f"{b.status} ({n} error{'s' if n != 1 else ''} from the server); batch {b.id}",
+                markup=False,
+            )
+        else:
+            total = counts.total if counts and counts.total else done + failed
+            tokens = (
+                f"; {b.usage.input_tokens} input + {b.usage.output_tokens} output tokens"
+                if b.usage is not None
+                else ""
+            )
+            where = f" -> {self.output}"
+            if got.error_lines:
+                where += f", failed lines -> {self.errors}"
+            err.print(
+                f"{b.status}: {done} of {total} requests succeeded, {failed} failed{tokens}; "
+                f"batch {b.id}{where}",
+                markup=False,
+            )
+        for e in problems:
+            where = f"line {e.line}: " if e.line is not None else ""
+            code = f" ({e.code})" if e.code else ""
+            err.print(f"  {where}{e.message or 'no message'}{code}", markup=False)
+        if self.interactive and got is not None and got.error_lines and self.errors is not None:
+            for line in _failures(self.errors, got.error_lines):
+                err.print(f"  {line}", markup=False)
+        return 0 if b.status == "completed" and not failed else 1
+
+
+def _failures(path: Path, count: int, show: int = 5) -> list[str]:
+    """The first lines of an error file, one line each: custom_id, status, what went wrong."""
+    found: list[str] = []
+    with path.open(encoding="utf-8") as f:
+        for raw in f:
+            if len(found) == show:
+                break
+            try:
+                line = json.loads(raw)
+                response = line.get("response") or {}
+                error = line.get("error") or (response.get("body") or {}).get("error") or {}
+            except (ValueError, AttributeError):
+                continue
+            status = response.get("status_code")
+            code = error.get("code") or error.get("type") or "error"
+            found.append(
+                f"{line.get('custom_id')}: "
+                + (f"{status} " if status else "")
+                + f"{code}: {error.get('message', '')}"
+            )
+    if count > len(found):
+        found.append(f"... and {count - len(found)} more in {path}")
+    return found
 
 
 def register(app: typer.Typer) -> None:
