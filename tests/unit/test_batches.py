@@ -371,3 +371,37 @@ def test_concurrent_batches_and_reads(http: TestClient) -> None:
     assert len(page.data) == 3 and page.has_more
     seen = [b.id for b in client.batches.list(limit=3)]  # the SDK follows the pages
     assert sorted(seen) == sorted(ids)
+
+
+def test_cancel_stops_running_lines_and_waiting_ones(tmp_path: Path) -> None:
+    """Lines that would run for minutes are cancelled, not waited for: every line ends in
+    the error file as batch_cancelled (none could have finished)."""
+    with TestClient(batch_app(tmp_path, FakeEngine(n_ctx=100_000, delay=0.05),
+                              batch_concurrency=2),
+                    headers={"Authorization": f"Bearer {API_KEY}"}) as http:
+        client = sdk(http)
+        engine = http.app.state.oasis.serving.engines["fake-model"]  # type: ignore[attr-defined]
+        engine.reply = "word " * 5000
+        batch = submit(client, [chat_line(i, max_tokens=5000) for i in range(6)])
+        wait(client, batch.id, ("in_progress",))
+        time.sleep(0.3)  # two lines are running
+        client.batches.cancel(batch.id)
+        done = wait(client, batch.id, timeout=30)
+        assert done.status == "cancelled"
+        errs = lines_of(client, done.error_file_id)
+        assert sorted(x["custom_id"] for x in errs) == sorted(f"req-{i}" for i in range(6))
+        assert done.output_file_id is None
+        counts = done.request_counts
+        assert counts is not None and (counts.total, counts.failed) == (6, 6)
+
+
+def test_cancel_while_validating_keeps_the_counts_consistent(http: TestClient) -> None:
+    client = sdk(http)
+    batch = submit(client, [chat_line(i) for i in range(20_000)])
+    client.batches.cancel(batch.id)
+    done = wait(client, batch.id, timeout=120)
+    counts = done.request_counts
+    assert counts is not None
+    assert counts.total == counts.completed + counts.failed
+    if done.status == "cancelled":
+        assert counts.total == 20_000

@@ -5,7 +5,19 @@ one named by ``OPENAI_BASE_URL`` / ``OPENAI_API_KEY`` (the SDK's own conventions
 you pass in. Every function has an async form (``a``-prefixed) and a sync one.
 """
 
-from oasis.apps.batch import BatchSummary, arun_batch, run_batch
+from oasis.apps.batch import (
+    BatchSummary,
+    acancel_batch,
+    adownload_results,
+    arun_batch,
+    asubmit_batch,
+    await_batch,
+    cancel_batch,
+    download_results,
+    run_batch,
+    submit_batch,
+    wait_batch,
+)
 from oasis.apps.chat import Conversation, chat
 from oasis.apps.classify import Classification, aclassify, classify
 from oasis.apps.client import async_client, sync_client
@@ -17,17 +29,25 @@ __all__ = [
     "BatchSummary",
     "Classification",
     "Conversation",
+    "acancel_batch",
     "aclassify",
+    "adownload_results",
     "agenerate_text",
     "aroleplay",
     "arun_batch",
+    "asubmit_batch",
     "asummarize",
     "async_client",
+    "await_batch",
+    "cancel_batch",
     "chat",
     "classify",
+    "download_results",
     "generate_text",
     "roleplay",
     "run_batch",
+    "submit_batch",
     "summarize",
     "sync_client",
+    "wait_batch",
 ]

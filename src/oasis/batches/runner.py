@@ -77,7 +77,10 @@ class BatchRunner:
         self.lease_seconds = lease_seconds
         self.poll_seconds = poll_seconds
         self.owner = f"{socket.gethostname()[:32]}-{os.getpid()}-{secrets.token_hex(4)}"
-        self._slots = asyncio.Semaphore(concurrency)
+        # lines running now, across all batches (at most ``concurrency``); everything runs on
+        # one event loop, so a check and the increment after it cannot interleave
+        self._busy = 0
+        self._freed = asyncio.Event()
         self._running: dict[str, asyncio.Task[None]] = {}
         self._cancels: dict[str, asyncio.Event] = {}
         self._watcher: asyncio.Task[None] | None = None
@@ -223,6 +226,7 @@ class BatchRunner:
                 lambda: self.batches.update(batch.id, status="failed", failed_at=now, errors=errors)
             )
             return None
+        await to_thread.run_sync(lambda: self.batches.update(batch.id, total=len(requests)))
         if batch.status == "validating":
             await to_thread.run_sync(
                 lambda: self.batches.advance(
@@ -256,14 +260,14 @@ class BatchRunner:
 
         def release(task: asyncio.Task[None]) -> None:
             tasks.discard(task)
-            self._slots.release()
+            self._busy -= 1
+            self._freed.set()
 
         try:
             for req in todo:
-                await self._slots.acquire()
-                if cancel.is_set() or window.over():
-                    self._slots.release()
+                if not await self._slot(cancel, window):
                     break
+                self._busy += 1
                 task = asyncio.get_running_loop().create_task(self._line(batch, key, req))
                 tasks.add(task)
                 task.add_done_callback(release)
@@ -285,6 +289,21 @@ class BatchRunner:
         elif window.over():
             stop.reason = "expired"
         return stop
+
+    async def _slot(self, cancel: asyncio.Event, window: _Window) -> bool:
+        """Wait until a line may start (True), or until the batch must stop (False): a
+        cancel ends the wait at once, the window within ``poll_seconds``."""
+        while self._busy >= self.concurrency:
+            if cancel.is_set() or window.over():
+                return False
+            self._freed.clear()
+            waits = [asyncio.ensure_future(e.wait()) for e in (self._freed, cancel)]
+            try:
+                await asyncio.wait(waits, timeout=self.poll_seconds, return_when="FIRST_COMPLETED")
+            finally:
+                for w in waits:
+                    w.cancel()
+        return not (cancel.is_set() or window.over())
 
     async def _poll(self, batch: StoredBatch, cancel: asyncio.Event, window: _Window) -> None:
         """Notice a cancel made through another process, or a changed window (the database
