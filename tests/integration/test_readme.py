@@ -16,7 +16,8 @@ BLOCK = re.compile(r"<!-- readme-test: ([\w-]+) -->\n```\w+\n(.*?)```", re.S)
 
 def examples() -> dict[str, str]:
     found = dict(BLOCK.findall((ROOT / "README.md").read_text()))
-    assert set(found) == {"curl", "python", "python-apps", "python-tools", "upstream-config"}, found
+    assert set(found) == {"curl", "python", "python-apps", "python-tools", "upstream-config",
+                          "python-embeddings", "python-batch"}, found
     return found
 
 
@@ -36,7 +37,8 @@ def test_curl_example(live: LiveServer) -> None:
     assert body["choices"][0]["message"]["content"]
 
 
-@pytest.mark.parametrize("name", ["python", "python-apps", "python-tools"])
+@pytest.mark.parametrize("name", ["python", "python-apps", "python-tools",
+                                  "python-embeddings", "python-batch"])
 def test_python_example(live: LiveServer, name: str) -> None:
     proc = subprocess.run([sys.executable, "-c", as_written(examples()[name], live)],
                           capture_output=True, text=True, timeout=120)
