@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 from openai import OpenAI
 
 from oasis.config import Settings
-from oasis.engine.fake import FakeEngine
+from oasis.engine.fake import FakeEmbedder, FakeEngine
 from oasis.models.registry import ModelRegistry, ModelSpec
 from oasis.server import create_app
 
@@ -22,13 +22,22 @@ API_KEY = "sk-test-key-123456"
 
 
 def make_app(engine: FakeEngine | None = None, *, api_key: str | None = API_KEY,
-             tmp: Path | None = None, no_auth: bool = False, **options: Any) -> Any:
+             tmp: Path | None = None, no_auth: bool = False,
+             embedder: FakeEmbedder | None = None, **options: Any) -> Any:
+    """An app on the fake engine; with ``embedder``, also an embedding model "fake-embed"
+    (alias text-embedding-3-small)."""
     engine = engine or FakeEngine()
-    spec = ModelSpec("fake-model", Path(__file__), aliases=("gpt-3.5-turbo", "text-davinci-002"))
+    specs = [ModelSpec("fake-model", Path(__file__),
+                       aliases=("gpt-3.5-turbo", "text-davinci-002"))]
+    embedders = {}
+    if embedder is not None:
+        specs.append(ModelSpec("fake-embed", Path(__file__), aliases=("text-embedding-3-small",),
+                               kind="embedding"))
+        embedders["fake-embed"] = embedder
     settings = Settings(api_key=api_key, data_dir=tmp or Path("/tmp/oasis-test-data"),
                         no_auth=no_auth, **options)
-    return create_app(settings, registry=ModelRegistry([spec]),
-                      engines={"fake-model": engine})
+    return create_app(settings, registry=ModelRegistry(specs),
+                      engines={"fake-model": engine}, embedders=embedders)
 
 
 @pytest.fixture

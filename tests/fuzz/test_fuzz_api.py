@@ -20,9 +20,11 @@ codes among them (the ``event`` lines).
 
 from __future__ import annotations
 
+import base64
 import copy
 import json
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -33,7 +35,7 @@ from httpx import Response
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from oasis.engine.fake import FakeEngine
+from oasis.engine.fake import FakeEmbedder, FakeEngine
 from tests.conftest import API_KEY, Schemas, make_app, sse_data
 from tests.fuzz.strategies import (
     HUGE_INTS,
@@ -73,7 +75,8 @@ def http(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
     what an example leaves behind (keys, usage records, a wedged engine) meets the next ones,
     as on a real server."""
     # a context of 4096 (byte) tokens: room for tool declarations and schemas in the prompt
-    app = make_app(FakeEngine(n_ctx=4096), tmp=Path(tmp_path_factory.mktemp("fuzz")))
+    app = make_app(FakeEngine(n_ctx=4096), tmp=Path(tmp_path_factory.mktemp("fuzz")),
+                   embedder=FakeEmbedder())
     with TestClient(app, headers={"Authorization": f"Bearer {API_KEY}"},
                     raise_server_exceptions=False) as client:
         yield client
@@ -409,4 +412,86 @@ def test_responses_requests_plain_and_hostile(http: TestClient, schemas: Schemas
             check_response_stream(r, schemas)
         else:
             schemas.validate("Response", r.json())
+    check_alive(http)
+
+
+# -- embeddings, files and batches -----------------------------------------------------------------
+
+_TOKEN_ARRAYS = st.lists(st.integers(-3, 40_000), max_size=12)
+EMBEDDING_BODIES = st.fixed_dictionaries(
+    {"model": st.sampled_from(("text-embedding-3-small", "fake-embed", "gpt-3.5-turbo",
+                               "missing")),
+     "input": st.one_of(_TEXTS, st.lists(_TEXTS, max_size=6), _TOKEN_ARRAYS,
+                        st.lists(_TOKEN_ARRAYS, max_size=4))},
+    optional={"encoding_format": st.sampled_from(("float", "base64")),
+              "dimensions": st.integers(-2, 1000), "user": _TEXTS})
+
+
+@fuzz_settings
+@given(data=st.data())
+def test_embeddings_plain_and_hostile(http: TestClient, schemas: Schemas,
+                                      data: st.DataObject) -> None:
+    how = data.draw(st.sampled_from(("plain", "mutated")), label="how")
+    body = data.draw(EMBEDDING_BODIES if how == "plain" else mutated(EMBEDDING_BODIES),
+                     label="body")
+    r = post(http, "/v1/embeddings", encode_json(body, ascii_only=data.draw(st.booleans())))
+    check_status(r, "embeddings")
+    if r.status_code == 200:
+        answer = r.json()
+        if body.get("encoding_format") == "base64":
+            for item in answer["data"]:
+                assert len(base64.b64decode(item["embedding"])) == 4 * 384
+        else:
+            schemas.validate("CreateEmbeddingResponse", answer)
+    check_alive(http)
+
+
+_LINES = st.fixed_dictionaries(
+    {"custom_id": _TEXTS, "method": st.just("POST"), "url": st.just("/v1/chat/completions"),
+     "body": st.fixed_dictionaries({"model": st.just("gpt-3.5-turbo"), "max_tokens": st.just(3),
+                                    "messages": st.just([{"role": "user", "content": "hi"}])})}
+).map(copy.deepcopy)  # mutated() changes what it is given: each example gets its own copy
+
+
+@settings(fuzz_settings, max_examples=max(EXAMPLES // 6, 10))
+@given(data=st.data())
+def test_batch_input_files_plain_and_hostile(http: TestClient, schemas: Schemas,
+                                             data: st.DataObject) -> None:
+    """Any input file: the batch ends in a final status; a completed one answers each of its
+    lines exactly once across the output and error files; a failed one names lines."""
+    lines = data.draw(st.lists(st.one_of(_LINES, mutated(_LINES)), min_size=1, max_size=4),
+                      label="lines")
+    raw = b"\n".join(encode_json(x) for x in lines) + b"\n"
+    if data.draw(st.booleans(), label="garbage line"):
+        raw += data.draw(st.binary(max_size=40), label="garbage") + b"\n"
+    r = http.post("/v1/files", files={"file": ("in.jsonl", raw)}, data={"purpose": "batch"})
+    check_status(r, "files")
+    if r.status_code != 200:
+        return
+    file_id = r.json()["id"]
+    r = http.post("/v1/batches", json={"input_file_id": file_id,
+                                       "endpoint": "/v1/chat/completions",
+                                       "completion_window": "24h"})
+    check_status(r, "batches")
+    assert r.status_code == 200
+    batch_id = r.json()["id"]
+    for _ in range(400):
+        batch = http.get(f"/v1/batches/{batch_id}").json()
+        if batch["status"] in ("completed", "failed"):
+            break
+        time.sleep(0.02)
+    schemas.validate("Batch", batch)
+    event(f"batch {batch['status']}")
+    if batch["status"] == "failed":
+        assert batch["errors"]["data"]
+    else:
+        assert batch["status"] == "completed", batch
+        ids = []
+        for key in ("output_file_id", "error_file_id"):
+            if key in batch:
+                text = http.get(f"/v1/files/{batch[key]}/content").text
+                ids += [json.loads(x)["custom_id"] for x in text.splitlines()]
+        counts = batch["request_counts"]
+        assert len(ids) == counts["total"] == counts["completed"] + counts["failed"]
+        assert len(set(ids)) == len(ids)
     check_alive(http)
