@@ -74,6 +74,16 @@ def schemas() -> Schemas:
     return Schemas()
 
 
+def without_nulls(value: Any) -> Any:
+    """``value`` without null members. OpenAI's API sends a batch's unset times and files as
+    nulls while its OpenAPI document types them as values; schema checks read past that."""
+    if isinstance(value, dict):
+        return {k: without_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [without_nulls(v) for v in value]
+    return value
+
+
 def sse_data(text: str) -> list[str]:
     """The ``data:`` payloads of an SSE body, in order."""
     return [line[len("data: "):] for line in text.splitlines() if line.startswith("data: ")]

@@ -184,8 +184,8 @@ class Settings(BaseSettings):
     # The largest file /v1/files accepts, in bytes (OpenAI: 200 MB for a batch input file).
     max_file_bytes: int = Field(default=200 * 1000 * 1000, ge=1024)
     # Batches (/v1/batches): the price discount of a batch line (OpenAI: 0.5, half price) and
-    # how many lines run at once (default: the engine's slots minus one, which is left to
-    # interactive requests; the engine also serves interactive requests first).
+    # how many lines run at once, across all batches (default: the engine's slots; the engine
+    # serves interactive requests first and keeps a slot for them while they come).
     batch_discount: float = Field(default=0.5, ge=0, le=1)
     batch_concurrency: int | None = Field(default=None, ge=1, le=256)
     # How long a server's claim on a running batch lasts unrenewed: a server killed mid-batch

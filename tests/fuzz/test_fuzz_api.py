@@ -36,7 +36,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from oasis.engine.fake import FakeEmbedder, FakeEngine
-from tests.conftest import API_KEY, Schemas, make_app, sse_data
+from tests.conftest import API_KEY, Schemas, make_app, sse_data, without_nulls
 from tests.fuzz.strategies import (
     HUGE_INTS,
     SERVED_MODELS,
@@ -480,7 +480,7 @@ def test_batch_input_files_plain_and_hostile(http: TestClient, schemas: Schemas,
         if batch["status"] in ("completed", "failed"):
             break
         time.sleep(0.02)
-    schemas.validate("Batch", batch)
+    schemas.validate("Batch", without_nulls(batch))
     event(f"batch {batch['status']}")
     if batch["status"] == "failed":
         assert batch["errors"]["data"]
@@ -488,7 +488,7 @@ def test_batch_input_files_plain_and_hostile(http: TestClient, schemas: Schemas,
         assert batch["status"] == "completed", batch
         ids = []
         for key in ("output_file_id", "error_file_id"):
-            if key in batch:
+            if batch[key] is not None:
                 text = http.get(f"/v1/files/{batch[key]}/content").text
                 ids += [json.loads(x)["custom_id"] for x in text.splitlines()]
         counts = batch["request_counts"]

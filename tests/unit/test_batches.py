@@ -22,7 +22,7 @@ from oasis.config import Settings
 from oasis.engine.fake import FakeEmbedder, FakeEngine
 from oasis.models.registry import ModelRegistry, ModelSpec
 from oasis.server import create_app
-from tests.conftest import API_KEY
+from tests.conftest import API_KEY, without_nulls
 from tests.unit.test_gateway import new_key, records
 
 FINAL = ("completed", "failed", "expired", "cancelled")
@@ -91,7 +91,7 @@ def test_a_batch_end_to_end(http: TestClient, schemas: Any) -> None:
     lines[5] = chat_line(5, temperature=7)  # a body the endpoint refuses: that line's 400
     batch = submit(client, lines, metadata={"job": "nightly"})
     assert batch.status == "validating" and batch.metadata == {"job": "nightly"}
-    schemas.validate("Batch", http.get(f"/v1/batches/{batch.id}").json())
+    schemas.validate("Batch", without_nulls(http.get(f"/v1/batches/{batch.id}").json()))
     done = wait(client, batch.id)
     assert done.status == "completed"
     assert done.request_counts is not None
@@ -120,7 +120,7 @@ def test_a_batch_end_to_end(http: TestClient, schemas: Any) -> None:
     meta = client.files.retrieve(done.output_file_id)  # type: ignore[arg-type]
     assert meta.purpose == "batch_output" and meta.filename == f"{batch.id}_output.jsonl"
     listed = http.get("/v1/batches").json()
-    schemas.validate("ListBatchesResponse", listed)
+    schemas.validate("ListBatchesResponse", without_nulls(listed))
     assert [b["id"] for b in listed["data"]] == [batch.id]
 
 
@@ -405,3 +405,48 @@ def test_cancel_while_validating_keeps_the_counts_consistent(http: TestClient) -
     assert counts.total == counts.completed + counts.failed
     if done.status == "cancelled":
         assert counts.total == 20_000
+
+
+class FlakyEngine(FakeEngine):
+    """Refuses its first ``failures`` submissions as a full queue (a passing failure)."""
+
+    def __init__(self, failures: int, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.failures = failures
+
+    def submit(self, request: Any) -> Any:
+        if self.failures > 0:
+            self.failures -= 1
+            from oasis.errors import OverloadedError
+
+            raise OverloadedError("The server is at capacity.", retry_after=1)
+        return super().submit(request)
+
+
+def test_a_passing_failure_is_tried_again(tmp_path: Path) -> None:
+    with TestClient(batch_app(tmp_path, FlakyEngine(2, n_ctx=4096), batch_concurrency=1),
+                    headers={"Authorization": f"Bearer {API_KEY}"}) as http:
+        client = sdk(http)
+        done = wait(client, submit(client, [chat_line(0)]).id)
+        assert done.status == "completed"
+        assert done.request_counts.completed == 1 and done.request_counts.failed == 0  # type: ignore[union-attr]
+        # each try was a request of its own in the ledger: two 503s, then the answer
+        rows = [u for u in records(http) if u.batch_id == done.id]
+        assert sorted(u.status for u in rows) == [200, 503, 503]
+
+
+def test_a_revoked_key_cancels_its_batch(tmp_path: Path) -> None:
+    with TestClient(batch_app(tmp_path, FakeEngine(n_ctx=4096, delay=0.02)),
+                    headers={"Authorization": f"Bearer {API_KEY}"}) as http:
+        secret, key = new_key(http)
+        client = sdk(http, secret)
+        batch = submit(client, [chat_line(i, max_tokens=10) for i in range(40)])
+        wait(client, batch.id, ("in_progress",))
+        assert http.delete(f"/admin/keys/{key['id']}").json()["status"] == "revoked"
+        store = http.app.state.oasis.batches  # type: ignore[attr-defined]
+        deadline = time.monotonic() + 30
+        while (found := store.load(batch.id)).status not in FINAL:
+            assert time.monotonic() < deadline, found.status
+            time.sleep(0.05)
+        assert found.status == "cancelled"
+        assert found.completed < 40 and found.completed + found.failed == 40

@@ -59,6 +59,9 @@ class LineAnswer:
     status: int
     body: dict[str, Any]
     request_id: str
+    # failed for a passing reason (the engine's queue full, an upstream down, a budget held
+    # by requests in flight): worth trying again later
+    retryable: bool = False
 
 
 async def run_line(
@@ -98,7 +101,12 @@ async def run_line(
     except OasisError as exc:
         if ticket is not None:
             await ticket.finish(exc.status)
-        return LineAnswer(exc.status, exc.to_dict(), request_id)
+        retry = exc.status in (502, 503, 504) or (
+            exc.status == 429
+            and "retry-after" in exc.headers
+            and exc.headers.get("x-should-retry") != "false"
+        )
+        return LineAnswer(exc.status, exc.to_dict(), request_id, retryable=retry)
     except Exception:
         log.exception("batch %s: a line failed", batch_id)
         if ticket is not None:

@@ -9,6 +9,7 @@ line's 400 in the error file, as OpenAI answers it).
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,11 +25,18 @@ ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/r
 
 @dataclass(frozen=True)
 class BatchRequest:
-    """One line of the input: its index (0-based) and custom_id, and its JSON body."""
+    """One line of the input: its index (0-based), custom_id, and the line as read. The body
+    is parsed again when the line runs: a batch holds its file's bytes, not every body as
+    Python objects (several times the size)."""
 
     index: int
     custom_id: str
-    body: dict[str, Any]
+    raw: bytes
+
+    @property
+    def body(self) -> dict[str, Any]:
+        body: dict[str, Any] = json.loads(self.raw)["body"]  # checked by read_input
+        return body
 
 
 class InvalidInputError(Exception):
@@ -111,7 +119,7 @@ def read_input(path: Path, endpoint: str, *, max_depth: int = 64) -> list[BatchR
                 if isinstance(checked, dict):
                     errors.append(checked)
                 else:
-                    custom_id, body = checked
+                    custom_id, _ = checked
                     if custom_id in seen:
                         errors.append(
                             _error(
@@ -123,7 +131,7 @@ def read_input(path: Path, endpoint: str, *, max_depth: int = 64) -> list[BatchR
                             )
                         )
                     seen.add(custom_id)
-                    requests.append(BatchRequest(len(requests), custom_id, body))
+                    requests.append(BatchRequest(len(requests), custom_id, raw))
             if len(errors) >= MAX_ERRORS:
                 break
             if len(requests) > MAX_REQUESTS:

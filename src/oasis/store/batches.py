@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, fields
 from typing import Any
 
-from sqlalchemy import Engine, and_, insert, or_, select, update
+from sqlalchemy import Engine, and_, delete, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -66,9 +66,9 @@ class StoredBatch:
     output_expires_seconds: int | None
 
     def to_openai(self) -> dict[str, Any]:
-        """The Batch object as OpenAI sends it (fields not set yet left out: OpenAI's schema
-        types them as values, not nulls)."""
-        body = {
+        """The Batch object as OpenAI sends it: times and files not reached yet are nulls
+        (OpenAI's API sends them so, though its OpenAPI document types them as values)."""
+        return {
             "id": self.id,
             "object": "batch",
             "endpoint": self.endpoint,
@@ -101,7 +101,6 @@ class StoredBatch:
             },
             "metadata": self.metadata,
         }
-        return {k: v for k, v in body.items() if v is not None}
 
 
 _NAMES = [f.name for f in fields(StoredBatch)]
@@ -114,6 +113,13 @@ def _row(rec: BatchRecord) -> StoredBatch:
         metadata=json.loads(rec.metadata_json) if rec.metadata_json else None,
         errors=json.loads(rec.errors) if rec.errors else None,
     )
+
+
+def _encoded(values: dict[str, Any]) -> dict[str, Any]:
+    """Column values with ``errors`` as the JSON text it is stored as."""
+    if values.get("errors") is not None:
+        return {**values, "errors": json.dumps(values["errors"], ensure_ascii=True)}
+    return values
 
 
 def _owned(key_id: int | None) -> Any:
@@ -237,15 +243,15 @@ class BatchStore:
             conn.execute(query)
 
     def update(self, batch_id: str, **values: Any) -> None:
-        """Set columns of a batch (``metadata``/``errors`` as Python values)."""
-        if "errors" in values and values["errors"] is not None:
-            values["errors"] = json.dumps(values["errors"], ensure_ascii=True)
+        """Set columns of a batch (``errors`` as Python values)."""
+        values = _encoded(values)
         with self.db.begin() as conn:
             conn.execute(update(BatchRecord).where(BatchRecord.id == batch_id).values(**values))
 
     def advance(self, batch_id: str, current: set[str], **values: Any) -> bool:
         """Set columns of a batch only if its status is still one of ``current`` (a cancel
         may have come meanwhile): True if it was."""
+        values = _encoded(values)
         with self.db.begin() as conn:
             query = (
                 update(BatchRecord)
@@ -306,6 +312,11 @@ class BatchStore:
         except IntegrityError:
             return False
         return True
+
+    def drop_lines(self, batch_id: str) -> None:
+        """Forget a finished batch's lines (its output and error files hold them)."""
+        with self.db.begin() as conn:
+            conn.execute(delete(BatchLine).where(BatchLine.batch_id == batch_id))
 
     def answered(self, batch_id: str) -> set[int]:
         with self.db.connect() as conn:

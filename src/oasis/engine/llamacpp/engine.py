@@ -143,6 +143,9 @@ class LlamaEngine(Engine):
         self._inbox: queue.SimpleQueue[Seq | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._pending = 0  # submitted, not yet in a slot
+        # of those, background work (batch lines): it has a queue of its own, so a batch can
+        # never fill the queue interactive requests wait in
+        self._pending_background = 0
         self._last_interactive = -INTERACTIVE_SECONDS  # when the last non-background request came
         self._stats = EngineStats()
         self._thread: threading.Thread | None = None
@@ -263,7 +266,14 @@ class LlamaEngine(Engine):
             if self._down or (thread is not None and not thread.is_alive()):
                 raise EngineError("The engine is down: " + self._health.detail)
             free = self.n_parallel - self._stats.running
-            if self._pending >= self.max_queue + max(0, free):
+            if request.background:
+                if self._pending_background >= self.max_queue:
+                    raise OverloadedError(
+                        "The server's queue for background work is full. Retry shortly.",
+                        retry_after=1,
+                    )
+                self._pending_background += 1
+            elif self._pending - self._pending_background >= self.max_queue + max(0, free):
                 raise OverloadedError(
                     "The server is at capacity: all slots are busy and the wait queue is full. "
                     "Retry shortly.",
@@ -374,6 +384,7 @@ class LlamaEngine(Engine):
                 log.exception("engine %s: freeing a sampler failed", self.name)
         with self._lock:
             self._pending -= len(waiting)
+            self._pending_background -= sum(s.handle.request.background for s in waiting)
         waiting.clear()
         active.clear()
         L.llama_memory_clear(self._mem, True)
@@ -397,7 +408,7 @@ class LlamaEngine(Engine):
             except queue.Empty:
                 break
             if item is not None:
-                self._dequeued()
+                self._dequeued(item)
                 item.handle._deliver(EngineError("The engine is down."))
 
     def _flush_outbox(self) -> None:
@@ -425,14 +436,16 @@ class LlamaEngine(Engine):
             if item is not None:
                 waiting.append(item)
 
-    def _dequeued(self) -> None:
+    def _dequeued(self, seq: Seq) -> None:
         with self._lock:
             self._pending -= 1
+            if seq.handle.request.background:
+                self._pending_background -= 1
 
     def _drop_cancelled(self, waiting: deque[Seq], active: list[Seq]) -> None:
         for seq in [s for s in waiting if s.handle.cancelled]:
             waiting.remove(seq)
-            self._dequeued()
+            self._dequeued(seq)
             seq.handle.done = True
             self._stats.cancelled_total += 1
         for seq in [s for s in active if s.handle.cancelled]:
@@ -446,7 +459,7 @@ class LlamaEngine(Engine):
             seq = self._next_waiting(waiting, active, len(free))
             if seq is None:
                 break
-            self._dequeued()
+            self._dequeued(seq)
             try:
                 self._make_sampler(seq)
             except Exception:
