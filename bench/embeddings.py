@@ -3,7 +3,8 @@
 Both serve the bundled all-MiniLM-L6-v2 (oasis converts it to GGUF at install time; llama-server
 is built from the same llama.cpp source, bench/llama_server.py) with the same threads, mean
 pooling and unit-length vectors. 1000 short texts are embedded in two shapes: one text per
-request from 16 concurrent clients, and requests of 50 texts from 4 clients. Rounds alternate
+request from 16 concurrent clients, and requests of 50 texts from 4 clients, with vectors as
+base64 (the official SDK's default encoding) from both servers. Rounds alternate
 the servers (A-B-B-A) so drift of this shared machine hits both alike. Reported: inputs per
 second per server and shape, and the ratio oasis / llama-server (target >= 1.0x); the vectors
 of the two servers are compared too (cosine). Saves bench/results/<date>-embeddings.{json,png}
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import datetime as dt
 import json
 import os
@@ -74,11 +76,14 @@ async def run_shape(port: int, key: str, items: list[str], per_request: int, cli
     async def client(http: httpx.AsyncClient) -> None:
         while not queue.empty():
             chunk = queue.get_nowait()
-            body = {"model": "text-embedding-3-small",
+            # base64: what the official SDK asks for unless told otherwise
+            body = {"model": "text-embedding-3-small", "encoding_format": "base64",
                     "input": chunk[0] if per_request == 1 else chunk}
             r = await http.post("/v1/embeddings", json=body, headers=headers)
             r.raise_for_status()
-            assert len(r.json()["data"]) == len(chunk)
+            data = r.json()["data"]
+            assert len(data) == len(chunk)
+            assert len(base64.b64decode(data[0]["embedding"])) == 4 * 384
             progress.advance(task, len(chunk))
 
     limits = httpx.Limits(max_connections=clients)
