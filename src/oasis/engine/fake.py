@@ -212,7 +212,8 @@ class FakeEmbeddingJob:
 class FakeEmbedder:
     """A deterministic embedding model for unit tests: word tokens (a word's id is its CRC32
     mod the vocabulary, ids 0 and 1 are the specials around an input) and a vector that is
-    the normalized sum of a fixed random vector per token. ``delay`` seconds per request."""
+    the normalized sum of a fixed random vector per token. ``delay`` seconds per request;
+    ``last_background`` and ``backgrounds`` record the submits' background flags."""
 
     def __init__(
         self, *, name: str = "fake-embedding", n_ctx: int = 512, dim: int = 384, delay: float = 0.0
@@ -221,6 +222,8 @@ class FakeEmbedder:
         self.delay = delay
         self._stats = EngineStats()
         self._table = np.random.default_rng(0).standard_normal((30522, dim)).astype(np.float32)
+        self.last_background: bool | None = None  # the last submit's background flag
+        self.backgrounds: list[bool] = []  # every submit's, in order
 
     @property
     def info(self) -> EmbeddingModelInfo:
@@ -232,7 +235,9 @@ class FakeEmbedder:
     def wrap(self, tokens: list[int]) -> list[int]:
         return [0, *tokens, 1]
 
-    def submit(self, inputs: list[list[int]]) -> FakeEmbeddingJob:
+    def submit(self, inputs: list[list[int]], *, background: bool = False) -> FakeEmbeddingJob:
+        self.last_background = background
+        self.backgrounds.append(background)
         vectors = []
         for tokens in inputs:
             vec = self._table[tokens].sum(axis=0)

@@ -1,6 +1,7 @@
 """``/v1/embeddings`` on a local embedding model: inputs checked and tokenized, admitted by
 the gateway (prompt tokens against the key's TPM and budget), computed by the model's
-embedder (batched with other requests' inputs), answered in OpenAI's shape.
+embedder (batched with other requests' inputs; a batch line's are background work, computed
+after every live request's), answered in OpenAI's shape (built off the event loop when large).
 
 Limits, as OpenAI's: at most 2048 inputs, no empty input, each input within the model's
 context (special tokens included), at most 300,000 tokens in all. Token arrays are this
@@ -28,11 +29,14 @@ from oasis.engine.base import Embedder, EmbeddingJob
 from oasis.errors import ContextLengthExceededError, InvalidRequestError
 from oasis.models.registry import ModelRegistry
 from oasis.protocol.embeddings import EmbeddingRequest
-from oasis.serving.common import Meter
+from oasis.serving.common import BACKGROUND, Meter
 
 MAX_INPUTS = 2048
 MAX_TOTAL_TOKENS = 300_000
 _INLINE_CHARS = 32 * 1024  # tokenize inline below this, in a worker thread above
+# build the answer inline up to this many vectors, in a worker thread above (2048 vectors of
+# 384 floats take ~0.1 s to turn into lists, time the event loop would stand still)
+_INLINE_VECTORS = 64
 
 
 class _Tokens:
@@ -87,7 +91,7 @@ class EmbeddingService:
             tokens = await asyncio.to_thread(_tokenize, embedder, inputs)
         total = _check(tokens, info.n_ctx, info.n_vocab)
         await meter.admit(total, 0)
-        job = embedder.submit(tokens)
+        job = embedder.submit(tokens, background=BACKGROUND.get())
         handle = _Tokens(job)
         meter.track([handle])
         try:
@@ -95,7 +99,9 @@ class EmbeddingService:
         finally:
             handle.sync()  # billed for what was computed, also when the client left
         meter.first_token()
-        return _response(req, vectors, total)
+        if len(vectors) <= _INLINE_VECTORS:
+            return _response(req, vectors, total)
+        return await asyncio.to_thread(_response, req, vectors, total)
 
 
 def check_inputs(count: int) -> None:

@@ -1,17 +1,31 @@
 """Sentence embeddings on llama.cpp: one thread owns an embedding context; requests' inputs
-are packed, first come first served, into one batch per step (several inputs per encode, each
-its own sequence), pooled by the model's pooling (mean for all-MiniLM-L6-v2) and normalized
-to unit length, as sentence-transformers does.
+are packed into one batch per step (several inputs per encode, each its own sequence), pooled
+by the model's pooling (mean for all-MiniLM-L6-v2) and normalized to unit length, as
+sentence-transformers does.
+
+Interactive requests come first: a step fills from the interactive jobs (in arrival order)
+and only then from background ones (batch lines, ``submit(background=True)``), so a live
+request never waits behind a batch's hundreds of thousands of tokens; it waits at most for
+the step in progress. A job is answered at the end of the step that computed its last input.
 
 A step holds at most ``n_batch`` tokens (and ``n_seq_max`` inputs): attention in an encoder
 batch runs over every token of the batch, masked per sequence, so a bigger batch does more
 useless work; 512 is what llama-server uses. One input must fit a batch, so the per-input
-limit is the smaller of the model's trained context and ``n_batch``.
+limit is the smaller of the model's trained context and ``n_batch``, and the batch grows to
+that context but never past ``MAX_INPUT_TOKENS`` (2048): an input is limited to 2048 tokens
+even on a model trained on a longer context (a step of 8192 tokens would spend most of its
+time on masked attention, and need compute buffers to match).
+
+Only models llama.cpp runs as a (non-causal) encoder are served: ``llama_encode`` attends
+both ways, so a decoder-only embedding model (Qwen3-Embedding and its kin, causal attention)
+would give wrong vectors without an error; rerankers (rank pooling) give scores, not vectors.
+``start`` refuses both, naming the file.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import logging
 import queue
@@ -32,6 +46,11 @@ from oasis.errors import EngineError
 
 log = logging.getLogger(__name__)
 
+MAX_INPUT_TOKENS = 2048
+# architectures llama.cpp runs with non-causal attention whatever their GGUF says (it sets
+# causal_attn = false in code for them rather than reading "<arch>.attention.causal")
+_NON_CAUSAL_ARCHS = frozenset({"gemma-embedding"})
+
 
 @dataclass(eq=False)
 class _Job:
@@ -40,6 +59,7 @@ class _Job:
     inputs: list[list[int]]
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[list[NDArray[np.float32]]]
+    background: bool = False
     vectors: list[NDArray[np.float32] | None] = field(default_factory=list)
     next: int = 0  # the first input not yet put in a batch
     left: int = 0  # inputs whose vectors have not come back
@@ -61,14 +81,71 @@ class _Job:
         self.cancelled = True
 
 
-def _settle(job: _Job, outcome: list[NDArray[np.float32]] | BaseException) -> None:
-    """On the event loop: complete a job's future (unless its request is gone)."""
+def _settle(job: _Job, outcome: list[NDArray[np.float32]] | BaseException | None) -> None:
+    """On the event loop: complete a job's future (unless its request is gone); None cancels
+    it (a cancelled job's inputs are dropped)."""
     if job.future.done():
         return
-    if isinstance(outcome, BaseException):
+    if outcome is None:
+        job.future.cancel()
+    elif isinstance(outcome, BaseException):
         job.future.set_exception(outcome)
     else:
         job.future.set_result(outcome)
+
+
+def _post(job: _Job, outcome: list[NDArray[np.float32]] | BaseException | None) -> None:
+    """From the embedder's thread: settle a job on its loop (a closed loop has nobody left to
+    tell)."""
+    with contextlib.suppress(RuntimeError):
+        job.loop.call_soon_threadsafe(_settle, job, outcome)
+
+
+def refusal(path: Path, *, pooling: int, has_encoder: bool, causal: bool) -> str | None:
+    """Why llama.cpp's embedding of this model would be wrong here, or None if it is fine:
+    no pooling (a chat model), rank pooling (a reranker: scores, not vectors) or causal
+    attention in a model without an encoder (``llama_encode`` would run a decoder-only
+    embedding model non-causally: wrong vectors, no error)."""
+    if pooling == L.LLAMA_POOLING_TYPE_NONE:
+        return (
+            f"{path} has no pooling (not a sentence-embedding model): set its pooling in the "
+            "GGUF, or serve it as a chat model"
+        )
+    if pooling == L.LLAMA_POOLING_TYPE_RANK:
+        return (
+            f"{path} is a reranker (rank pooling): it scores query-document pairs and has no "
+            "sentence vectors; oasis does not serve rerankers"
+        )
+    if causal and not has_encoder:
+        return (
+            f"{path} is a decoder-only model (causal attention; Qwen3-Embedding and its kin): "
+            "oasis embeds with llama.cpp's encoder path, which would give wrong vectors for "
+            "it; use an encoder embedding model (BERT, nomic-bert, jina-bert, T5 encoder)"
+        )
+    return None
+
+
+def _meta(model: Any, key: str) -> str | None:
+    """A GGUF metadata value of a loaded model, as llama.cpp prints it; None if absent."""
+    buf = ctypes.create_string_buffer(256)
+    n = L.llama_model_meta_val_str(model, key.encode(), buf, len(buf))
+    return buf.value.decode(errors="replace") if n >= 0 else None
+
+
+def _model_kind(model: Any) -> tuple[int, bool, bool]:
+    """A loaded model's pooling (as its GGUF says; UNSPECIFIED if it says nothing), whether
+    llama.cpp gives it an encoder, and whether its attention is causal.
+
+    ``llama_model_has_encoder`` is true only for T5-style encoder(-decoder)s: for llama.cpp a
+    BERT has no encoder (and ``llama_model_has_decoder`` is true for it, as for any chat
+    model), so neither tells a BERT from a Qwen3-Embedding. The attention does: a BERT's GGUF
+    says ``<arch>.attention.causal = false``; llama.cpp's default, without the key, is
+    causal."""
+    arch = _meta(model, "general.architecture") or ""
+    value = _meta(model, f"{arch}.pooling_type")
+    pooling = int(value) if value and value.isdigit() else L.LLAMA_POOLING_TYPE_UNSPECIFIED
+    causal = _meta(model, f"{arch}.attention.causal") != "false" and arch not in _NON_CAUSAL_ARCHS
+    return pooling, bool(L.llama_model_has_encoder(model)), causal
 
 
 class LlamaEmbedder:
@@ -93,6 +170,10 @@ class LlamaEmbedder:
         self._health = Health(True)
         self._thread: threading.Thread | None = None
         self._stopping = False
+        # set (under the lock) when no job put in the inbox would be read any more: submit
+        # refuses from then on, and the jobs already in are settled by whoever set it
+        self._down = False
+        self._lock = threading.Lock()
         self._model: LoadedModel | None = None
         self._ctx: Any = None
         self._info: EmbeddingModelInfo | None = None
@@ -102,8 +183,13 @@ class LlamaEmbedder:
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
         model = LoadedModel.load(self.path)
+        pooling, has_encoder, causal = _model_kind(model.model)
+        why = refusal(self.path, pooling=pooling, has_encoder=has_encoder, causal=causal)
+        if why is not None:  # before a context: llama.cpp aborts on a rank head it lacks
+            model.free()
+            raise EngineError(why)
         n_ctx_train = model.n_ctx_train or self.n_batch
-        n_batch = max(self.n_batch, min(n_ctx_train, 8192))
+        n_batch = max(self.n_batch, min(n_ctx_train, MAX_INPUT_TOKENS))
         params = L.llama_context_default_params()
         params.embeddings = True
         params.n_ctx = n_batch
@@ -117,13 +203,13 @@ class LlamaEmbedder:
         if not ctx:
             model.free()
             raise EngineError(f"llama.cpp could not create an embedding context for {self.path}")
-        if L.llama_pooling_type(ctx) == L.LLAMA_POOLING_TYPE_NONE:
+        why = refusal(
+            self.path, pooling=L.llama_pooling_type(ctx), has_encoder=has_encoder, causal=causal
+        )
+        if why is not None:
             L.llama_free(ctx)
             model.free()
-            raise EngineError(
-                f"{self.path} has no pooling (not a sentence-embedding model): set its "
-                "pooling in the GGUF, or serve it as a chat model"
-            )
+            raise EngineError(why)
         self._model, self._ctx = model, ctx
         self.n_batch = n_batch
         self._info = EmbeddingModelInfo(
@@ -148,13 +234,17 @@ class LlamaEmbedder:
         )
 
     def close(self) -> None:
-        self._stopping = True
+        """Stop the thread; every job not answered yet fails with EngineError (none hangs),
+        and ``submit`` refuses from now on."""
+        with self._lock:
+            self._stopping = True
         self._inbox.put(None)
         if self._thread is not None:
             self._thread.join(timeout=30)
             if self._thread.is_alive():
                 log.error("embedder %s: the thread did not stop; not freeing", self.name)
                 return
+        self._fail([])  # jobs of an embedder whose thread never ran
         if self._ctx is not None:
             L.llama_free(self._ctx)
             self._ctx = None
@@ -177,16 +267,20 @@ class LlamaEmbedder:
         tail = [self._sep] if self._sep is not None else []
         return [*head, *tokens, *tail]
 
-    def submit(self, inputs: list[list[int]]) -> _Job:
-        thread = self._thread
-        if thread is None or not thread.is_alive() or not self._health.ok:
-            raise EngineError(f"The embedding model is down: {self._health.detail}")
+    def submit(self, inputs: list[list[int]], *, background: bool = False) -> _Job:
+        """Queue a request's inputs; ``background`` work (a batch line) waits for every
+        interactive job."""
         loop = asyncio.get_running_loop()
-        job = _Job(inputs, loop, loop.create_future())
-        if not inputs:
-            job.future.set_result([])
-            return job
-        self._inbox.put(job)
+        job = _Job(inputs, loop, loop.create_future(), background)
+        with self._lock:
+            thread = self._thread
+            if thread is None or self._stopping or self._down or not self._health.ok:
+                detail = "closed" if self._stopping else self._health.detail
+                raise EngineError(f"The embedding model is down: {detail}")
+            if not inputs:
+                job.future.set_result([])
+                return job
+            self._inbox.put(job)
         return job
 
     def stats(self) -> EngineStats:
@@ -201,38 +295,53 @@ class LlamaEmbedder:
     # -- the thread --------------------------------------------------------------------------
     def _run(self) -> None:
         batch = L.llama_batch_init(self.n_batch, 0, 1)
-        waiting: deque[_Job] = deque()
+        interactive: deque[_Job] = deque()
+        background: deque[_Job] = deque()
         try:
             while not self._stopping:
-                self._take(waiting, block=not waiting)
+                self._take(interactive, background, block=not (interactive or background))
                 if self._stopping:
                     break
-                while waiting and waiting[0].cancelled:
-                    waiting.popleft()
-                if not waiting:
+                _drop_cancelled(interactive)
+                _drop_cancelled(background)
+                if not (interactive or background):
                     continue
                 try:
-                    self._step(batch, waiting)
+                    self._step(batch, interactive, background)
                 except Exception as exc:
                     log.exception("embedder %s: a step failed", self.name)
-                    error = EngineError("The embedding model failed on this request.")
-                    for job in waiting:
-                        job.loop.call_soon_threadsafe(_settle, job, error)
-                    waiting.clear()
+                    for job in (*interactive, *background):
+                        _post(job, EngineError("The embedding model failed on this request."))
+                    interactive.clear()
+                    background.clear()
                     self._stats.restarts_total += 1
                     if isinstance(exc, MemoryError):
                         raise
         except BaseException:
             log.critical("embedder %s: the thread failed", self.name, exc_info=True)
-            self._health = Health(False, "the embedding thread failed")
-            for job in waiting:
-                job.loop.call_soon_threadsafe(
-                    _settle, job, EngineError("The embedding model is down.")
-                )
+            with self._lock:
+                self._health = Health(False, "the embedding thread failed")
         finally:
-            L.llama_batch_free(batch)
+            try:
+                self._fail([*interactive, *background])
+            finally:
+                L.llama_batch_free(batch)
 
-    def _take(self, waiting: deque[_Job], *, block: bool) -> None:
+    def _fail(self, jobs: list[_Job]) -> None:
+        """No more steps: fail these jobs and every job in the inbox (and refuse new ones)."""
+        with self._lock:
+            self._down = True
+        while True:
+            try:
+                item = self._inbox.get_nowait()
+            except queue.Empty:
+                break
+            if item is not None:
+                jobs.append(item)
+        for job in jobs:
+            _post(job, EngineError("The embedding model is down."))
+
+    def _take(self, interactive: deque[_Job], background: deque[_Job], *, block: bool) -> None:
         while True:
             try:
                 item = self._inbox.get(block=block)
@@ -240,33 +349,37 @@ class LlamaEmbedder:
                 return
             block = False
             if item is not None:
-                waiting.append(item)
+                (background if item.background else interactive).append(item)
 
-    def _step(self, batch: Any, waiting: deque[_Job]) -> None:
-        """One encode: inputs of the waiting jobs in order, as many as fit."""
+    def _step(self, batch: Any, interactive: deque[_Job], background: deque[_Job]) -> None:
+        """One encode: inputs of the interactive jobs in arrival order, then (if all of theirs
+        are in) of the background jobs, as many as fit."""
         t0 = time.perf_counter()
         placed: list[tuple[_Job, int]] = []
         n = 0
-        for job in waiting:
-            if job.cancelled:
-                continue
-            while job.next < len(job.inputs) and len(placed) < self.n_seq_max:
-                tokens = job.inputs[job.next]
-                if n + len(tokens) > self.n_batch:
+        for queue_ in (interactive, background):
+            full = False
+            for job in queue_:
+                if job.cancelled:
+                    continue
+                while job.next < len(job.inputs) and len(placed) < self.n_seq_max:
+                    tokens = job.inputs[job.next]
+                    if n + len(tokens) > self.n_batch:
+                        break
+                    seq = len(placed)
+                    for pos, token in enumerate(tokens):
+                        batch.token[n] = token
+                        batch.pos[n] = pos
+                        batch.n_seq_id[n] = 1
+                        batch.seq_id[n][0] = seq
+                        batch.logits[n] = True
+                        n += 1
+                    placed.append((job, job.next))
+                    job.next += 1
+                if job.next < len(job.inputs):  # this step is full
+                    full = True
                     break
-                seq = len(placed)
-                for pos, token in enumerate(tokens):
-                    batch.token[n] = token
-                    batch.pos[n] = pos
-                    batch.n_seq_id[n] = 1
-                    batch.seq_id[n][0] = seq
-                    batch.logits[n] = True
-                    n += 1
-                placed.append((job, job.next))
-                job.next += 1
-            if len(placed) >= self.n_seq_max or (
-                job.next < len(job.inputs) and n + len(job.inputs[job.next]) > self.n_batch
-            ):
+            if full:
                 break
         if not placed:
             return
@@ -291,11 +404,24 @@ class LlamaEmbedder:
         self._stats.prompt_tokens_total += n
         self._stats.steps_total += 1
         self._stats.step_seconds_total += time.perf_counter() - t0
-        while waiting and (waiting[0].left == 0 or waiting[0].cancelled):
-            job = waiting.popleft()
+        # every job this step finished, now, in arrival order within its queue (a queue is
+        # filled in order, so its finished jobs are the ones ahead of its first unfinished one)
+        for queue_ in (interactive, background):
+            while queue_ and (queue_[0].left == 0 or queue_[0].cancelled):
+                job = queue_.popleft()
+                if job.cancelled:
+                    _post(job, None)
+                    continue
+                self._stats.requests_total += 1
+                _post(job, [v for v in job.vectors if v is not None])
+
+
+def _drop_cancelled(jobs: deque[_Job]) -> None:
+    """Forget the jobs whose requests are gone (their futures cancelled)."""
+    if any(job.cancelled for job in jobs):
+        kept = [job for job in jobs if not job.cancelled]
+        for job in jobs:
             if job.cancelled:
-                continue
-            self._stats.requests_total += 1
-            vectors = [v for v in job.vectors if v is not None]
-            job.loop.call_soon_threadsafe(_settle, job, vectors)
-        # jobs done behind an unfinished first one are settled when they reach the front
+                _post(job, None)
+        jobs.clear()
+        jobs.extend(kept)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol, TypeVar
 
@@ -89,6 +90,28 @@ def _respond(
         named=named or getattr(result, "named_events", False),
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **(headers or {})},
     )
+
+
+_HEAVY_ITEMS = 64  # an answer with more items than this is serialized in a worker thread
+
+
+def _heavy(result: BaseModel) -> bool:
+    """An answer big enough that turning it into JSON would stall the event loop (2048
+    embeddings of 384 floats: ~0.8 s in json.dumps)."""
+    data = getattr(result, "data", None)
+    return isinstance(data, list) and len(data) > _HEAVY_ITEMS
+
+
+def _render(result: BaseModel) -> bytes:
+    """``result``'s JSON body, encoded exactly as JSONResponse encodes it."""
+    return json.dumps(
+        dump(result), ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":")
+    ).encode("utf-8")
+
+
+async def _respond_off_loop(result: BaseModel, headers: dict[str, str] | None) -> Response:
+    body = await asyncio.to_thread(_render, result)
+    return Response(content=body, media_type="application/json", headers=headers)
 
 
 def _model(name: str, state: AppState) -> dict[str, Any]:
@@ -235,9 +258,12 @@ async def _generate(
         backend = _backend(request, str(getattr(parsed, "model", "")))
         try:
             work = call(backend, parsed, NO_METER)
-            return _respond(await _unless_client_leaves(request, work))
+            answer = await _unless_client_leaves(request, work)
         except _ClientLeft:
             return Response(status_code=499)  # nobody reads it (nginx's "client closed")
+        if isinstance(answer, BaseModel) and _heavy(answer):
+            return await _respond_off_loop(answer, None)
+        return _respond(answer)
     ticket = gateway.ticket(request.state.api_key, endpoint)
     try:
         parsed = await _parse(request, kind, engine, ticket)
@@ -259,6 +285,8 @@ async def _generate(
     headers = await ticket.headers()
     if isinstance(result, BaseModel):
         await ticket.finish(200)
+        if _heavy(result):
+            return await _respond_off_loop(result, headers)
         return _respond(result, headers)
     stream = result
 
