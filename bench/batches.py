@@ -72,7 +72,10 @@ async def ttft(http: httpx.AsyncClient, i: int) -> float:
     async with http.stream("POST", "/v1/chat/completions", json=interactive_body(i)) as r:
         r.raise_for_status()
         async for line in r.aiter_lines():
-            if line.startswith("data: ") and '"content":"' in line:
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            choices = json.loads(line[6:]).get("choices") or []
+            if choices and choices[0]["delta"].get("content"):
                 return (time.perf_counter() - t0) * 1000
     raise AssertionError("no content")
 
