@@ -78,6 +78,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     config = (examples()["upstream-config"]
               .replace("http://gpu-1:8000/v1", r1.v1).replace("http://gpu-2:8000/v1", r2.v1)
               .replace("meta-llama/Llama-3.1-8B-Instruct", BUNDLED)
+              .replace("BAAI/bge-small-en-v1.5", "all-MiniLM-L6-v2")
               .replace("/opt/models/SmolLM2-135M-Instruct.Q4_1.gguf", str(bundled_model_path()))
               .replace('backend = "upstream"',
                        'backend = "upstream"\nprobe_interval = 0.5\neject_seconds = 0.5'))
@@ -132,9 +133,11 @@ def test_oasis_backends_as_typed_and_as_piped(fleet: Fleet) -> None:
     assert piped.returncode == 0, piped.stderr
     header, *rows = [line.split("\t") for line in piped.stdout.splitlines()]
     assert header[:4] == ["model", "backend", "replica", "state"]
-    ups = [r for r in rows if r[1] == "upstream"]
+    ups = [r for r in rows if r[1] == "upstream" and r[0] == MODEL]
     assert [r[2] for r in ups] == [s.v1 for s in fleet.replicas]
-    assert all(r[0] == MODEL and r[3] == "healthy" for r in ups)
+    assert all(r[3] == "healthy" for r in ups)
+    assert [r[2] for r in rows if r[0] == "text-embedding-3-small"] == [
+        s.v1 for s in fleet.replicas]
     assert any(r[0] == "smollm2" and r[1] == "local" for r in rows)
     as_json = subprocess.run([OASIS, "backends", "--json"], env=env, capture_output=True,
                              text=True, timeout=60)
@@ -147,6 +150,22 @@ def test_oasis_backends_as_typed_and_as_piped(fleet: Fleet) -> None:
     wrong = subprocess.run([OASIS, "backends"], env={**env, "OPENAI_API_KEY": "sk-wrong"},
                            capture_output=True, text=True, timeout=60)
     assert wrong.returncode == 1 and "401" in wrong.stderr
+
+
+def test_embeddings_are_forwarded_to_the_replicas(fleet: Fleet) -> None:
+    """The README's embedding model: the gateway forwards to a replica's bundled embedding
+    model, answers with the client's model name, and bills the replica's token count."""
+    texts = ["The cat sat on the mat.", "猫坐在垫子上。"]
+    via = fleet.sdk.embeddings.create(model="text-embedding-3-small", input=texts)
+    direct = OpenAI(base_url=fleet.replicas[0].v1, api_key=KEY, max_retries=0).embeddings.create(
+        model="all-MiniLM-L6-v2", input=texts)
+    assert via.model == "text-embedding-3-small" and len(via.data) == 2
+    for a, b in zip(via.data, direct.data, strict=True):
+        dot = sum(x * y for x, y in zip(a.embedding, b.embedding, strict=True))
+        assert dot > 0.9999  # unit vectors: their cosine
+    assert via.usage.prompt_tokens == direct.usage.prompt_tokens
+    status, prompt, completion, estimated = fleet.ledger()[-1]
+    assert (status, prompt, completion, estimated) == (200, direct.usage.prompt_tokens, 0, False)
 
 
 def _one(fleet: Fleet, i: int) -> dict[str, Any]:
@@ -241,3 +260,4 @@ def test_every_replica_gone_the_fallback_model_answers(fleet: Fleet) -> None:
     assert all(s["state"] == "ejected" for s in fleet.backends())
     rows = fleet.ledger()[-2:]
     assert [s for s, *_ in rows] == [200, 200] and all(c > 0 for _, _, c, _ in rows)
+

@@ -116,7 +116,8 @@ class UpstreamTokens:
 
     def report(self, usage: dict[str, Any]) -> None:
         prompt = _count(usage.get("prompt_tokens"))
-        completion = _count(usage.get("completion_tokens"))
+        # an embeddings answer's usage has no completion_tokens: it generated none
+        completion = _count(usage.get("completion_tokens", 0))
         if prompt is not None and completion is not None:
             self.prompt_evaluated = prompt
             self.generated = completion
