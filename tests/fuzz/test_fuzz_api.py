@@ -453,7 +453,7 @@ _LINES = st.fixed_dictionaries(
 ).map(copy.deepcopy)  # mutated() changes what it is given: each example gets its own copy
 
 
-@settings(fuzz_settings, max_examples=max(EXAMPLES // 6, 10))
+@settings(fuzz_settings, max_examples=max(EXAMPLES // 10, 10))
 @given(data=st.data())
 def test_batch_input_files_plain_and_hostile(http: TestClient, schemas: Schemas,
                                              data: st.DataObject) -> None:

@@ -6,7 +6,7 @@ import ipaddress
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from pydantic import ValidationError
@@ -18,7 +18,9 @@ from oasis.cli import keys as keys_cli
 from oasis.cli import usage as usage_cli
 from oasis.config import load_settings
 from oasis.errors import ConfigError, OasisError
-from oasis.server.state import AppState
+
+if TYPE_CHECKING:  # the server is imported by `oasis serve` only: other commands start faster
+    from oasis.server.state import AppState
 
 app = typer.Typer(
     name="oasis",
