@@ -130,10 +130,6 @@ class BatchRunner:
         if event is not None:
             event.set()
 
-    def busy(self) -> int:
-        """Batches this process is running now."""
-        return len(self._running)
-
     # -- the work ---------------------------------------------------------------------------
     async def _watch(self) -> None:
         while True:

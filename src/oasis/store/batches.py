@@ -277,11 +277,6 @@ class BatchStore:
             )
         return self.load(batch_id)
 
-    def status(self, batch_id: str) -> str | None:
-        with self.db.connect() as conn:
-            row = conn.execute(select(BatchRecord.status).where(BatchRecord.id == batch_id)).first()
-        return None if row is None else str(row[0])
-
     def answer(
         self,
         batch_id: str,

@@ -14,15 +14,10 @@ from fastapi.responses import JSONResponse
 from oasis.batches.runner import WINDOWS
 from oasis.errors import InvalidRequestError, NotFoundError
 from oasis.protocol.batches import BatchCreateRequest
-from oasis.server.routes.openai import _state
+from oasis.server.routes.openai import _state, key_id_of
 from oasis.server.validation import parse_json_body, validate
 
 router = APIRouter()
-
-
-def _key_id(request: Request) -> int | None:
-    key = request.state.api_key
-    return key.id if key is not None else None
 
 
 def _missing(batch_id: str) -> NotFoundError:
@@ -34,7 +29,7 @@ async def create_batch(request: Request) -> JSONResponse:
     state = _state(request)
     body = parse_json_body(await request.body(), max_depth=state.settings.max_json_depth)
     req = validate(BatchCreateRequest, body)
-    key_id = _key_id(request)
+    key_id = key_id_of(request)
     if req.endpoint not in state.batch_endpoints:
         raise InvalidRequestError(
             f"This server does not run batches for {req.endpoint}: no model serves it.",
@@ -83,7 +78,7 @@ async def list_batches(request: Request, limit: int = 20, after: str | None = No
         )
     state = _state(request)
     items, more = await to_thread.run_sync(
-        lambda: state.batches.page(_key_id(request), limit=limit, after=after)
+        lambda: state.batches.page(key_id_of(request), limit=limit, after=after)
     )
     data = [b.to_openai() for b in items]
     return JSONResponse(
@@ -100,7 +95,7 @@ async def list_batches(request: Request, limit: int = 20, after: str | None = No
 @router.get("/v1/batches/{batch_id}")
 async def get_batch(batch_id: str, request: Request) -> JSONResponse:
     state = _state(request)
-    found = await to_thread.run_sync(state.batches.get, _key_id(request), batch_id)
+    found = await to_thread.run_sync(state.batches.get, key_id_of(request), batch_id)
     if found is None:
         raise _missing(batch_id)
     return JSONResponse(found.to_openai())
@@ -110,7 +105,7 @@ async def get_batch(batch_id: str, request: Request) -> JSONResponse:
 async def cancel_batch(batch_id: str, request: Request) -> JSONResponse:
     state = _state(request)
     found = await to_thread.run_sync(
-        state.batches.cancel, _key_id(request), batch_id, int(time.time())
+        state.batches.cancel, key_id_of(request), batch_id, int(time.time())
     )
     if found is None:
         raise _missing(batch_id)

@@ -24,7 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from oasis.errors import FileTooLargeError, InvalidRequestError, NotFoundError, shorten
 from oasis.server.guard import Allowance
-from oasis.server.routes.openai import _state
+from oasis.server.routes.openai import _state, key_id_of
 from oasis.store.files import CHUNK, FileStore, StoredFile
 
 router = APIRouter()
@@ -47,11 +47,6 @@ def upload_allowance(max_file_bytes: int) -> Allowance:
     """The body limit of ``POST /v1/files``: the largest file plus its multipart framing; a
     body over it is the same 413 as a file over the limit."""
     return Allowance(max_file_bytes + UPLOAD_OVERHEAD, lambda: FileTooLargeError(max_file_bytes))
-
-
-def _key_id(request: Request) -> int | None:
-    key = request.state.api_key
-    return key.id if key is not None else None
 
 
 def _store(request: Request) -> FileStore:
@@ -193,7 +188,7 @@ async def create_file(request: Request) -> JSONResponse:
         save = functools.partial(
             _save,
             _store(request),
-            _key_id(request),
+            key_id_of(request),
             purpose,
             upload.filename or "file",
             upload.file,
@@ -234,7 +229,7 @@ async def list_files(request: Request) -> JSONResponse:
     purpose, limit, order, after = _list_query(request)
     listing = functools.partial(
         _store(request).list,
-        _key_id(request),
+        key_id_of(request),
         purpose=purpose,
         limit=limit,
         after=after,
@@ -254,7 +249,7 @@ async def list_files(request: Request) -> JSONResponse:
 
 @router.get(FILES + "/{file_id}")
 async def retrieve_file(file_id: str, request: Request) -> JSONResponse:
-    found = await to_thread.run_sync(_store(request).get, _key_id(request), file_id)
+    found = await to_thread.run_sync(_store(request).get, key_id_of(request), file_id)
     if found is None:
         raise _missing(file_id)
     return JSONResponse(found.to_openai())
@@ -263,7 +258,7 @@ async def retrieve_file(file_id: str, request: Request) -> JSONResponse:
 @router.get(FILES + "/{file_id}/content")
 async def file_content(file_id: str, request: Request) -> Response:
     store = _store(request)
-    found = await to_thread.run_sync(store.get, _key_id(request), file_id)
+    found = await to_thread.run_sync(store.get, key_id_of(request), file_id)
     if found is None:
         raise _missing(file_id)
     try:
@@ -288,6 +283,6 @@ async def file_content(file_id: str, request: Request) -> Response:
 
 @router.delete(FILES + "/{file_id}")
 async def delete_file(file_id: str, request: Request) -> JSONResponse:
-    if not await to_thread.run_sync(_store(request).delete, _key_id(request), file_id):
+    if not await to_thread.run_sync(_store(request).delete, key_id_of(request), file_id):
         raise _missing(file_id)
     return JSONResponse({"id": file_id, "object": "file", "deleted": True})

@@ -41,6 +41,13 @@ ENDPOINT_OF: dict[type[BaseModel], str] = {
 }
 
 
+def key_id_of(request: Request) -> int | None:
+    """The caller's key id: what its stored objects (responses, files, batches) belong to
+    (None: the static --api-key, or no auth)."""
+    key = request.state.api_key
+    return key.id if key is not None else None
+
+
 def _state(request: Request) -> AppState:
     state: AppState = request.app.state.oasis
     return state

@@ -22,7 +22,7 @@ from pydantic import BaseModel
 from oasis.backends import Backend
 from oasis.errors import InvalidRequestError, NotFoundError
 from oasis.protocol.responses import ResponseCreateRequest
-from oasis.server.routes.openai import Call, _generate, _state
+from oasis.server.routes.openai import Call, _generate, _state, key_id_of
 from oasis.server.state import AppState
 from oasis.serving.common import Meter
 from oasis.serving.responses import (
@@ -42,11 +42,6 @@ from oasis.store.responses import ResponseStore, StoredResponse
 router = APIRouter()
 log = logging.getLogger(__name__)
 RESPONSES = "/v1/responses"
-
-
-def _key_id(request: Request) -> int | None:
-    key = request.state.api_key
-    return key.id if key is not None else None
 
 
 def _store(request: Request) -> ResponseStore:
@@ -117,14 +112,14 @@ def responses_call(state: AppState, key_id: int | None) -> Call[ResponseCreateRe
 
 @router.post(RESPONSES)
 async def create_response(request: Request) -> Response:
-    call = responses_call(_state(request), _key_id(request))
+    call = responses_call(_state(request), key_id_of(request))
     return await _generate(request, ResponseCreateRequest, call, RESPONSES)
 
 
 @router.get(RESPONSES + "/{response_id}")
 async def get_response(response_id: str, request: Request) -> JSONResponse:
     found = await to_thread.run_sync(
-        _store(request).get, response_id, _key_id(request), int(time.time())
+        _store(request).get, response_id, key_id_of(request), int(time.time())
     )
     if found is None:
         raise _missing(response_id)
@@ -133,7 +128,7 @@ async def get_response(response_id: str, request: Request) -> JSONResponse:
 
 @router.delete(RESPONSES + "/{response_id}")
 async def delete_response(response_id: str, request: Request) -> JSONResponse:
-    store, key_id, now = _store(request), _key_id(request), int(time.time())
+    store, key_id, now = _store(request), key_id_of(request), int(time.time())
     if not await to_thread.run_sync(store.delete, response_id, key_id, now):
         raise _missing(response_id)
     return JSONResponse({"id": response_id, "object": "response", "deleted": True})
@@ -159,7 +154,7 @@ def _page_query(request: Request) -> tuple[int, str, str | None]:
 async def list_input_items(response_id: str, request: Request) -> JSONResponse:
     limit, order, after = _page_query(request)
     found = await to_thread.run_sync(
-        _store(request).get, response_id, _key_id(request), int(time.time())
+        _store(request).get, response_id, key_id_of(request), int(time.time())
     )
     if found is None:
         raise _missing(response_id)
