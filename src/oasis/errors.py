@@ -177,3 +177,19 @@ class UpstreamTimeoutError(UpstreamError):
 
 class ConfigError(Exception):
     """Invalid configuration (bad model path, unreadable oasis.toml); raised at start-up."""
+
+
+class InvalidModelFileError(InvalidRequestError):
+    """400: a file offered as a model is not a usable GGUF file (not GGUF, truncated, a header
+    that does not parse); raised by the model store (``oasis.models.store``)."""
+
+    default_code = "invalid_model_file"
+
+
+class ModelPullError(OasisError):
+    """502: fetching a model from a hub failed (repository not found, gated without a token,
+    hub unreachable, a download whose checksum does not match). ``code`` says which."""
+
+    status = 502
+    error_type = "server_error"
+    default_code = "model_pull_failed"
