@@ -15,6 +15,7 @@ from rich.console import Console
 from oasis.cli import apps as apps_cli
 from oasis.cli import backends as backends_cli
 from oasis.cli import keys as keys_cli
+from oasis.cli import models as models_cli
 from oasis.cli import usage as usage_cli
 from oasis.config import load_settings
 from oasis.errors import ConfigError, OasisError
@@ -30,6 +31,8 @@ app = typer.Typer(
 )
 err = Console(stderr=True)
 app.add_typer(keys_cli.app, name="keys")
+app.command("pull")(models_cli.pull)
+app.add_typer(models_cli.app, name="models")
 app.command("usage")(usage_cli.usage)
 app.command("backends")(backends_cli.backends)
 apps_cli.register(app)
