@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 from pathlib import Path
 
 from sqlalchemy import Engine
@@ -72,3 +73,37 @@ def test_a_live_processs_journal_is_left_alone(db: Engine, tmp_path: Path) -> No
     asyncio.run(live())
     assert [r.request_id for r in store.records()] == ["mine"]
     assert not list(journal.glob("usage-*.jsonl"))
+
+
+def test_a_flush_waits_for_one_already_under_way(db: Engine, tmp_path: Path) -> None:
+    """What the admin usage query and the tests rely on: once flush() returns, every record
+    queued before it is in the database, even those the background flush had taken and was
+    still storing (CI once read 0 of 32 records here)."""
+    store = UsageStore(db)
+    entered, release = threading.Event(), threading.Event()
+    real = store.add_or_refuse
+
+    def slow(records: list[Usage], dedupe: bool = False) -> object:
+        entered.set()
+        release.wait(30)
+        return real(records, dedupe=dedupe)
+
+    store.add_or_refuse = slow  # type: ignore[method-assign]
+
+    async def scenario() -> None:
+        ledger = Ledger(store, tmp_path / "journal", flush_interval=3600)
+        await ledger.start()
+        for i in range(4):
+            ledger.record(rec(f"r{i}"))
+        first = asyncio.create_task(ledger.flush())  # the background flush: takes all four
+        await asyncio.to_thread(entered.wait, 30)
+        second = asyncio.create_task(ledger.flush())  # the reader's flush
+        await asyncio.sleep(0.05)
+        assert not second.done()  # it waits for the first instead of finding nothing queued
+        release.set()
+        await first
+        await second
+        assert store.count() == 4
+        await ledger.close()
+
+    asyncio.run(scenario())

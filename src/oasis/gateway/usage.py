@@ -69,6 +69,7 @@ class Ledger:
         self._path: Path | None = None
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
+        self._flushing = asyncio.Lock()  # one flush at a time: a second waits for the first
         self.written = 0  # records stored in the database by this process
         self.quarantined = 0  # records (or journal lines) this process set aside
 
@@ -141,7 +142,12 @@ class Ledger:
     async def flush(self) -> int:
         """Store the queued records (quarantining any the database refuses); empty the journal
         when all of it is stored. If the database cannot be reached the records stay queued
-        (and journaled) and the error is raised."""
+        (and journaled) and the error is raised. Once this returns, every record queued before
+        the call is in the database, even those a flush already under way had taken."""
+        async with self._flushing:
+            return await self._flush()
+
+    async def _flush(self) -> int:
         if not self._pending:
             return 0
         batch, self._pending = self._pending, []
