@@ -9,7 +9,6 @@ manifest field; ``rm`` asks first on a terminal and, in a script, wants ``--yes`
 
 from __future__ import annotations
 
-import logging
 import sys
 from dataclasses import asdict
 from datetime import UTC, datetime
@@ -90,7 +89,6 @@ def pull(
     """
     from oasis.models.hub import pull as hub_pull  # huggingface_hub only for this command
 
-    logging.basicConfig(level=logging.WARNING, format="oasis: %(message)s")
     store = _store()
     err.print(f"oasis: pulling {escape(repo)} ({escape(revision)})", soft_wrap=True)
     try:
@@ -105,6 +103,9 @@ def pull(
         )
     except OasisError as exc:
         raise _fail(exc) from None
+    except OSError as exc:  # the store's disk: permissions, space
+        err.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
+        raise typer.Exit(1) from None
     except KeyboardInterrupt:
         err.print(
             "\noasis: interrupted; run the same command again to continue the download.",

@@ -122,7 +122,15 @@ def choose_file(
         return matches[0]
 
     single = [f for f in ggufs if not _is_split(f.path)]
-    if not single:
+    # a vision projector (mmproj-*.gguf) is not a model to serve on its own: --file only
+    candidates = [f for f in single if not Path(f.path).name.lower().startswith("mmproj")]
+    if not candidates:
+        if single:
+            raise ModelPullError(
+                f"{repo} has only vision projector files "
+                f"({', '.join(f.path for f in single)}); pass --file NAME to pull one anyway.",
+                code="no_gguf_files",
+            )
         if ggufs:
             raise _split_error(repo, ggufs)
         raise ModelPullError(
@@ -132,11 +140,12 @@ def choose_file(
         )
     if quant is not None:
         wanted = quant.upper()
-        exact = [f for f in single if f.quant == wanted]
-        matches = exact or [f for f in single if wanted in Path(f.path).name.upper()]
+        exact = [f for f in candidates if f.quant == wanted]
+        matches = exact or [f for f in candidates if wanted in Path(f.path).name.upper()]
         if not matches:
             raise InvalidRequestError(
-                f"{repo} has no {shorten(quant, 40)} file; its quantizations: {_quants(single)}.",
+                f"{repo} has no {shorten(quant, 40)} file; its quantizations: "
+                f"{_quants(candidates)}.",
                 param="quant",
             )
         if len(matches) > 1:
@@ -148,13 +157,6 @@ def choose_file(
             )
         return matches[0]
 
-    candidates = [f for f in single if not Path(f.path).name.lower().startswith("mmproj")]
-    if not candidates:
-        raise ModelPullError(
-            f"{repo} has only vision projector files ({', '.join(f.path for f in single)}); "
-            "pass --file NAME to pull one anyway.",
-            code="no_gguf_files",
-        )
     if len(candidates) == 1:
         return candidates[0]
     for preferred in DEFAULT_QUANTS:
@@ -188,13 +190,15 @@ def pull(
     revision: str = "main",
     token: str | None = None,
     progress: bool = True,
+    endpoint: str | None = None,
 ) -> StoredModel:
     """Download one GGUF file of the Hub repository ``repo`` into ``store`` (see the module
     docstring) and return its entry. ``token`` overrides ``HF_TOKEN``. Raises
     ``InvalidRequestError`` (bad arguments, no such file or quant), ``ModelPullError`` (the Hub
     refused, could not be reached, the download was cut or does not match its checksum: a
     cut download is kept and continued by the next pull) and ``InvalidModelFileError`` (the
-    file is not GGUF)."""
+    file is not GGUF). ``endpoint`` overrides ``HF_ENDPOINT`` (which huggingface_hub reads
+    once, when imported)."""
     check_repo(repo)
     if name is not None:
         check_name(name)
@@ -202,9 +206,10 @@ def pull(
         raise InvalidRequestError("Invalid --revision.", param="revision")
     from huggingface_hub import HfApi, constants
 
-    endpoint = constants.ENDPOINT
+    endpoint = (endpoint or constants.ENDPOINT).rstrip("/")
     with _hub_errors(repo, endpoint, token):
-        info = HfApi(token=token).model_info(repo, revision=revision, files_metadata=True)
+        api = HfApi(endpoint=endpoint, token=token)
+        info = api.model_info(repo, revision=revision, files_metadata=True)
     commit = info.sha or revision
     files = [
         HubFile(s.rfilename, s.size, s.lfs.sha256 if s.lfs is not None else None)
@@ -213,7 +218,9 @@ def pull(
     chosen = choose_file(files, repo=repo, file=file, quant=quant)
     name = name or model_name(repo, chosen.path)
     log.info("pulling %s/%s@%s as %s", repo, chosen.path, commit, name)
-    path, sha256 = _download(repo, chosen, commit, store, token=token, progress=progress)
+    path, sha256 = _download(
+        repo, chosen, commit, store, endpoint=endpoint, token=token, progress=progress
+    )
     try:
         return store.add(name, path, source=f"hf:{repo}/{chosen.path}@{commit}", sha256=sha256)
     finally:
@@ -230,19 +237,19 @@ def _download(
     commit: str,
     store: ModelStore,
     *,
+    endpoint: str,
     token: str | None,
     progress: bool,
 ) -> tuple[Path, str]:
     """The file, downloaded (or continued) and verified: its path in the store's partial
     directory (under its own name) and its sha256."""
-    from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url
     from huggingface_hub.file_download import http_get
 
     # public (huggingface_hub.utils lists it), lazily exported: mypy does not see it
     from huggingface_hub.utils import build_hf_headers  # type: ignore[attr-defined]
 
-    endpoint = constants.ENDPOINT
-    url = hf_hub_url(repo, hub_file.path, revision=commit)
+    url = hf_hub_url(repo, hub_file.path, revision=commit, endpoint=endpoint)
     with _hub_errors(repo, endpoint, token):
         meta = get_hf_file_metadata(url, token=token)
     etag = (meta.etag or "").strip('"').lower()
@@ -445,11 +452,9 @@ def _hub_errors(
             code="hub_unreachable",
         ) from None
     except OSError as exc:
-        if part is None:
-            raise
         # huggingface_hub's "Consistency check failed" (the server sent fewer bytes than it
-        # announced) and local write errors (disk full)
+        # announced), its FileMetadataError (not a Hub at that address), local write errors
         raise ModelPullError(
-            f"The download of {repo} failed: {shorten(str(exc), 300)}.{kept}",
+            f"Talking to {endpoint} about {repo} failed: {shorten(str(exc), 300)}.{kept}",
             code="download_failed",
         ) from None
