@@ -38,6 +38,28 @@ def _default_data_dir() -> Path:
     return Path(base) / "oasis"
 
 
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(value: Any) -> Any:
+    """A keep_alive: a number of seconds, or a string like "30s", "5m", "1.5h", "-1"."""
+    if isinstance(value, str):
+        text = value.strip().lower()
+        for unit in sorted(_UNITS, key=len, reverse=True):
+            if text.endswith(unit) and text[: -len(unit)].strip():
+                try:
+                    return float(text[: -len(unit)]) * _UNITS[unit]
+                except ValueError:
+                    break
+        try:
+            return float(text)
+        except ValueError:
+            raise ValueError(
+                f"{value!r} is not a duration (seconds, or a number with s, m, h or d)"
+            ) from None
+    return value
+
+
 class ModelConfig(BaseModel):
     """One model entry of ``oasis.toml`` (``[[models]]``)."""
 
@@ -53,6 +75,9 @@ class ModelConfig(BaseModel):
     kind: Literal["chat", "embedding"] = "chat"
     # an embedding model trained to be shortened (Matryoshka): `dimensions` cuts its vectors
     matryoshka: bool = False
+    # a local model unloads after this long without requests: seconds, or "30s", "5m", "1h";
+    # -1 (or any negative) never unloads it. Default: the server's keep_alive.
+    keep_alive: float | None = Field(default=None, allow_inf_nan=False)
     # which kind of backend serves it (oasis.backends.KINDS): "local" runs llama.cpp in this
     # process, "upstream" forwards to OpenAI-compatible servers
     backend: str = "local"
@@ -87,6 +112,11 @@ class ModelConfig(BaseModel):
     eject_seconds: float = Field(default=1.0, gt=0)
     # connections kept open to each replica
     max_connections: int = Field(default=256, ge=1)
+
+    @field_validator("keep_alive", mode="before")
+    @classmethod
+    def _keep_alive(cls, value: Any) -> Any:
+        return parse_duration(value)
 
     @model_validator(mode="after")
     def _backend_fields(self) -> ModelConfig:
@@ -183,6 +213,15 @@ class Settings(BaseSettings):
     cache_dir: Path = Field(default_factory=lambda: Path.home() / ".cache" / "oasis")
     # The largest file /v1/files accepts, in bytes (OpenAI: 200 MB for a batch input file).
     max_file_bytes: int = Field(default=200 * 1000 * 1000, ge=1024)
+    # Local models load when first asked for and unload after keep_alive without requests
+    # (seconds, or "30s", "5m", "1h"; -1: never). At most max_loaded load at once: to load
+    # another, the least recently used idle one unloads. preload: loaded at start (default:
+    # the first chat model; "none" for none).
+    keep_alive: float = Field(default=300.0, allow_inf_nan=False)
+    max_loaded: int = Field(default=3, ge=1, le=64)
+    preload: Annotated[list[str], NoDecode] | None = None
+    # Serve every model pulled into <data_dir>/models (`oasis pull`) beside the configured ones.
+    pulled_models: bool = True
     # Batches (/v1/batches): the price discount of a batch line (OpenAI: 0.5, half price) and
     # how many lines run at once, across all batches (default: the engine's slots; the engine
     # serves interactive requests first and keeps a slot for them while they come).
@@ -192,10 +231,15 @@ class Settings(BaseSettings):
     # is taken over (by itself restarted, or another replica) after at most this long.
     batch_lease_seconds: float = Field(default=20.0, ge=1, le=3600)
 
-    @field_validator("alias", "default_aliases", "embedding_aliases", mode="before")
+    @field_validator("alias", "default_aliases", "embedding_aliases", "preload", mode="before")
     @classmethod
     def _comma_list(cls, value: Any) -> Any:
         return _split_commas(value)
+
+    @field_validator("keep_alive", mode="before")
+    @classmethod
+    def _keep_alive(cls, value: Any) -> Any:
+        return parse_duration(value)
 
     @classmethod
     def settings_customise_sources(

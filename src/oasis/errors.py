@@ -143,6 +143,27 @@ class EngineError(OasisError):
     error_type = "server_error"
 
 
+class ModelLoadError(OasisError):
+    """503: a model that loads on demand could not be loaded (a broken file, too little
+    memory); the next request for it tries again."""
+
+    status = 503
+    error_type = "server_error"
+    default_code = "model_load_failed"
+
+    def __init__(self, message: str, *, retry_after: int = 5) -> None:
+        super().__init__(message, headers={"Retry-After": str(retry_after)})
+
+
+class ModelBusyError(OasisError):
+    """409: an admin asked to unload a model that is serving requests (or cannot be
+    unloaded); it unloads by itself once idle for its ``keep_alive``."""
+
+    status = 409
+    error_type = "invalid_request_error"
+    default_code = "model_busy"
+
+
 class UpstreamError(OasisError):
     """502: the upstream servers of a model failed (connection refused or reset, a 5xx, an
     answer that is not OpenAI's shape) and every retry and fallback was spent."""

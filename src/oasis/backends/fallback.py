@@ -28,6 +28,7 @@ from oasis.engine.base import Health
 from oasis.errors import (
     EngineError,
     InvalidRequestError,
+    ModelLoadError,
     OverloadedError,
     UpstreamConfigError,
     UpstreamError,
@@ -41,7 +42,7 @@ log = logging.getLogger(__name__)
 Req = TypeVar("Req", ChatCompletionRequest, CompletionRequest, EmbeddingRequest)
 
 # the errors that mean "this model could not start the request"
-UNAVAILABLE = (UpstreamError, OverloadedError, EngineError)
+UNAVAILABLE = (UpstreamError, OverloadedError, EngineError, ModelLoadError)
 FINAL = (UpstreamConfigError, InvalidOutputError)
 
 

@@ -1,10 +1,14 @@
-"""The local backend: serving/ + engine/ in this process (llama.cpp, or the scripted fake)."""
+"""The local backend: serving/ + engine/ in this process (llama.cpp, or the scripted fake).
+
+A local model is loaded on demand by the ModelLoader: each request holds the model (so it is
+not unloaded under it) from before the serving layer reads its engine until the answer, or the
+last chunk of its stream, is out."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from openai.types import Completion, CreateEmbeddingResponse
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
@@ -14,6 +18,7 @@ from oasis.backends.upstream.pool import Pool
 from oasis.config import Settings
 from oasis.engine.base import Embedder, Engine, Health
 from oasis.errors import InvalidRequestError
+from oasis.models.loader import ModelLoader
 from oasis.models.registry import ModelSpec
 from oasis.protocol.embeddings import EmbeddingRequest
 from oasis.protocol.requests import ChatCompletionRequest, CompletionRequest
@@ -32,19 +37,79 @@ class LocalServing:
     completions: CompletionService
     embedders: Mapping[str, Embedder]
     embeddings: EmbeddingService
+    loader: ModelLoader
 
     @classmethod
-    def over(
-        cls, serving: ServingContext, embedders: Mapping[str, Embedder] | None = None
-    ) -> LocalServing:
-        embedders = embedders or {}
+    def over(cls, serving: ServingContext, loader: ModelLoader) -> LocalServing:
+        """``serving`` reads its engines from ``loader.engines`` (the loaded ones)."""
         return cls(
             serving.engines,
             ChatService(serving),
             CompletionService(serving),
-            embedders,
-            EmbeddingService(serving.registry, embedders),
+            loader.embedders,
+            EmbeddingService(serving.registry, loader.embedders),
+            loader,
         )
+
+
+T = TypeVar("T")
+
+
+class _Held:
+    """A stream that holds its model loaded until it ends or is closed."""
+
+    def __init__(self, chunks: AsyncIterator[Any], release: Callable[[], None]) -> None:
+        self._chunks = chunks
+        self._release: Callable[[], None] | None = release
+
+    def __aiter__(self) -> _Held:
+        return self
+
+    async def __anext__(self) -> Any:
+        try:
+            return await self._chunks.__anext__()
+        except BaseException:
+            self._done()
+            raise
+
+    async def aclose(self) -> None:
+        try:
+            aclose = getattr(self._chunks, "aclose", None)
+            if aclose is not None:
+                await aclose()
+        finally:
+            self._done()
+
+    def _done(self) -> None:
+        if self._release is not None:
+            release, self._release = self._release, None
+            release()
+
+
+async def holding(loader: ModelLoader, model_id: str, work: Callable[[], Awaitable[T]]) -> T:
+    """``work()`` with the model loaded and held: until it returns, or for a stream (an async
+    iterator) until the stream ends or is closed."""
+    await loader.acquire(model_id)
+    try:
+        answer = await work()
+    except BaseException:
+        loader.release(model_id)
+        raise
+    if isinstance(answer, AsyncIterator):
+        return cast(T, _Held(answer, lambda: loader.release(model_id)))
+    loader.release(model_id)
+    return answer
+
+
+def _describe(loader: ModelLoader, model_id: str, stats: dict[str, Any]) -> dict[str, Any]:
+    health = loader.health(model_id)
+    return {
+        "backend": "local",
+        **stats,
+        "state": "healthy" if health.ok else "down",
+        "detail": health.detail,
+        **loader.describe(model_id),
+    }
 
 
 def not_embedding(model: str) -> InvalidRequestError:
@@ -69,54 +134,61 @@ def not_generative(model: str, endpoint: str) -> InvalidRequestError:
 class LocalBackend(Backend):
     """A model served by an engine in this process."""
 
-    def __init__(self, engine: Engine, serving: LocalServing) -> None:
-        self.engine = engine
+    def __init__(self, model_id: str, serving: LocalServing) -> None:
+        self.model_id = model_id
         self._serving = serving
+        self._loader = serving.loader
+
+    @property
+    def engine(self) -> Engine | None:
+        """The engine while the model is loaded."""
+        return self._serving.engines.get(self.model_id)
 
     async def chat(
         self, req: ChatCompletionRequest, meter: Meter
     ) -> ChatCompletion | AsyncIterator[ChatCompletionChunk]:
-        return await self._serving.chat.create(req, meter)
+        return await holding(
+            self._loader, self.model_id, lambda: self._serving.chat.create(req, meter)
+        )
 
     async def completions(
         self, req: CompletionRequest, meter: Meter
     ) -> Completion | AsyncIterator[Completion]:
-        return await self._serving.completions.create(req, meter)
+        return await holding(
+            self._loader, self.model_id, lambda: self._serving.completions.create(req, meter)
+        )
 
     async def embeddings(self, req: EmbeddingRequest, meter: Meter) -> CreateEmbeddingResponse:
         raise not_embedding(req.model)
 
     def health(self) -> Health:
-        return self.engine.health()
+        return self._loader.health(self.model_id)
 
     def pools(self) -> Sequence[Pool]:
         return ()
 
     def describe(self) -> dict[str, Any]:
-        health = self.engine.health()
-        stats = self.engine.stats()
-        return {
-            "backend": "local",
-            "state": "healthy" if health.ok else "down",
-            "detail": health.detail,
-            "running": stats.running,
-            "waiting": stats.waiting,
-            "requests": stats.requests_total,
-        }
+        stats = self._loader.stats(self.model_id)
+        return _describe(
+            self._loader,
+            self.model_id,
+            {"running": stats.running, "waiting": stats.waiting, "requests": stats.requests_total},
+        )
 
     async def start(self) -> None:
-        self.engine.start()
+        """Nothing: the loader loads the model (at start when preloaded, else on demand)."""
 
     async def close(self) -> None:
-        self.engine.close()
+        """Nothing: the loader unloads every model when the server stops."""
 
 
 class LocalEmbeddingBackend(Backend):
     """An embedding model served by an embedder in this process."""
 
-    def __init__(self, embedder: Embedder, serving: LocalServing) -> None:
-        self.embedder = embedder
+    def __init__(self, model_id: str, serving: LocalServing) -> None:
+        self.model_id = model_id
         self._serving = serving
+        self._loader = serving.loader
 
     async def chat(
         self, req: ChatCompletionRequest, meter: Meter
@@ -129,30 +201,27 @@ class LocalEmbeddingBackend(Backend):
         raise not_generative(req.model, "/v1/completions")
 
     async def embeddings(self, req: EmbeddingRequest, meter: Meter) -> CreateEmbeddingResponse:
-        return await self._serving.embeddings.create(req, meter)
+        return await holding(
+            self._loader, self.model_id, lambda: self._serving.embeddings.create(req, meter)
+        )
 
     def health(self) -> Health:
-        return self.embedder.health()
+        return self._loader.health(self.model_id)
 
     def pools(self) -> Sequence[Pool]:
         return ()
 
     def describe(self) -> dict[str, Any]:
-        health = self.embedder.health()
-        stats = self.embedder.stats()
-        return {
-            "backend": "local",
-            "kind": "embedding",
-            "state": "healthy" if health.ok else "down",
-            "detail": health.detail,
-            "requests": stats.requests_total,
-        }
+        stats = self._loader.stats(self.model_id)
+        return _describe(
+            self._loader, self.model_id, {"kind": "embedding", "requests": stats.requests_total}
+        )
 
     async def start(self) -> None:
-        self.embedder.start()
+        """Nothing: the loader loads it."""
 
     async def close(self) -> None:
-        self.embedder.close()
+        """Nothing: the loader unloads it."""
 
 
 class LocalKind:
@@ -199,5 +268,5 @@ class LocalKind:
 
     def backend(self, spec: ModelSpec, serving: LocalServing, settings: Settings) -> Backend:
         if spec.is_embedding:
-            return LocalEmbeddingBackend(serving.embedders[spec.id], serving)
-        return LocalBackend(serving.engines[spec.id], serving)
+            return LocalEmbeddingBackend(spec.id, serving)
+        return LocalBackend(spec.id, serving)

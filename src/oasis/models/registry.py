@@ -67,6 +67,7 @@ class ModelSpec:
     upstream: UpstreamOptions | None = None
     kind: str = "chat"  # "chat" or "embedding"
     matryoshka: bool = False  # an embedding model whose vectors may be shortened
+    keep_alive: float | None = 300.0  # seconds idle before a local model unloads; None: never
 
     @property
     def is_embedding(self) -> bool:
@@ -124,6 +125,7 @@ def specs_from_settings(settings: Settings) -> list[ModelSpec]:
                     upstream=upstream,
                     kind=m.kind,
                     matryoshka=m.matryoshka,
+                    keep_alive=keep_alive(settings, m.keep_alive),
                 )
             )
         if settings.alias:
@@ -132,9 +134,18 @@ def specs_from_settings(settings: Settings) -> list[ModelSpec]:
         path = settings.model.expanduser()
         if not path.is_file():
             raise ConfigError(f"model file not found: {path}")
-        specs.append(ModelSpec(path.stem, path, tuple(settings.alias)))
+        specs.append(
+            ModelSpec(path.stem, path, tuple(settings.alias), keep_alive=keep_alive(settings))
+        )
     else:
-        specs.append(ModelSpec(BUNDLED_ID, bundled_model_path(), tuple(settings.alias)))
+        specs.append(
+            ModelSpec(
+                BUNDLED_ID,
+                bundled_model_path(),
+                tuple(settings.alias),
+                keep_alive=keep_alive(settings),
+            )
+        )
     if not settings.models and settings.embeddings:
         try:
             path = _bundled_embedding(settings)
@@ -147,6 +158,7 @@ def specs_from_settings(settings: Settings) -> list[ModelSpec]:
                     path,
                     tuple(a for a in settings.embedding_aliases if a not in specs[0].aliases),
                     kind="embedding",
+                    keep_alive=keep_alive(settings),
                 )
             )
     # the OpenAI chat aliases go to the first chat model
@@ -155,6 +167,12 @@ def specs_from_settings(settings: Settings) -> list[ModelSpec]:
     extra = tuple(a for a in settings.default_aliases if a not in first.aliases)
     specs[at] = replace(first, aliases=(*first.aliases, *extra))
     return specs
+
+
+def keep_alive(settings: Settings, value: float | None = None) -> float | None:
+    """A model's keep_alive in seconds (its own, else the server's); None: never unload."""
+    seconds = settings.keep_alive if value is None else value
+    return None if seconds < 0 else seconds
 
 
 def _bundled_embedding(settings: Settings) -> Path:

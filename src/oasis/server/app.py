@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import signal
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Literal
 
 from anyio import to_thread
 from fastapi import Depends, FastAPI
@@ -26,12 +27,14 @@ from oasis.engine.base import Embedder, Engine
 from oasis.gateway.limits import Limiter, MemoryLimiter, RedisLimiter
 from oasis.gateway.meter import Gateway
 from oasis.gateway.usage import Ledger, Price
-from oasis.models.registry import ModelRegistry, specs_from_settings
+from oasis.models.loader import ModelLoader
+from oasis.models.registry import ModelRegistry, ModelSpec, specs_from_settings
 from oasis.server.auth import require_admin, require_api_key
 from oasis.server.errors import install_error_handlers
 from oasis.server.guard import RequestGuard
 from oasis.server.metrics import metrics_registry, render
 from oasis.server.routes import admin as admin_routes
+from oasis.server.routes import admin_models as admin_models_routes
 from oasis.server.routes import batches as batches_routes
 from oasis.server.routes import files as files_routes
 from oasis.server.routes import openai as openai_routes
@@ -48,27 +51,61 @@ from oasis.store.usage import UsageStore
 log = logging.getLogger(__name__)
 
 
-def build_engines(
-    settings: Settings, registry: ModelRegistry, on_fatal: Callable[[str], None] | None = None
-) -> dict[str, Engine]:
-    """The engines the models' backend kinds run in this process (llama.cpp, or the scripted
-    fake). ``on_fatal`` is called when an engine gives up after repeated failures."""
-    engines: dict[str, Engine] = {}
+def build_loader(
+    settings: Settings,
+    registry: ModelRegistry,
+    on_fatal: Callable[[str], None] | None = None,
+    engines: Mapping[str, Engine] | None = None,
+    embedders: Mapping[str, Embedder] | None = None,
+) -> ModelLoader:
+    """The local models (llama.cpp, or the scripted fake), each loaded on demand by its
+    backend kind. ``engines``/``embedders`` given (tests, embedded use) are served as given,
+    always loaded. ``on_fatal`` is called when an engine gives up after repeated failures."""
+    loader = ModelLoader(max_loaded=settings.max_loaded)
+    given: dict[str, Engine | Embedder] = {**(engines or {}), **(embedders or {})}
     for spec in registry.specs:
-        engine = kind_of(spec).engine(spec, settings, on_fatal)
-        if engine is not None:
-            engines[spec.id] = engine
-    return engines
+        role: Literal["engine", "embedder"] = "embedder" if spec.is_embedding else "engine"
+        if spec.id in given:
+            loader.add(spec.id, role, loaded=given[spec.id])
+        elif (embedders if spec.is_embedding else engines) is None and _build(
+            spec, settings, on_fatal
+        ):
+            loader.add(
+                spec.id,
+                role,
+                functools.partial(_built, spec, settings, on_fatal),
+                keep_alive=spec.keep_alive,
+            )
+    return loader
 
 
-def build_embedders(settings: Settings, registry: ModelRegistry) -> dict[str, Embedder]:
-    """The embedding engines of the embedding models that run in this process."""
-    embedders: dict[str, Embedder] = {}
-    for spec in registry.specs:
-        embedder = kind_of(spec).embedder(spec, settings)
-        if embedder is not None:
-            embedders[spec.id] = embedder
-    return embedders
+def _build(
+    spec: ModelSpec, settings: Settings, on_fatal: Callable[[str], None] | None
+) -> Engine | Embedder | None:
+    """The engine (or embedder) the model's backend kind runs in this process, if any; not
+    started (building one loads nothing)."""
+    kind = kind_of(spec)
+    if spec.is_embedding:
+        return kind.embedder(spec, settings)
+    return kind.engine(spec, settings, on_fatal)
+
+
+def _built(
+    spec: ModelSpec, settings: Settings, on_fatal: Callable[[str], None] | None
+) -> Engine | Embedder:
+    made = _build(spec, settings, on_fatal)
+    assert made is not None, f"{spec.id}: its kind runs no engine here"
+    return made
+
+
+def preloaded(settings: Settings, registry: ModelRegistry, loader: ModelLoader) -> tuple[str, ...]:
+    """The models loaded at start: ``preload``, else the first chat model served locally."""
+    if settings.preload is not None:
+        names = [n for n in settings.preload if n.lower() != "none"]
+        ids = tuple(registry.resolve(n).id for n in names)
+    else:
+        ids = tuple(s.id for s in registry.specs if not s.is_embedding)[:1]
+    return tuple(i for i in ids if i in loader.entries)
 
 
 def batch_endpoints(registry: ModelRegistry) -> frozenset[str]:
@@ -148,14 +185,13 @@ def create_app(
         fatal.append(reason)
         os.kill(os.getpid(), signal.SIGTERM)
 
-    engines = engines if engines is not None else build_engines(settings, registry, on_fatal)
+    loader = build_loader(settings, registry, on_fatal, engines, embedders)
+    preload = preloaded(settings, registry, loader)
     limits = RequestLimits(
         max_messages=settings.max_messages, max_prompt_chars=settings.max_prompt_chars
     )
-    serving = ServingContext(registry, engines, limits=limits)
-    if embedders is None:
-        embedders = build_embedders(settings, registry)
-    local = LocalServing.over(serving, embedders)
+    serving = ServingContext(registry, loader.engines, limits=limits)
+    local = LocalServing.over(serving, loader)
     backends = with_fallbacks(
         {spec.id: kind_of(spec).backend(spec, local, settings) for spec in registry.specs},
         registry,
@@ -174,6 +210,7 @@ def create_app(
         keys=gateway.keys if gateway else None,
         gateway=gateway,
         batch_endpoints=batch_endpoints(registry),
+        loader=loader,
     )
     state.batch_runner = BatchRunner(
         state,
@@ -192,6 +229,7 @@ def create_app(
         try:
             if gateway is not None:
                 await gateway.start()
+            await loader.start(preload)
             for backend in backends.values():
                 await backend.start()
                 started.append(backend)
@@ -202,6 +240,7 @@ def create_app(
             await state.batch_runner.close()
             for backend in started:
                 await backend.close()
+            await loader.close()
             if gateway is not None:
                 await gateway.close()
 
@@ -231,8 +270,9 @@ def create_app(
     app.include_router(files_routes.router, dependencies=[Depends(require_api_key)])
     app.include_router(batches_routes.router, dependencies=[Depends(require_api_key)])
     app.include_router(admin_routes.router, dependencies=[Depends(require_admin)])
+    app.include_router(admin_models_routes.router, dependencies=[Depends(require_admin)])
 
-    metrics = metrics_registry(engines, backends)
+    metrics = metrics_registry(loader, backends)
 
     @app.get("/metrics", dependencies=[Depends(require_api_key)])
     async def prometheus_metrics() -> Response:

@@ -1,4 +1,4 @@
-"""GET /metrics: engine numbers in Prometheus' text format, read from the engines on scrape."""
+"""GET /metrics: engine and model-loading numbers in Prometheus' text format, read on scrape."""
 
 from __future__ import annotations
 
@@ -16,14 +16,15 @@ from prometheus_client.registry import Collector
 
 from oasis.backends.base import Backend
 from oasis.backends.upstream.pool import BUCKETS, Pool
-from oasis.engine.base import Engine
+from oasis.models.loader import ModelLoader
 
 
 class EngineCollector(Collector):
-    """One sample per model for every engine counter and gauge."""
+    """One sample per local chat model for every engine counter and gauge (counters add up
+    across the model's loads; gauges are 0 while it is not loaded)."""
 
-    def __init__(self, engines: Mapping[str, Engine]) -> None:
-        self.engines = engines
+    def __init__(self, loader: ModelLoader) -> None:
+        self.loader = loader
 
     def collect(self) -> Iterator[Metric]:
         gauges = {
@@ -68,7 +69,11 @@ class EngineCollector(Collector):
                 "Times the engine loop failed, failed its requests and restarted.",
             ),
         }
-        stats = {model: engine.stats() for model, engine in self.engines.items()}
+        stats = {
+            model: self.loader.stats(model)
+            for model, entry in self.loader.entries.items()
+            if entry.kind == "engine"
+        }
         for attr, (name, doc) in gauges.items():
             g = GaugeMetricFamily(name, doc, labels=["model"])
             for model, s in stats.items():
@@ -79,6 +84,49 @@ class EngineCollector(Collector):
             for model, s in stats.items():
                 c.add_metric([model], float(getattr(s, attr)))
             yield c
+
+
+class ModelCollector(Collector):
+    """Per local model: whether it is loaded, its loads and their time, its unloads."""
+
+    def __init__(self, loader: ModelLoader) -> None:
+        self.loader = loader
+
+    def collect(self) -> Iterator[Metric]:
+        loaded = GaugeMetricFamily(
+            "oasis_model_loaded", "1 if the model is loaded, else 0.", labels=["model"]
+        )
+        in_use = GaugeMetricFamily(
+            "oasis_model_in_use", "Requests holding the model loaded.", labels=["model"]
+        )
+        loads = CounterMetricFamily(
+            "oasis_model_loads", "Times the model was loaded.", labels=["model"]
+        )
+        load_seconds = CounterMetricFamily(
+            "oasis_model_load_seconds",
+            "Time spent loading the model, in seconds.",
+            labels=["model"],
+        )
+        last_load = GaugeMetricFamily(
+            "oasis_model_last_load_seconds",
+            "How long the model's last load took.",
+            labels=["model"],
+        )
+        unloads = CounterMetricFamily(
+            "oasis_model_unloads",
+            "Times the model was unloaded, by reason (idle, evicted, admin).",
+            labels=["model", "reason"],
+        )
+        for model, e in self.loader.entries.items():
+            loaded.add_metric([model], 1.0 if e.state == "loaded" else 0.0)
+            in_use.add_metric([model], float(e.users))
+            loads.add_metric([model], float(e.loads))
+            load_seconds.add_metric([model], e.load_seconds_total)
+            if e.load_seconds is not None:
+                last_load.add_metric([model], e.load_seconds)
+            for reason, count in sorted(e.unloads.items()):
+                unloads.add_metric([model, reason], float(count))
+        yield from (loaded, in_use, loads, load_seconds, last_load, unloads)
 
 
 class PoolCollector(Collector):
@@ -139,10 +187,11 @@ class PoolCollector(Collector):
 
 
 def metrics_registry(
-    engines: Mapping[str, Engine], backends: Mapping[str, Backend] | None = None
+    loader: ModelLoader, backends: Mapping[str, Backend] | None = None
 ) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(EngineCollector(engines))
+    registry.register(EngineCollector(loader))
+    registry.register(ModelCollector(loader))
     pools = [p for b in (backends or {}).values() for p in b.pools()]
     if pools:
         registry.register(PoolCollector(pools))

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from oasis.backends import Backend
 from oasis.config import Settings
 from oasis.gateway.meter import Gateway
+from oasis.models.loader import ModelLoader
 from oasis.serving.common import ServingContext
 from oasis.store.batches import BatchStore
 from oasis.store.files import FileStore
@@ -31,5 +32,7 @@ class AppState:
     gateway: Gateway | None = None  # None with --no-auth: no keys, limits or metering
     # the endpoints a batch may name: those some model here serves
     batch_endpoints: frozenset[str] = frozenset()
+    # the local models, loaded on demand (the admin API loads and unloads them)
+    loader: ModelLoader = field(default_factory=ModelLoader)
     # set by create_app once the state exists (the runner runs lines against it)
     batch_runner: BatchRunner = field(init=False)

@@ -1,0 +1,416 @@
+"""Several local models loaded on demand: one load for many waiters, idle unload, LRU eviction
+under max_loaded that never unloads a model under its requests, the admin API and /metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from openai import OpenAI
+
+from oasis.config import ModelConfig, Settings, parse_duration
+from oasis.engine.base import EngineStats, Health
+from oasis.engine.fake import FakeEngine
+from oasis.errors import ModelBusyError, ModelLoadError
+from oasis.models.loader import ModelLoader
+from oasis.server.app import create_app
+
+ADMIN = "sk-admin-loader"
+
+
+class Probe:
+    """A stand-in engine recording its life: started, closed, and requests running at close."""
+
+    def __init__(
+        self, log: list[str], name: str, fail: bool = False, gate: threading.Event | None = None
+    ) -> None:
+        self.log, self.name, self.fail, self.gate = log, name, fail, gate
+        self.running = 0
+
+    def start(self) -> None:
+        if self.gate is not None:
+            self.gate.wait(30)
+        if self.fail:
+            raise RuntimeError("bad file")
+        self.log.append(f"start {self.name}")
+
+    def close(self) -> None:
+        self.log.append(f"close {self.name} running={self.running}")
+
+    def stats(self) -> EngineStats:
+        return EngineStats(requests_total=3)
+
+    def health(self) -> Health:
+        return Health(True)
+
+
+def test_concurrent_requests_wait_for_one_load() -> None:
+    log: list[str] = []
+    gate = threading.Event()
+    built: list[Probe] = []
+
+    def factory() -> Probe:
+        built.append(Probe(log, "a", gate=gate))
+        return built[-1]
+
+    async def scenario() -> None:
+        loader = ModelLoader(max_loaded=2)
+        loader.add("a", "engine", factory, keep_alive=None)
+        await loader.start()
+        waiters = [asyncio.create_task(loader.acquire("a")) for _ in range(10)]
+        await asyncio.sleep(0.05)
+        assert loader.describe("a")["load_state"] == "loading"
+        assert not any(w.done() for w in waiters)
+        gate.set()
+        await asyncio.gather(*waiters)
+        assert len(built) == 1 and loader.entries["a"].users == 10
+        assert loader.engines["a"] is built[0]  # type: ignore[comparison-overlap]
+        for _ in range(10):
+            loader.release("a")
+        # a waiter that leaves (its client went away) does not cancel the load others wait for
+        await loader.unload("a")
+        gate.clear()
+        leaving = asyncio.create_task(loader.acquire("a"))
+        staying = asyncio.create_task(loader.acquire("a"))
+        await asyncio.sleep(0.05)
+        leaving.cancel()
+        gate.set()
+        await staying
+        assert loader.describe("a")["load_state"] == "loaded" and loader.entries["a"].users == 1
+        loader.release("a")
+        await loader.close()
+        assert log == ["start a", "close a running=0", "start a", "close a running=0"]
+
+    asyncio.run(scenario())
+
+
+def test_a_failed_load_fails_its_waiters_and_the_next_request_tries_again() -> None:
+    log: list[str] = []
+    attempts: list[int] = []
+
+    def factory() -> Probe:
+        attempts.append(1)
+        return Probe(log, "a", fail=len(attempts) == 1)
+
+    async def scenario() -> None:
+        loader = ModelLoader()
+        loader.add("a", "engine", factory, keep_alive=None)
+        await loader.start()
+        results = await asyncio.gather(
+            *(loader.acquire("a") for _ in range(3)), return_exceptions=True
+        )
+        assert all(isinstance(r, ModelLoadError) for r in results)
+        assert "bad file" in str(results[0]) and loader.entries["a"].users == 0
+        health = loader.health("a")
+        assert not health.ok and "bad file" in health.detail
+        await loader.acquire("a")  # the second load works
+        assert loader.health("a").ok and len(attempts) == 2
+        loader.release("a")
+        await loader.close()
+
+    asyncio.run(scenario())
+
+
+def test_idle_models_unload_after_keep_alive_and_counters_survive() -> None:
+    log: list[str] = []
+
+    async def scenario() -> None:
+        loader = ModelLoader()
+        loader.add("a", "engine", lambda: Probe(log, "a"), keep_alive=0.2)
+        loader.add("b", "engine", lambda: Probe(log, "b"), keep_alive=None)  # -1: never
+        await loader.start(preload=("a", "b"))
+        await loader.acquire("a")
+        await asyncio.sleep(0.5)  # busy: a request holds it, whatever its keep_alive
+        assert loader.describe("a")["load_state"] == "loaded"
+        loader.release("a")
+        for _ in range(200):  # unloads once idle for 0.2 s
+            if loader.describe("a")["load_state"] == "unloaded":
+                break
+            await asyncio.sleep(0.05)
+        assert loader.describe("a")["load_state"] == "unloaded"
+        assert loader.describe("a")["unloads"] == {"idle": 1}
+        assert "a" not in loader.engines
+        assert loader.stats("a").requests_total == 3  # the unloaded engine's counters stay
+        await loader.acquire("a")
+        loader.release("a")
+        assert loader.stats("a").requests_total == 6
+        assert loader.describe("b")["load_state"] == "loaded"
+        await loader.close()
+
+    asyncio.run(scenario())
+
+
+def test_eviction_never_unloads_a_model_under_its_requests() -> None:
+    log: list[str] = []
+
+    async def scenario() -> None:
+        loader = ModelLoader(max_loaded=1)
+        loader.add("a", "engine", lambda: Probe(log, "a"), keep_alive=None)
+        loader.add("b", "engine", lambda: Probe(log, "b"), keep_alive=None)
+        await loader.start()
+        await loader.acquire("a")
+        b = asyncio.create_task(loader.acquire("b"))
+        await asyncio.sleep(0.1)
+        assert not b.done()  # waits: "a" serves a request
+        assert loader.describe("a")["draining"] is True
+        a2 = asyncio.create_task(loader.acquire("a"))  # a new request for a draining model waits
+        await asyncio.sleep(0.05)
+        assert not a2.done() and loader.entries["a"].users == 1
+        loader.release("a")
+        await b  # "a" unloaded once idle, then "b" loaded
+        assert log == ["start a", "close a running=0", "start b"]
+        assert loader.describe("a")["unloads"] == {"evicted": 1}
+        loader.release("b")
+        await a2  # and "a" again, evicting the idle "b"
+        assert log[-2:] == ["close b running=0", "start a"]
+        with pytest.raises(ModelBusyError, match="serving 1 request"):
+            await loader.unload("a")
+        loader.release("a")
+        await loader.unload("a")
+        assert loader.describe("a")["unloads"] == {"evicted": 1, "admin": 1}
+        await loader.close()
+
+    asyncio.run(scenario())
+
+
+def test_keep_alive_durations() -> None:
+    assert parse_duration("5m") == 300 and parse_duration("30s") == 30
+    assert parse_duration("1.5h") == 5400 and parse_duration("-1") == -1
+    assert parse_duration(" 250ms ") == 0.25 and parse_duration(7) == 7
+    with pytest.raises(ValueError, match="not a duration"):
+        parse_duration("soon")
+    with pytest.raises(ValueError):
+        Settings(keep_alive="nan")
+
+
+# -- through the server ------------------------------------------------------------------------
+
+def two_model_app(tmp: Path, **options: Any) -> Any:
+    models = [
+        ModelConfig(id="model-a", path=tmp / "a.gguf", aliases=["gpt-3.5-turbo"]),
+        ModelConfig(id="model-b", path=tmp / "b.gguf", keep_alive=options.pop("b_keep", None)),
+        ModelConfig(id="remote", backend="upstream", replicas=["http://127.0.0.1:9/v1"]),
+    ]
+    settings = Settings(engine="fake", api_key=ADMIN, data_dir=tmp, models=models,
+                        embeddings=False, **options)
+    return create_app(settings)
+
+
+@pytest.fixture
+def lifecycle(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Records each fake engine's start and close, and its running sequences at close."""
+    events: list[str] = []
+    real_start, real_close = FakeEngine.start, FakeEngine.close
+
+    def start(self: FakeEngine) -> None:
+        events.append(f"start {self.info.name}")
+        real_start(self)
+
+    def close(self: FakeEngine) -> None:
+        events.append(f"close {self.info.name} running={self.stats().running}")
+        real_close(self)
+
+    monkeypatch.setattr(FakeEngine, "start", start)
+    monkeypatch.setattr(FakeEngine, "close", close)
+    return events
+
+
+@pytest.fixture
+def http(tmp_path: Path, lifecycle: list[str]) -> Iterator[TestClient]:
+    app = two_model_app(tmp_path, max_loaded=1)
+    with TestClient(app, headers={"Authorization": f"Bearer {ADMIN}"}) as client:
+        yield client
+
+
+def chat(http: TestClient, model: str, **extra: Any) -> Any:
+    return http.post("/v1/chat/completions", json={
+        "model": model, "messages": [{"role": "user", "content": "hi"}], **extra})
+
+
+def test_every_model_is_listed_and_the_first_is_loaded_at_start(
+    http: TestClient, lifecycle: list[str]
+) -> None:
+    ids = [m["id"] for m in http.get("/v1/models").json()["data"]]
+    assert {"model-a", "model-b", "remote"} <= set(ids)
+    states = {m["id"]: m for m in http.get("/admin/models").json()["data"]}
+    assert set(states) == {"model-a", "model-b"}  # the upstream model does not load here
+    assert states["model-a"]["load_state"] == "loaded"
+    assert states["model-b"]["load_state"] == "unloaded"
+    assert lifecycle == ["start model-a"]
+
+
+def test_requests_switch_models_and_max_loaded_evicts_the_idle_one(
+    http: TestClient, lifecycle: list[str]
+) -> None:
+    client = OpenAI(base_url="http://testserver/v1", api_key=ADMIN, http_client=http,
+                    max_retries=0)
+    for model in ("model-b", "model-a", "gpt-3.5-turbo", "model-b"):
+        answer = client.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": "hi"}])
+        assert answer.choices[0].message.content and answer.model == model
+    assert lifecycle == [
+        "start model-a", "close model-a running=0", "start model-b",
+        "close model-b running=0", "start model-a",
+        "close model-a running=0", "start model-b",
+    ]
+    states = {m["id"]: m for m in http.get("/admin/models").json()["data"]}
+    assert states["model-a"]["unloads"] == {"evicted": 2} and states["model-a"]["loads"] == 2
+    assert sum(s["load_state"] == "loaded" for s in states.values()) == 1
+    metrics = http.get("/metrics").text
+    assert 'oasis_model_loaded{model="model-b"} 1.0' in metrics
+    assert 'oasis_model_loaded{model="model-a"} 0.0' in metrics
+    assert 'oasis_model_loads_total{model="model-a"} 2.0' in metrics
+    assert 'oasis_model_unloads_total{model="model-a",reason="evicted"} 2.0' in metrics
+    assert 'oasis_requests_total{model="model-a"} 2.0' in metrics  # across its two loads
+
+
+def test_concurrent_requests_for_two_models_with_max_loaded_one(
+    tmp_path: Path, lifecycle: list[str]
+) -> None:
+    """The issue's test: no request fails, none sees its model unloaded mid-generation, and
+    never are two models loaded at once."""
+    app = two_model_app(tmp_path, max_loaded=1)
+    state = app.state.oasis
+    with TestClient(app, headers={"Authorization": f"Bearer {ADMIN}"}) as http:
+        for engine_model in ("model-a",):
+            state.loader.engines[engine_model].delay = 0.002
+        statuses: list[int] = []
+        texts: list[str] = []
+        most_loaded: list[int] = []  # models holding memory: loaded, or being unloaded
+
+        def one(i: int) -> None:
+            model = ("model-a", "model-b")[i % 2]
+            stream = i % 3 == 0
+            r = chat(http, model, stream=stream, max_tokens=12)
+            statuses.append(r.status_code)
+            texts.append(r.text)
+            most_loaded.append(sum(
+                e.state in ("loaded", "unloading") for e in state.loader.entries.values()))
+
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(24)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert statuses == [200] * 24, texts
+        assert all(n <= 1 for n in most_loaded)
+        assert all("[DONE]" in t or '"finish_reason"' in t for t in texts)
+    closes = [e for e in lifecycle if e.startswith("close")]
+    assert closes and all(e.endswith("running=0") for e in closes), lifecycle
+    # never two started without a close between them
+    live = 0
+    for e in lifecycle:
+        live += 1 if e.startswith("start") else -1
+        assert live <= 1, lifecycle
+
+
+def test_a_stream_holds_its_model_until_it_ends(tmp_path: Path, lifecycle: list[str]) -> None:
+    app = two_model_app(tmp_path, max_loaded=1)
+    state = app.state.oasis
+    with TestClient(app, headers={"Authorization": f"Bearer {ADMIN}"}) as http:
+        state.loader.engines["model-a"].delay = 0.05
+        order: list[str] = []
+
+        def slow_stream() -> None:
+            with http.stream("POST", "/v1/chat/completions", json={
+                "model": "model-a", "messages": [{"role": "user", "content": "hi"}],
+                "stream": True, "max_tokens": 10}) as r:
+                for line in r.iter_lines():
+                    if line.startswith("data: [DONE]"):
+                        order.append("a done")
+
+        t = threading.Thread(target=slow_stream)
+        t.start()
+        while state.loader.entries["model-a"].users == 0:
+            time.sleep(0.01)
+        r = chat(http, "model-b")
+        order.append("b answered")
+        t.join()
+        assert r.status_code == 200 and order == ["a done", "b answered"]
+    assert lifecycle[:3] == ["start model-a", "close model-a running=0", "start model-b"]
+
+
+def test_idle_unload_through_the_server(tmp_path: Path, lifecycle: list[str]) -> None:
+    app = two_model_app(tmp_path, b_keep=0.3, max_loaded=2)
+    with TestClient(app, headers={"Authorization": f"Bearer {ADMIN}"}) as http:
+        assert chat(http, "model-b").status_code == 200
+        for _ in range(200):
+            b = next(m for m in http.get("/admin/models").json()["data"] if m["id"] == "model-b")
+            if b["load_state"] == "unloaded":
+                break
+            time.sleep(0.05)
+        assert b["load_state"] == "unloaded" and b["unloads"] == {"idle": 1}
+        a = next(m for m in http.get("/admin/models").json()["data"] if m["id"] == "model-a")
+        assert a["load_state"] == "loaded" and a["keep_alive"] == 300  # the server's default
+        assert http.get("/health").status_code == 200  # an unloaded model is not a failure
+        assert chat(http, "model-b").status_code == 200  # and loads again when asked for
+
+
+def test_admin_load_and_unload(http: TestClient, lifecycle: list[str]) -> None:
+    r = http.post("/admin/models/model-b/load")
+    assert r.status_code == 200 and r.json()["load_state"] == "loaded"
+    assert r.json()["load_seconds"] is not None
+    assert lifecycle == ["start model-a", "close model-a running=0", "start model-b"]
+    r = http.post("/admin/models/model-b/unload")
+    assert r.status_code == 200 and r.json()["load_state"] == "unloaded"
+    assert r.json()["unloads"] == {"admin": 1}
+    r = http.post("/admin/models/gpt-3.5-turbo/load")  # an alias names its model
+    assert r.status_code == 200 and r.json()["id"] == "model-a"
+    r = http.post("/admin/models/remote/load")
+    assert r.status_code == 400 and r.json()["error"]["code"] == "model_not_local"
+    r = http.post("/admin/models/nope/unload")
+    assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
+    r = http.post("/admin/models/model-a/load", headers={"Authorization": "Bearer sk-wrong"})
+    assert r.status_code == 401
+
+
+def test_admin_unload_of_a_busy_model_is_a_409(tmp_path: Path, lifecycle: list[str]) -> None:
+    app = two_model_app(tmp_path)
+    state = app.state.oasis
+    with TestClient(app, headers={"Authorization": f"Bearer {ADMIN}"}) as http:
+        state.loader.engines["model-a"].delay = 0.05
+        done = threading.Event()
+
+        def slow() -> None:
+            chat(http, "model-a", max_tokens=10)
+            done.set()
+
+        t = threading.Thread(target=slow)
+        t.start()
+        while state.loader.entries["model-a"].users == 0:
+            time.sleep(0.01)
+        r = http.post("/admin/models/model-a/unload")
+        assert r.status_code == 409 and r.json()["error"]["code"] == "model_busy"
+        assert "keep_alive" in r.json()["error"]["message"]
+        t.join()
+        assert http.post("/admin/models/model-a/unload").status_code == 200
+
+
+def test_a_model_that_cannot_load_is_a_503_and_its_fallback_answers(tmp_path: Path) -> None:
+    models = [
+        ModelConfig(id="broken", path=tmp_path / "broken.gguf", fallbacks=["good"]),
+        ModelConfig(id="lonely", path=tmp_path / "lonely.gguf"),
+        ModelConfig(id="good", path=tmp_path / "good.gguf"),
+    ]
+    (tmp_path / "broken.gguf").write_bytes(b"not a model")
+    (tmp_path / "lonely.gguf").write_bytes(b"not a model")
+    settings = Settings(api_key=ADMIN, data_dir=tmp_path, models=models, embeddings=False,
+                        preload=["none"])
+    app = create_app(settings)
+    state = app.state.oasis
+    # "good" runs the fake engine; the other two the real loader on a file that is no GGUF
+    state.loader.entries["good"].factory = lambda: FakeEngine(name="good")
+    with TestClient(app, headers={"Authorization": f"Bearer {ADMIN}"}) as http:
+        r = chat(http, "lonely")
+        assert r.status_code == 503 and r.json()["error"]["code"] == "model_load_failed"
+        assert "lonely" in r.json()["error"]["message"] and r.headers["retry-after"]
+        r = chat(http, "broken")
+        assert r.status_code == 200 and r.json()["model"] == "good"
+        health = http.get("/health")
+        assert health.status_code == 503 and "lonely" in health.json()["errors"]
