@@ -32,7 +32,7 @@ OASIS_MODEL ?=
 OPTIONAL_MODEL := $(if $(OASIS_MODEL),$(if $(wildcard requirements/$(OASIS_MODEL).txt),$(OASIS_MODEL)))
 TEST_MODEL := qwen2.5-coder-0.5b
 
-.PHONY: serve test install install-dev install-bench lint typecheck bench bench-gateway bench-structured bench-freeze bench-upstream bench-routing bench-responses bench-embeddings bench-batches bench-classify-zh fuzz clean
+.PHONY: serve test install install-dev install-bench lint typecheck bench bench-gateway bench-structured bench-freeze bench-upstream bench-routing bench-responses bench-embeddings bench-batches bench-classify-zh bench-models fuzz clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -138,6 +138,11 @@ bench-batches: $(VENV)/.installed-bench
 # confusion matrices, tokens/s). Results in bench/results/classify_zh.{json,png}.
 bench-classify-zh: $(VENV)/.installed-bench $(VENV)/.model-$(TEST_MODEL)
 	$(PY) -m bench.classify_zh $(BENCH_ARGS)
+
+# Models on demand: time to first token when the request loads its model vs on a loaded one,
+# and memory with 1, 2 and 3 models loaded. Results in bench/results/, table in the README.
+bench-models: $(VENV)/.installed-bench $(VENV)/.model-$(TEST_MODEL)
+	$(PY) -m bench.models $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -133,6 +133,15 @@ def test_admin_unload_and_load_on_the_real_engine(served: LiveServer) -> None:
     assert r.status_code == 200 and r.json()["load_state"] == "loaded"
     assert r.json()["load_seconds"] > 0
     assert states(served)[QWEN]["load_state"] == "unloaded"  # max_loaded=1 made room
+    # `oasis backends`, piped: tab-separated, with each local model's load state
+    done = subprocess.run([OASIS, "backends"], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "OPENAI_BASE_URL": served.v1,
+                               "OPENAI_API_KEY": served.api_key})
+    assert done.returncode == 0, done.stderr
+    header, *lines = [line.split("\t") for line in done.stdout.splitlines()]
+    rows = {row[0]: dict(zip(header, row, strict=True)) for row in lines}
+    assert rows[PULLED]["load_state"] == "loaded" and float(rows[PULLED]["load_s"]) > 0
+    assert rows[QWEN]["load_state"] == "unloaded" and rows[QWEN]["state"] == "healthy"
     r = admin(served, "POST", f"/admin/models/{PULLED}/unload")
     assert r.status_code == 200 and r.json()["load_state"] == "unloaded"
     assert httpx.get(f"{served.base_url}/health").status_code == 200

@@ -1,7 +1,7 @@
 """``oasis backends``: each model's backend as a running server sees it (``GET
-/admin/backends``): a local engine's state, or every upstream replica's state, requests in
-flight, error rate and latency. A table on a terminal, tab-separated lines when piped,
-``--json`` for the server's own JSON."""
+/admin/backends``): a local engine's state (and whether the model is loaded, and how long its
+last load took), or every upstream replica's state, requests in flight, error rate and latency.
+A table on a terminal, tab-separated lines when piped, ``--json`` for the server's own JSON."""
 
 from __future__ import annotations
 
@@ -30,6 +30,8 @@ HEADER = (
     "p50_ms",
     "p99_ms",
     "last_error",
+    "load_state",
+    "load_s",
 )
 
 
@@ -50,6 +52,8 @@ def _rows(data: list[dict[str, Any]]) -> list[list[str]]:
                     "-",
                     "-",
                     str(item.get("detail", "")) if item.get("state") != "healthy" else "",
+                    str(item.get("load_state", "-")),
+                    "-" if item.get("load_seconds") is None else f"{item['load_seconds']:.2f}",
                 ]
             )
             continue
@@ -70,6 +74,8 @@ def _rows(data: list[dict[str, Any]]) -> list[list[str]]:
                     ms(r["latency_p50_ms"]),
                     ms(r["latency_p99_ms"]),
                     str(r.get("last_error") or ""),
+                    "-",
+                    "-",
                 ]
             )
     return rows
@@ -115,7 +121,7 @@ def backends(
         table.add_column(
             name,
             justify="right"
-            if name in ("in_flight", "requests", "error_rate", "p50_ms", "p99_ms")
+            if name in ("in_flight", "requests", "error_rate", "p50_ms", "p99_ms", "load_s")
             else "left",
         )
     for row in rows:
