@@ -43,6 +43,8 @@ _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 def parse_duration(value: Any) -> Any:
     """A keep_alive: a number of seconds, or a string like "30s", "5m", "1.5h", "-1"."""
+    if isinstance(value, bool):
+        raise ValueError('a duration is a number of seconds or a string like "5m", not a boolean')
     if isinstance(value, str):
         text = value.strip().lower()
         for unit in sorted(_UNITS, key=len, reverse=True):
@@ -223,6 +225,9 @@ class Settings(BaseSettings):
     preload: Annotated[list[str], NoDecode] | None = None
     # Serve every model pulled into <data_dir>/models (`oasis pull`) beside the configured ones.
     pulled_models: bool = True
+    # Longest a request waits for its model to be loaded (behind busy models when max_loaded
+    # are loaded) before a 503 with Retry-After.
+    model_wait_seconds: float = Field(default=300.0, gt=0, allow_inf_nan=False)
     # Batches (/v1/batches): the price discount of a batch line (OpenAI: 0.5, half price) and
     # how many lines run at once, across all batches (default: the engine's slots; the engine
     # serves interactive requests first and keeps a slot for them while they come).

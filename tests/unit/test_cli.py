@@ -19,7 +19,7 @@ def test_missing_model_file_is_one_clear_line(tmp_path: Path) -> None:
     proc = subprocess.run([OASIS, "serve", "--model", str(tmp_path / "nope.gguf")],
                           capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 2
-    assert "model file not found" in proc.stderr
+    assert "no such GGUF file" in proc.stderr and "oasis pull" in proc.stderr
     assert "Traceback" not in proc.stderr
 
 

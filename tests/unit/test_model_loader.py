@@ -17,8 +17,9 @@ from openai import OpenAI
 from oasis.config import ModelConfig, Settings, parse_duration
 from oasis.engine.base import EngineStats, Health
 from oasis.engine.fake import FakeEngine
-from oasis.errors import ModelBusyError, ModelLoadError
+from oasis.errors import ConfigError, ModelBusyError, ModelLoadError, OverloadedError
 from oasis.models.loader import ModelLoader
+from oasis.models.registry import keep_alive
 from oasis.server.app import create_app
 
 ADMIN = "sk-admin-loader"
@@ -99,16 +100,17 @@ def test_a_failed_load_fails_its_waiters_and_the_next_request_tries_again() -> N
         return Probe(log, "a", fail=len(attempts) == 1)
 
     async def scenario() -> None:
-        loader = ModelLoader()
+        loader = ModelLoader(retry_after=0)
         loader.add("a", "engine", factory, keep_alive=None)
         await loader.start()
         results = await asyncio.gather(
             *(loader.acquire("a") for _ in range(3)), return_exceptions=True
         )
         assert all(isinstance(r, ModelLoadError) for r in results)
-        assert "bad file" in str(results[0]) and loader.entries["a"].users == 0
+        assert len({id(r) for r in results}) == 3  # each waiter its own error
+        assert "bad file" in str(loader.describe("a")["error"]) and loader.entries["a"].users == 0
         health = loader.health("a")
-        assert not health.ok and "bad file" in health.detail
+        assert not health.ok and "could not be loaded" in health.detail
         await loader.acquire("a")  # the second load works
         assert loader.health("a").ok and len(attempts) == 2
         loader.release("a")
@@ -183,10 +185,17 @@ def test_keep_alive_durations() -> None:
     assert parse_duration("5m") == 300 and parse_duration("30s") == 30
     assert parse_duration("1.5h") == 5400 and parse_duration("-1") == -1
     assert parse_duration(" 250ms ") == 0.25 and parse_duration(7) == 7
-    with pytest.raises(ValueError, match="not a duration"):
-        parse_duration("soon")
-    with pytest.raises(ValueError):
-        Settings(keep_alive="nan")
+    for bad in ("soon", "5 minutes", "m", ""):
+        with pytest.raises(ValueError, match="not a duration"):
+            parse_duration(bad)
+    with pytest.raises(ValueError, match="not a boolean"):
+        parse_duration(True)
+    for bad in ("nan", "inf", "-inf", "1e309s"):
+        with pytest.raises(ValueError):
+            Settings(keep_alive=bad)
+    assert keep_alive(Settings(keep_alive="-0")) is None  # negative: never, -0 included
+    assert keep_alive(Settings(keep_alive="-1")) is None
+    assert keep_alive(Settings(), 0.0) == 0.0  # 0: unload as soon as idle
 
 
 # -- through the server ------------------------------------------------------------------------
@@ -216,8 +225,15 @@ def lifecycle(monkeypatch: pytest.MonkeyPatch) -> list[str]:
         events.append(f"close {self.info.name} running={self.stats().running}")
         real_close(self)
 
+    real_init = FakeEngine.__init__
+
+    def init(self: FakeEngine, *args: Any, **kwargs: Any) -> None:
+        real_init(self, *args, **kwargs)
+        self.delay = 0.002  # every engine, each load's: generations overlap the switches
+
     monkeypatch.setattr(FakeEngine, "start", start)
     monkeypatch.setattr(FakeEngine, "close", close)
+    monkeypatch.setattr(FakeEngine, "__init__", init)
     return events
 
 
@@ -278,8 +294,6 @@ def test_concurrent_requests_for_two_models_with_max_loaded_one(
     app = two_model_app(tmp_path, max_loaded=1)
     state = app.state.oasis
     with TestClient(app, headers={"Authorization": f"Bearer {ADMIN}"}) as http:
-        for engine_model in ("model-a",):
-            state.loader.engines[engine_model].delay = 0.002
         statuses: list[int] = []
         texts: list[str] = []
         most_loaded: list[int] = []  # models holding memory: loaded, or being unloaded
@@ -442,3 +456,132 @@ def test_two_loads_waiting_for_room_do_not_wait_for_each_other() -> None:
         await loader.close()
 
     asyncio.run(scenario())
+
+
+def test_a_drain_that_is_no_longer_needed_ends() -> None:
+    """max_loaded=2, "a" and "b" busy, "c" asked for: "a" (least recently used) drains; then
+    "b" goes idle and "c" takes its place: "a" must serve again, not wait forever."""
+    log: list[str] = []
+
+    async def scenario() -> None:
+        loader = ModelLoader(max_loaded=2)
+        for name in "abc":
+            loader.add(name, "engine", lambda name=name: Probe(log, name), keep_alive=None)
+        await loader.start(preload=("a", "b"))
+        await loader.acquire("a")
+        await loader.acquire("b")
+        c = asyncio.create_task(loader.acquire("c"))
+        await asyncio.sleep(0.05)
+        assert loader.describe("a")["draining"] is True
+        a2 = asyncio.create_task(loader.acquire("a"))
+        await asyncio.sleep(0.05)
+        assert not a2.done()
+        loader.release("b")  # "c" evicts the idle "b" instead
+        await asyncio.wait_for(c, 10)
+        await asyncio.wait_for(a2, 10)  # the drain ended with the load that asked for it
+        assert loader.describe("a")["draining"] is False and loader.entries["a"].users == 2
+        assert "close a running=0" not in log
+        for name in ("a", "a", "c"):
+            loader.release(name)
+        await loader.close()
+
+    asyncio.run(scenario())
+
+
+def test_failed_loads_fail_fast_for_a_while() -> None:
+    log: list[str] = []
+    built: list[int] = []
+    now = [100.0]
+
+    def factory() -> Probe:
+        built.append(1)
+        return Probe(log, "bad", fail=True)
+
+    async def scenario() -> None:
+        loader = ModelLoader(max_loaded=1, retry_after=5.0, clock=lambda: now[0])
+        loader.add("good", "engine", lambda: Probe(log, "good"), keep_alive=None)
+        loader.add("bad", "engine", factory, keep_alive=None)
+        await loader.start(preload=("good",))
+        with pytest.raises(ModelLoadError) as first:
+            await loader.acquire("bad")
+        assert first.value.headers["Retry-After"] == "5"
+        assert "bad file" not in first.value.message  # the reason is the operator's
+        assert "bad file" in str(loader.describe("bad")["error"])
+        assert log == ["start good", "close good running=0", "close bad running=0"]  # room, fail
+        await loader.acquire("good")
+        loader.release("good")
+        now[0] += 2
+        with pytest.raises(ModelLoadError):  # within retry_after: no load, nothing evicted
+            await loader.acquire("bad")
+        assert len(built) == 1 and loader.describe("good")["load_state"] == "loaded"
+        now[0] += 4
+        with pytest.raises(ModelLoadError):
+            await loader.acquire("bad")
+        assert len(built) == 2
+        await loader.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_request_waits_for_its_model_at_most_wait_seconds() -> None:
+    log: list[str] = []
+
+    async def scenario() -> None:
+        loader = ModelLoader(max_loaded=1, wait_seconds=0.2)
+        loader.add("a", "engine", lambda: Probe(log, "a"), keep_alive=None)
+        loader.add("b", "engine", lambda: Probe(log, "b"), keep_alive=None)
+        await loader.start(preload=("a",))
+        await loader.acquire("a")  # a client that never finishes
+        with pytest.raises(OverloadedError, match=r"could not be loaded within 0\.2 s"):
+            await loader.acquire("b")
+        assert loader.entries["b"].waiting == 0
+        loader.release("a")
+        await asyncio.wait_for(loader.acquire("b"), 10)  # the load went on, and is served
+        loader.release("b")
+        await loader.close()
+
+    asyncio.run(scenario())
+
+
+def test_an_app_can_be_started_twice(tmp_path: Path) -> None:
+    app = two_model_app(tmp_path)
+    for _ in range(2):
+        with TestClient(app, headers={"Authorization": f"Bearer {ADMIN}"}) as http:
+            assert chat(http, "model-a").status_code == 200
+            assert chat(http, "model-b").status_code == 200
+    from tests.conftest import make_app
+
+    pinned = make_app(tmp=tmp_path)
+    for _ in range(2):
+        with TestClient(pinned, headers={"Authorization": "Bearer sk-test"}) as http:
+            assert chat(http, "fake-model").status_code in (200, 401)
+
+
+def test_a_stream_the_route_cannot_send_releases_its_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from oasis.gateway.meter import Ticket
+
+    async def broken(self: Ticket) -> dict[str, str]:
+        raise RuntimeError("the limiter is down")
+
+    app = two_model_app(tmp_path)
+    state = app.state.oasis
+    monkeypatch.setattr(Ticket, "headers", broken)
+    with TestClient(app, headers={"Authorization": f"Bearer {ADMIN}"},
+                    raise_server_exceptions=False) as http:
+        r = chat(http, "model-a", stream=True)
+        assert r.status_code == 500
+        assert state.loader.entries["model-a"].users == 0  # not held forever
+        assert http.post("/admin/models/model-a/unload").status_code == 200
+
+
+def test_preload_names_are_checked(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"preload: .*nope"):
+        two_model_app(tmp_path, preload=["nope"])
+    with pytest.raises(ConfigError, match="remote is not a local model"):
+        two_model_app(tmp_path, preload=["remote"])
+    app = two_model_app(tmp_path, preload=["model-b", "model-a"], max_loaded=2)
+    with TestClient(app, headers={"Authorization": f"Bearer {ADMIN}"}) as http:
+        states = {m["id"]: m["load_state"] for m in http.get("/admin/models").json()["data"]}
+        assert states == {"model-a": "loaded", "model-b": "loaded"}

@@ -6,6 +6,8 @@ last chunk of its stream, is out."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
@@ -53,14 +55,18 @@ class LocalServing:
 
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 class _Held:
-    """A stream that holds its model loaded until it ends or is closed."""
+    """A stream that holds its model loaded until it ends or is closed. A stream that fails
+    closes itself (its engine sequences are cancelled before the model is released); one
+    dropped without being closed releases the model when it is collected, with a warning."""
 
     def __init__(self, chunks: AsyncIterator[Any], release: Callable[[], None]) -> None:
         self._chunks = chunks
         self._release: Callable[[], None] | None = release
+        self._loop = asyncio.get_running_loop()
 
     def __aiter__(self) -> _Held:
         return self
@@ -68,8 +74,11 @@ class _Held:
     async def __anext__(self) -> Any:
         try:
             return await self._chunks.__anext__()
-        except BaseException:
+        except StopAsyncIteration:
             self._done()
+            raise
+        except BaseException:
+            await self.aclose()
             raise
 
     async def aclose(self) -> None:
@@ -84,6 +93,11 @@ class _Held:
         if self._release is not None:
             release, self._release = self._release, None
             release()
+
+    def __del__(self) -> None:
+        if self._release is not None and not self._loop.is_closed():
+            log.warning("a response stream was dropped without being closed")
+            self._loop.call_soon_threadsafe(self._done)  # the loader lives on the loop
 
 
 async def holding(loader: ModelLoader, model_id: str, work: Callable[[], Awaitable[T]]) -> T:

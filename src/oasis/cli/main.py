@@ -29,7 +29,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # an error is one line, whatever the width
 app.add_typer(keys_cli.app, name="keys")
 app.command("pull")(models_cli.pull)
 app.add_typer(models_cli.app, name="models")

@@ -107,6 +107,8 @@ class Ledger:
         fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
 
     async def start(self) -> None:
+        self._wake = asyncio.Event()  # of this event loop (an app may be started again)
+        self._flushing = asyncio.Lock()
         if self._fd is None:
             await to_thread.run_sync(self.open)
         self._task = asyncio.create_task(self._run(), name="oasis-usage-ledger")

@@ -33,7 +33,7 @@ from typing import Any, Literal, Protocol
 from anyio import to_thread
 
 from oasis.engine.base import Embedder, Engine, EngineStats, Health
-from oasis.errors import ModelBusyError, ModelLoadError, ModelNotFoundError
+from oasis.errors import ModelBusyError, ModelLoadError, ModelNotFoundError, OverloadedError
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +75,8 @@ class Entry:
     load_seconds_total: float = 0.0
     unloads: dict[str, int] = field(default_factory=dict)  # reason -> count
     error: str | None = None  # the last failed load's reason (cleared by a load)
+    failed_at: float | None = None  # when a load last failed: loads wait ``retry_after``
+    drain_for: str | None = None  # the model whose load asked this one to drain
     task: asyncio.Task[None] | None = None
     retired: EngineStats = field(default_factory=EngineStats)
 
@@ -87,9 +89,16 @@ class ModelLoader:
     """Loads and unloads the local models (see the module docstring)."""
 
     def __init__(
-        self, *, max_loaded: int | None = None, clock: Callable[[], float] = time.monotonic
+        self,
+        *,
+        max_loaded: int | None = None,
+        wait_seconds: float | None = None,
+        retry_after: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.max_loaded = max_loaded
+        self.wait_seconds = wait_seconds  # longest a request waits for its model; None: no limit
+        self.retry_after = retry_after  # after a failed load, requests fail fast this long
         self.clock = clock
         self.entries: dict[str, Entry] = {}
         self.engines: dict[str, Engine] = {}
@@ -117,6 +126,7 @@ class ModelLoader:
 
     async def start(self, preload: tuple[str, ...] = ()) -> None:
         """Start the pinned engines, load ``preload`` and begin unloading idle models."""
+        self._changed = asyncio.Event()  # of this event loop (an app may be started again)
         for entry in self.entries.values():
             if entry.pinned and entry.obj is not None:
                 entry.obj.start()
@@ -135,11 +145,14 @@ class ModelLoader:
                 entry.task.cancel()  # it may wait for room that no one will make now
                 with contextlib.suppress(BaseException):
                     await entry.task
-            if entry.obj is not None:
-                obj, entry.obj = entry.obj, None
-                self._forget(entry)
-                await to_thread.run_sync(obj.close)
-                entry.state = "unloaded"
+            try:
+                if entry.pinned and entry.obj is not None:
+                    await to_thread.run_sync(entry.obj.close)  # stays installed: start() again
+                elif entry.obj is not None and entry.state == "loaded":
+                    entry.users = entry.waiting = 0  # the server is stopping
+                    await self._unload(entry, "stop")
+            except Exception:
+                log.exception("closing the model %s failed", entry.id)
 
     # -- requests -------------------------------------------------------------------------------
     async def acquire(self, model_id: str) -> None:
@@ -148,9 +161,17 @@ class ModelLoader:
         entry = self._entry(model_id)
         entry.waiting += 1
         try:
-            await self._until_loaded(entry)
+            async with asyncio.timeout(self.wait_seconds):
+                await self._until_loaded(entry)
+        except TimeoutError:
+            raise OverloadedError(
+                f"The model '{model_id}' could not be loaded within {self.wait_seconds:g} s: "
+                "the models loaded now are busy (max_loaded). Try again later.",
+                retry_after=5,
+            ) from None
         finally:
             entry.waiting -= 1
+            self._notify()  # a load waiting for room counts this model's waiters
         entry.users += 1
         entry.last_used = self.clock()
         self._notify()  # a load waiting for room may now choose this model to drain
@@ -161,21 +182,39 @@ class ModelLoader:
             if entry.state == "loaded" and not entry.draining:
                 return
             if entry.state == "unloaded":
+                if (
+                    entry.failed_at is not None
+                    and self.clock() - entry.failed_at < self.retry_after
+                ):
+                    raise self._failed(entry)  # fail fast: do not evict others for it again
                 entry.state = "loading"
                 entry.task = asyncio.get_running_loop().create_task(
                     self._load(entry), name=f"oasis-load-{model_id}"
                 )
+                # its outcome is read by the waiters, if any are left
+                entry.task.add_done_callback(lambda t: t.cancelled() or t.exception())
                 self._notify()
             if entry.state == "loading" and entry.task is not None:
                 task = entry.task
                 await asyncio.wait({task})  # not shield(): a leaving client must not log its error
                 if task.cancelled():
-                    raise ModelLoadError(f"loading the model '{model_id}' was cancelled")
-                exc = task.exception()
-                if exc is not None:
-                    raise exc
+                    raise ModelLoadError(f"Loading the model '{model_id}' was cancelled.")
+                if task.exception() is not None:
+                    raise self._failed(entry)
                 continue
             await self._wait()  # draining or unloading: try again once that is done
+
+    def _failed(self, entry: Entry) -> ModelLoadError:
+        """What a request for a model that could not be loaded hears (the reason, which may
+        name server paths, is in the log, ``/admin/models`` and not in the answer)."""
+        wait = self.retry_after
+        if entry.failed_at is not None:
+            wait = max(1.0, self.retry_after - (self.clock() - entry.failed_at))
+        return ModelLoadError(
+            f"The model '{entry.id}' could not be loaded; try again later (the server's log and "
+            "GET /admin/models say why).",
+            retry_after=max(1, round(wait)),
+        )
 
     def release(self, model_id: str) -> None:
         entry = self._entry(model_id)
@@ -230,7 +269,7 @@ class ModelLoader:
         if entry.obj is not None:
             return entry.obj.health()
         if entry.error is not None:
-            return Health(False, f"could not load: {entry.error}")
+            return Health(False, "could not be loaded (see the server's log)")
         return Health(True, "loading" if entry.state == "loading" else "not loaded")
 
     def describe(self, model_id: str) -> dict[str, Any]:
@@ -298,12 +337,10 @@ class ModelLoader:
         except Exception as exc:
             entry.state, entry.admitted = "unloaded", False
             entry.error = f"{type(exc).__name__}: {exc}"
+            entry.failed_at = self.clock()
             log.error("could not load the model %s: %s", entry.id, entry.error)
             self._notify()
-            raise ModelLoadError(
-                f"The model '{entry.id}' could not be loaded ({entry.error}); try again, or "
-                "ask the server's operator to check its logs."
-            ) from exc
+            raise self._failed(entry) from exc
         except BaseException:
             entry.state, entry.admitted = "unloaded", False
             self._notify()
@@ -311,7 +348,7 @@ class ModelLoader:
         entry.load_seconds = self.clock() - started
         entry.loads += 1
         entry.load_seconds_total += entry.load_seconds
-        entry.error = None
+        entry.error = entry.failed_at = None
         entry.admitted = False
         self._install(entry, obj)
         log.info("loaded the model %s in %.2f s", entry.id, entry.load_seconds)
@@ -335,6 +372,16 @@ class ModelLoader:
         recently used idle model (or draining the least recently used busy one) as needed."""
         if self.max_loaded is None:
             return
+        try:
+            await self._find_room(entry)
+        finally:
+            for other in self.entries.values():  # drains it asked for that are not needed now
+                if other.drain_for == entry.id:
+                    other.draining, other.drain_for = False, None
+            self._notify()
+
+    async def _find_room(self, entry: Entry) -> None:
+        assert self.max_loaded is not None
         while self.loaded_count() >= self.max_loaded:
             loaded = [
                 e
@@ -345,14 +392,18 @@ class ModelLoader:
             # draining one is idle once its last request ends (its waiters wait for that)
             idle = [e for e in loaded if e.users == 0 and (e.draining or not e.waiting)]
             if idle:
-                await self._unload(min(idle, key=lambda e: e.last_used), "evicted")
+                victim = min(idle, key=lambda e: e.last_used)
+                try:
+                    await self._unload(victim, "evicted")
+                except Exception:  # its state is "unloaded" all the same
+                    log.exception("unloading the model %s failed", victim.id)
                 continue
             # drain the least recently used busy one (one just loaded for requests that have
             # not taken it yet is left to them: they will, and then it can drain)
             busy = [e for e in loaded if e.users]
             if busy and not any(e.draining for e in loaded):
                 victim = min(busy, key=lambda e: e.last_used)
-                victim.draining = True
+                victim.draining, victim.drain_for = True, entry.id
                 log.info("model %s drains: %s waits to load", victim.id, entry.id)
             await self._wait()
 
@@ -362,15 +413,15 @@ class ModelLoader:
         entry.state = "unloading"
         self._forget(entry)
         self._notify()
-        retired = obj.stats()
         try:
-            await to_thread.run_sync(obj.close)
-        finally:
+            retired = obj.stats()
             for name in _COUNTERS:
                 setattr(entry.retired, name, getattr(entry.retired, name) + getattr(retired, name))
+            await to_thread.run_sync(obj.close)
+        finally:
             entry.obj = None
             entry.state = "unloaded"
-            entry.draining = False
+            entry.draining, entry.drain_for = False, None
             entry.loaded_at = None
             entry.unloads[reason] = entry.unloads.get(reason, 0) + 1
             log.info("unloaded the model %s (%s)", entry.id, reason)

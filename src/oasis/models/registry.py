@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -149,8 +150,6 @@ def specs_from_settings(settings: Settings) -> list[ModelSpec]:
                 keep_alive=keep_alive(settings),
             )
         )
-    if settings.pulled_models:
-        specs += _pulled(settings, specs)
     if not settings.models and settings.embeddings:
         try:
             path = _bundled_embedding(settings)
@@ -166,6 +165,8 @@ def specs_from_settings(settings: Settings) -> list[ModelSpec]:
                     keep_alive=keep_alive(settings),
                 )
             )
+    if settings.pulled_models:  # last: every other name is taken by now
+        specs += _pulled(settings, specs)
     # the OpenAI chat aliases go to the first chat model
     at = next((i for i, s in enumerate(specs) if not s.is_embedding), 0)
     first = specs[at]
@@ -208,7 +209,7 @@ def stored_model(settings: Settings, value: str) -> tuple[str, Path]:
 def _pulled(settings: Settings, specs: list[ModelSpec]) -> list[ModelSpec]:
     """The models in the store that no configured model serves already (by path or name)."""
     paths = {s.path.resolve() for s in specs if s.upstream is None}
-    names = {n for s in specs for n in (s.id, *s.aliases)}
+    names = {n for s in specs for n in (s.id, *s.aliases)} | set(settings.default_aliases)
     out = []
     try:
         stored = model_store(settings).list()
@@ -218,7 +219,7 @@ def _pulled(settings: Settings, specs: list[ModelSpec]) -> list[ModelSpec]:
     for m in stored:
         if m.path.resolve() in paths:
             continue
-        if m.name in names or m.name in settings.default_aliases:
+        if m.name in names:
             log.warning("not serving the pulled model %s: the name is taken", m.name)
             continue
         out.append(ModelSpec(m.name, m.path, keep_alive=keep_alive(settings)))
@@ -228,7 +229,7 @@ def _pulled(settings: Settings, specs: list[ModelSpec]) -> list[ModelSpec]:
 def keep_alive(settings: Settings, value: float | None = None) -> float | None:
     """A model's keep_alive in seconds (its own, else the server's); None: never unload."""
     seconds = settings.keep_alive if value is None else value
-    return None if seconds < 0 else seconds
+    return None if math.copysign(1.0, seconds) < 0 else seconds  # "-0" too: never
 
 
 def _bundled_embedding(settings: Settings) -> Path:

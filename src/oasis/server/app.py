@@ -24,6 +24,7 @@ from oasis.backends.fallback import with_fallbacks
 from oasis.batches.runner import BatchRunner
 from oasis.config import Settings
 from oasis.engine.base import Embedder, Engine
+from oasis.errors import ConfigError, ModelNotFoundError
 from oasis.gateway.limits import Limiter, MemoryLimiter, RedisLimiter
 from oasis.gateway.meter import Gateway
 from oasis.gateway.usage import Ledger, Price
@@ -61,7 +62,7 @@ def build_loader(
     """The local models (llama.cpp, or the scripted fake), each loaded on demand by its
     backend kind. ``engines``/``embedders`` given (tests, embedded use) are served as given,
     always loaded. ``on_fatal`` is called when an engine gives up after repeated failures."""
-    loader = ModelLoader(max_loaded=settings.max_loaded)
+    loader = ModelLoader(max_loaded=settings.max_loaded, wait_seconds=settings.model_wait_seconds)
     given: dict[str, Engine | Embedder] = {**(engines or {}), **(embedders or {})}
     for spec in registry.specs:
         role: Literal["engine", "embedder"] = "embedder" if spec.is_embedding else "engine"
@@ -98,11 +99,23 @@ def _built(
     return made
 
 
+def served(registry: ModelRegistry) -> str:
+    return ", ".join(s.id for s in registry.specs)
+
+
 def preloaded(settings: Settings, registry: ModelRegistry, loader: ModelLoader) -> tuple[str, ...]:
     """The models loaded at start: ``preload``, else the first chat model served locally."""
     if settings.preload is not None:
         names = [n for n in settings.preload if n.lower() != "none"]
-        ids = tuple(registry.resolve(n).id for n in names)
+        try:
+            ids = tuple(registry.resolve(n).id for n in names)
+        except ModelNotFoundError as exc:
+            raise ConfigError(f"preload: {exc.message} (served: {served(registry)})") from None
+        remote = [i for i in ids if i not in loader.entries]
+        if remote:
+            raise ConfigError(f"preload: {', '.join(remote)} is not a local model")
+        if len(ids) > settings.max_loaded:
+            raise ConfigError(f"preload names {len(ids)} models, more than max_loaded")
     else:
         ids = tuple(s.id for s in registry.specs if not s.is_embedding)[:1]
     return tuple(i for i in ids if i in loader.entries)

@@ -289,7 +289,14 @@ async def _generate(
     except BaseException:
         await ticket.finish(500)
         raise
-    headers = await ticket.headers()
+    try:
+        headers = await ticket.headers()
+    except BaseException:
+        if not isinstance(result, BaseModel):
+            with anyio.CancelScope(shield=True):
+                await _close(result)  # its engine sequences, and its hold on the model
+        await ticket.finish(500)
+        raise
     if isinstance(result, BaseModel):
         await ticket.finish(200)
         if _heavy(result):
