@@ -85,7 +85,7 @@ typecheck: install-dev
 
 # pytest exits 5 when it collected nothing: not a failure of the code.
 test: install-dev lint typecheck
-	$(PY) -m pytest -q tests; status=$$?; if [ $$status -eq 5 ]; then exit 0; fi; exit $$status
+	$(PY) -m pytest -q --durations=20 tests; status=$$?; if [ $$status -eq 5 ]; then exit 0; fi; exit $$status
 
 # The API fuzz test (tests/fuzz/) at length: FUZZ_EXAMPLES examples per property instead of the
 # suite's 300, with Hypothesis's statistics (status and error codes seen). About 5 minutes.

@@ -585,3 +585,36 @@ def test_preload_names_are_checked(tmp_path: Path) -> None:
     with TestClient(app, headers={"Authorization": f"Bearer {ADMIN}"}) as http:
         states = {m["id"]: m["load_state"] for m in http.get("/admin/models").json()["data"]}
         assert states == {"model-a": "loaded", "model-b": "loaded"}
+
+
+def test_an_engine_that_gives_up_is_unloaded_and_loaded_afresh() -> None:
+    """What used to stop the whole server (the engine's supervisor giving up): the model is
+    unloaded once its requests end, and the next request loads a new engine."""
+    log: list[str] = []
+    built: list[Probe] = []
+
+    def factory() -> Probe:
+        built.append(Probe(log, f"a{len(built)}"))
+        return built[-1]
+
+    async def scenario() -> None:
+        loader = ModelLoader(retry_after=0)
+        loader.add("a", "engine", factory, keep_alive=None)
+        loader.add("b", "engine", lambda: Probe(log, "b"), keep_alive=None)
+        await loader.start(preload=("a", "b"))
+        await loader.acquire("a")
+        await asyncio.to_thread(loader.engine_down, "a", "engine a: 4 failures in 60 s")
+        await asyncio.sleep(0.05)
+        assert loader.describe("a")["load_state"] == "loaded"  # its request still holds it
+        later = asyncio.create_task(loader.acquire("a"))
+        await asyncio.sleep(0.05)
+        assert not later.done()  # waits for the broken engine to go
+        loader.release("a")
+        await asyncio.wait_for(later, 10)
+        assert loader.describe("a")["unloads"] == {"failed": 1} and len(built) == 2
+        assert loader.engines["a"] is built[1]  # type: ignore[comparison-overlap]
+        assert loader.describe("b")["load_state"] == "loaded"  # the others are not touched
+        loader.release("a")
+        await loader.close()
+
+    asyncio.run(scenario())

@@ -129,9 +129,6 @@ def serve(
     except (ConfigError, OasisError) as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
-    if application.state.fatal:
-        err.print(f"[red]error:[/red] the server stopped: {application.state.fatal[0]}")
-        raise typer.Exit(1)
 
 
 def _is_loopback(host: str) -> bool:

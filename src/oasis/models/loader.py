@@ -105,6 +105,8 @@ class ModelLoader:
         self.embedders: dict[str, Embedder] = {}
         self._changed = asyncio.Event()
         self._reaper: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
 
     # -- setup ----------------------------------------------------------------------------------
     def add(
@@ -127,6 +129,7 @@ class ModelLoader:
     async def start(self, preload: tuple[str, ...] = ()) -> None:
         """Start the pinned engines, load ``preload`` and begin unloading idle models."""
         self._changed = asyncio.Event()  # of this event loop (an app may be started again)
+        self._loop = asyncio.get_running_loop()
         for entry in self.entries.values():
             if entry.pinned and entry.obj is not None:
                 entry.obj.start()
@@ -253,6 +256,34 @@ class ModelLoader:
         if entry.state == "loaded":
             await self._unload(entry, reason)
         return entry
+
+    def engine_down(self, model_id: str, reason: str) -> None:
+        """An engine gave up (its supervisor saw repeated failures); called from its thread.
+        The model is unloaded once its requests have ended, and the next request after
+        ``retry_after`` loads a fresh one: one broken model does not stop the server."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+
+        def schedule() -> None:
+            task = loop.create_task(self._replace(self._entry(model_id), reason))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+        loop.call_soon_threadsafe(schedule)
+
+    async def _replace(self, entry: Entry, reason: str) -> None:
+        if entry.state != "loaded" or entry.pinned:
+            return
+        log.error(
+            "the model %s is down (%s): unloading it; the next request reloads it", entry.id, reason
+        )
+        entry.error, entry.failed_at = reason, self.clock()
+        entry.draining = True  # new requests wait for the unload (then retry_after applies)
+        while entry.users and entry.state == "loaded":
+            await self._wait()
+        if entry.state == "loaded":
+            await self._unload(entry, "failed")
 
     # -- state ----------------------------------------------------------------------------------
     def stats(self, model_id: str) -> EngineStats:

@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import os
-import signal
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -55,26 +53,26 @@ log = logging.getLogger(__name__)
 def build_loader(
     settings: Settings,
     registry: ModelRegistry,
-    on_fatal: Callable[[str], None] | None = None,
     engines: Mapping[str, Engine] | None = None,
     embedders: Mapping[str, Embedder] | None = None,
 ) -> ModelLoader:
     """The local models (llama.cpp, or the scripted fake), each loaded on demand by its
     backend kind. ``engines``/``embedders`` given (tests, embedded use) are served as given,
-    always loaded. ``on_fatal`` is called when an engine gives up after repeated failures."""
+    always loaded. An engine that gives up after repeated failures is unloaded, and loaded
+    afresh by the next request (``ModelLoader.engine_down``), rather than stopping the server
+    with every other model in it."""
     loader = ModelLoader(max_loaded=settings.max_loaded, wait_seconds=settings.model_wait_seconds)
     given: dict[str, Engine | Embedder] = {**(engines or {}), **(embedders or {})}
     for spec in registry.specs:
         role: Literal["engine", "embedder"] = "embedder" if spec.is_embedding else "engine"
         if spec.id in given:
             loader.add(spec.id, role, loaded=given[spec.id])
-        elif (embedders if spec.is_embedding else engines) is None and _build(
-            spec, settings, on_fatal
-        ):
+        elif (embedders if spec.is_embedding else engines) is None and _build(spec, settings, None):
+            down = functools.partial(loader.engine_down, spec.id)
             loader.add(
                 spec.id,
                 role,
-                functools.partial(_built, spec, settings, on_fatal),
+                functools.partial(_built, spec, settings, down),
                 keep_alive=spec.keep_alive,
             )
     return loader
@@ -190,15 +188,7 @@ def create_app(
     """Build the app. Tests pass a registry and fake engines (and embedders); ``oasis serve``
     passes neither."""
     registry = registry or ModelRegistry(specs_from_settings(settings))
-    fatal: list[str] = []
-
-    def on_fatal(reason: str) -> None:
-        """An engine is down for good: stop the server, loudly (``oasis serve`` exits 1)."""
-        log.critical("stopping the server: %s", reason)
-        fatal.append(reason)
-        os.kill(os.getpid(), signal.SIGTERM)
-
-    loader = build_loader(settings, registry, on_fatal, engines, embedders)
+    loader = build_loader(settings, registry, engines, embedders)
     preload = preloaded(settings, registry, loader)
     limits = RequestLimits(
         max_messages=settings.max_messages, max_prompt_chars=settings.max_prompt_chars
@@ -268,7 +258,6 @@ def create_app(
         openapi_url=None,
     )
     app.state.oasis = state
-    app.state.fatal = fatal
     install_error_handlers(app)
     app.add_middleware(
         RequestGuard,
