@@ -15,7 +15,6 @@ converts again. ``python -m oasis.models.embedding_gguf`` does it at install tim
 from __future__ import annotations
 
 import argparse
-import contextlib
 import hashlib
 import importlib.util
 import json
@@ -34,6 +33,7 @@ import numpy as np
 from safetensors.numpy import load_file
 
 from oasis.errors import ConfigError
+from oasis.models.locks import exclusive
 
 logger = logging.getLogger(__name__)
 
@@ -372,23 +372,6 @@ def _fingerprint(model_dir: Path) -> str:
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:12]
 
 
-@contextlib.contextmanager
-def _exclusive(lock_path: Path) -> Iterator[None]:
-    """One converter at a time per file (the rename alone is safe; this saves the duplicate
-    work). Without fcntl (Windows) the atomic rename is the only guard."""
-    if sys.platform == "win32":
-        yield
-        return
-    import fcntl
-
-    with open(lock_path, "a+b") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-
-
 def bundled_embedding_gguf(cache_dir: Path) -> Path:
     """The bundled embedding model as GGUF under ``cache_dir/models``, converted if needed."""
     model_dir = bundled_embedding_dir()
@@ -399,7 +382,7 @@ def bundled_embedding_gguf(cache_dir: Path) -> Path:
         return out
     try:
         models.mkdir(parents=True, exist_ok=True)
-        with _exclusive(models / f".{name}.lock"):
+        with exclusive(models / f".{name}.lock"):
             if out.is_file():  # another process converted it while we waited
                 return out
             started = time.perf_counter()

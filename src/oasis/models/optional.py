@@ -21,7 +21,6 @@ once, its hash remembered in a sidecar keyed by size and modification time, and 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import hashlib
 import importlib.metadata
 import importlib.util
@@ -32,11 +31,11 @@ import secrets
 import shutil
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from oasis.errors import ConfigError
+from oasis.models.locks import exclusive
 from oasis.models.store import ModelStore, StoredModel
 
 logger = logging.getLogger(__name__)
@@ -189,23 +188,6 @@ def _temp_path(directory: Path, model: OptionalModel) -> Path:
     return directory / f".{model.file}.{secrets.token_hex(4)}.partial"
 
 
-@contextlib.contextmanager
-def _exclusive(lock_path: Path) -> Iterator[None]:
-    """One assembler at a time per cache entry (saves duplicate work; the rename alone is
-    safe). Without fcntl (Windows) the atomic rename is the only guard."""
-    if sys.platform == "win32":
-        yield
-        return
-    import fcntl
-
-    with open(lock_path, "a+b") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-
-
 def _sidecar(path: Path) -> Path:
     return path.with_name(path.name + ".sha256.json")
 
@@ -255,7 +237,7 @@ def fill_cache(model: OptionalModel, cache_dir: Path) -> Path:
         return out
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        with _exclusive(out.parent / f".{model.file}.lock"):
+        with exclusive(out.parent / f".{model.file}.lock"):
             if _verified(model, out):  # another process joined it while we waited
                 return out
             parts = chunk_paths(model)
