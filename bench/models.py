@@ -58,10 +58,11 @@ def first_token_ms(base: str, model: str, prompt: str) -> float:
     start = time.perf_counter()
     with httpx.stream("POST", f"{base}/v1/chat/completions", json=body, timeout=300) as r:
         r.raise_for_status()
-        for line in r.iter_lines():
+        lines = r.iter_lines()
+        for line in lines:
             if line.startswith("data: {") and '"content"' in line:
                 elapsed = (time.perf_counter() - start) * 1000
-                for _ in r.iter_lines():
+                for _ in lines:  # read the rest: the request ends before the next
                     pass
                 return elapsed
     raise RuntimeError(f"{model}: no content chunk")
