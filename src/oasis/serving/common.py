@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import hashlib
 import secrets
@@ -11,7 +12,6 @@ from contextvars import ContextVar
 from dataclasses import dataclass, replace
 from typing import Generic, Protocol, TypeVar
 
-from anyio import to_thread
 from openai.types.completion_usage import CompletionUsage, PromptTokensDetails
 
 from oasis import __version__
@@ -159,9 +159,7 @@ class ServingContext:
         with it every other request, ``/health`` and the server's signal handling."""
         if not heavy:
             return work()
-        # anyio's, not asyncio.to_thread: a cancelled request (its client left) waits for the
-        # thread to finish, so the engine it tokenizes with is not unloaded under it
-        return await to_thread.run_sync(work)
+        return await asyncio.to_thread(work)
 
     def check_messages(self, count: int) -> None:
         """At most ``max_messages`` messages (OpenAI's own limit is 2048). The route checks

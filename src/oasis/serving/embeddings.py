@@ -21,7 +21,6 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from anyio import to_thread
 from numpy.typing import NDArray
 from openai.types import CreateEmbeddingResponse, Embedding
 from openai.types.create_embedding_response import Usage
@@ -89,7 +88,7 @@ class EmbeddingService:
         if size <= _INLINE_CHARS:
             tokens = _tokenize(embedder, inputs)
         else:
-            tokens = await to_thread.run_sync(_tokenize, embedder, inputs)  # see common.prepare
+            tokens = await asyncio.to_thread(_tokenize, embedder, inputs)
         total = _check(tokens, info.n_ctx, info.n_vocab)
         await meter.admit(total, 0)
         job = embedder.submit(tokens, background=BACKGROUND.get())
