@@ -134,8 +134,9 @@ bench-embeddings: $(VENV)/.installed-bench
 bench-batches: $(VENV)/.installed-bench
 	$(PY) -m bench.batches $(BENCH_ARGS)
 
-# Chinese sentiment: SmolLM2 (bundled) vs Qwen2.5-Coder-0.5B on 40 labelled texts (accuracy,
-# confusion matrices, tokens/s). Results in bench/results/classify_zh.{json,png}.
+# Chinese sentiment (and English, 30 texts): SmolLM2 (bundled) vs Qwen2.5-Coder-0.5B on 40
+# labelled texts, by classify method (accuracy, confusion matrices, tokens/s). Results in
+# bench/results/classify_zh.{json,png}. BENCH_ARGS="--models qwen --methods auto --langs zh".
 bench-classify-zh: $(VENV)/.installed-bench $(VENV)/.model-$(TEST_MODEL)
 	$(PY) -m bench.classify_zh $(BENCH_ARGS)
 

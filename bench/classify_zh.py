@@ -1,17 +1,26 @@
-"""Chinese sentiment: the bundled SmolLM2-135M-Instruct vs Qwen2.5-Coder-0.5B-Instruct.
+"""Chinese (and English) sentiment: the bundled SmolLM2-135M-Instruct vs Qwen2.5-Coder-0.5B.
 
 40 short Chinese texts labelled by hand (bench/data/zh_sentiment.jsonl: 14 积极, 13 消极,
-13 中性; everyday reviews and news-like statements, none ambiguous) are classified with the
-application's Python API (``oasis.apps.classify``, what ``oasis classify`` runs) against one
-``oasis serve`` per model, started in turn: labels 积极/消极/中性, by each method (``scoring``,
-what ``auto`` picks on oasis; ``schema``; ``chat``). Reports accuracy per model and method, the
-recall of each label and the confusion matrix, and each model's generation speed: one
-128-token greedy chat completion (end tokens banned), 3 times, the median tokens/s (wall time
-of a request whose prompt is a short question).
+13 中性; everyday reviews and news-like statements, none ambiguous) and 30 English ones in the
+same style (bench/data/en_sentiment.jsonl: 10 positive, 10 negative, 10 neutral; a check that
+English does not get worse) are classified with the application's Python API
+(``oasis.apps.classify``, what ``oasis classify`` runs; a set's texts in one call, as the CLI
+does) against one ``oasis serve`` per model, started in turn, into the sentiment labels of
+their language. Variants (``--methods``):
+
+- ``auto``: the default (on oasis: scoring, with the built-in examples and calibration);
+- ``scoring-uncalibrated``: scoring with the examples, ``calibrate=False``;
+- ``scoring-zero-shot``: scoring without examples, calibrated;
+- ``scoring-plain``: scoring without examples or calibration (the old default);
+- ``schema`` and ``chat``: those methods (their prompts have no examples).
+
+Reports accuracy per model, language and variant, the recall of each label and the confusion
+matrix, and each model's generation speed: one 128-token greedy chat completion (end tokens
+banned), 3 times, the median tokens/s (wall time of a request whose prompt is a short question).
 
 Saves bench/results/classify_zh.json and bench/results/classify_zh.png.
 
-    python -m bench.classify_zh [--methods scoring,schema,chat] [--models smollm2,qwen]
+    python -m bench.classify_zh [--methods auto,chat] [--models smollm2,qwen] [--langs zh,en]
 """
 
 from __future__ import annotations
@@ -29,21 +38,49 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 from openai import AsyncOpenAI
 
 from bench.engine import RESULTS, ROOT, Server, console, free_port
-from oasis.apps.classify import METHODS, SENTIMENT_ZH, ClassificationError, Method, aclassify
+from oasis.apps.classify import (
+    SENTIMENT_EN,
+    SENTIMENT_ZH,
+    Classification,
+    ClassificationError,
+    Method,
+    aclassify,
+)
 from oasis.models.optional import optional_model
 from oasis.models.store import ModelStore
 
-DATA = ROOT / "bench" / "data" / "zh_sentiment.jsonl"
+DATA = {
+    "zh": ROOT / "bench" / "data" / "zh_sentiment.jsonl",
+    "en": ROOT / "bench" / "data" / "en_sentiment.jsonl",
+}
+LABELS = {"zh": SENTIMENT_ZH, "en": SENTIMENT_EN}
 SPEED_PROMPT = "如何学习编程？"
 SPEED_TOKENS = 128
 SPEED_RUNS = 3
-ENGLISH = {"积极": "positive", "消极": "negative", "中性": "neutral"}
 NONE = "(none)"  # no label: the chat method's four answers were none of the labels
+
+
+@dataclass(frozen=True)
+class Variant:
+    method: Method
+    examples: bool  # the built-in examples (False: none)
+    calibrate: bool
+    title: str
+
+
+VARIANTS = {
+    "auto": Variant("auto", True, True, "default (auto)"),
+    "scoring-uncalibrated": Variant("scoring", True, False, "scoring, not calibrated"),
+    "scoring-zero-shot": Variant("scoring", False, True, "scoring, no examples"),
+    "scoring-plain": Variant("scoring", False, False, "scoring, plain (old default)"),
+    "schema": Variant("schema", True, True, "schema"),
+    "chat": Variant("chat", True, True, "chat"),
+}
 
 
 @dataclass(frozen=True)
@@ -59,9 +96,9 @@ CANDIDATES = {
 }
 
 
-def load_data() -> list[dict[str, str]]:
-    rows = [json.loads(line) for line in DATA.read_text().splitlines() if line.strip()]
-    assert all(r["label"] in SENTIMENT_ZH for r in rows)
+def load_data(lang: str) -> list[dict[str, str]]:
+    rows = [json.loads(line) for line in DATA[lang].read_text().splitlines() if line.strip()]
+    assert all(r["label"] in LABELS[lang] for r in rows)
     return rows
 
 
@@ -78,19 +115,21 @@ def qwen_path(data_dir: Path) -> Path:
     return ModelStore(data_dir / "models").get(name).path
 
 
-def score(rows: list[dict[str, str]], predicted: list[str]) -> dict[str, Any]:
-    confusion = {t: dict.fromkeys((*SENTIMENT_ZH, NONE), 0) for t in SENTIMENT_ZH}
+def score(
+    rows: list[dict[str, str]], predicted: list[str], labels: tuple[str, ...]
+) -> dict[str, Any]:
+    confusion = {t: dict.fromkeys((*labels, NONE), 0) for t in labels}
     for row, label in zip(rows, predicted, strict=True):
         confusion[row["label"]][label] += 1
     per_label = {}
-    for label in SENTIMENT_ZH:
+    for label in labels:
         n = sum(confusion[label].values())
         per_label[label] = {
             "n": n,
             "correct": confusion[label][label],
             "recall": confusion[label][label] / n,
         }
-    correct = sum(confusion[t][t] for t in SENTIMENT_ZH)
+    correct = sum(confusion[t][t] for t in labels)
     return {
         "accuracy": correct / len(rows),
         "correct": correct,
@@ -100,25 +139,43 @@ def score(rows: list[dict[str, str]], predicted: list[str]) -> dict[str, Any]:
 
 
 async def classify_all(
-    client: AsyncOpenAI, rows: list[dict[str, str]], method: str
-) -> tuple[list[str], float]:
-    """Each text's label, or NONE when the method got no label out of the model (chat: four
-    answers that were none of the labels)."""
-    gate = asyncio.Semaphore(4)
+    client: AsyncOpenAI, rows: list[dict[str, str]], labels: tuple[str, ...], variant: Variant
+) -> tuple[list[str], list[str], float]:
+    """Each text's label (NONE when the method got no label out of the model: chat's four
+    answers that were none of the labels) and the method that gave it. All texts in one call
+    (the calibration is measured once per call); if one fails, each text on its own."""
+    texts = [r["text"] for r in rows]
 
-    async def one(text: str) -> str:
-        async with gate:
-            try:
-                (result,) = await aclassify(
-                    text, SENTIMENT_ZH, method=cast(Method, method), client=client
-                )
-            except ClassificationError:
-                return NONE
-            return result.label
+    async def call(items: list[str]) -> list[Classification]:
+        return await aclassify(
+            items,
+            labels,
+            examples=None if variant.examples else [],
+            calibrate=variant.calibrate,
+            method=variant.method,
+            concurrency=4,
+            client=client,
+        )
 
     started = time.perf_counter()
-    labels = await asyncio.gather(*(one(r["text"]) for r in rows))
-    return list(labels), time.perf_counter() - started
+    results: list[Classification | None]
+    try:
+        results = list(await call(texts))
+    except ClassificationError:
+        gate = asyncio.Semaphore(4)
+
+        async def one(text: str) -> Classification | None:
+            async with gate:
+                try:
+                    return (await call([text]))[0]
+                except ClassificationError:
+                    return None
+
+        results = list(await asyncio.gather(*(one(t) for t in texts)))
+    seconds = time.perf_counter() - started
+    predicted = [r.label if r else NONE for r in results]
+    used = [r.method if r else variant.method for r in results]
+    return predicted, used, seconds
 
 
 async def speed(client: AsyncOpenAI, candidate: Candidate) -> list[float]:
@@ -130,7 +187,7 @@ async def speed(client: AsyncOpenAI, candidate: Candidate) -> list[float]:
             messages=[{"role": "user", "content": SPEED_PROMPT}],
             max_tokens=SPEED_TOKENS,
             temperature=0,
-            logit_bias=candidate.no_end,  # type: ignore[arg-type]
+            logit_bias=candidate.no_end,
         )
         elapsed = time.perf_counter() - started
         assert done.usage is not None and done.usage.completion_tokens == SPEED_TOKENS
@@ -139,21 +196,29 @@ async def speed(client: AsyncOpenAI, candidate: Candidate) -> list[float]:
 
 
 async def measure(
-    url: str, rows: list[dict[str, str]], candidate: Candidate, methods: list[str]
+    url: str, candidate: Candidate, langs: list[str], variants: list[str]
 ) -> dict[str, Any]:
     client = AsyncOpenAI(base_url=url, api_key="unused", max_retries=0, timeout=600)
     try:
-        out: dict[str, Any] = {"methods": {}}
-        for method in methods:
-            predicted, seconds = await classify_all(client, rows, method)
-            result = score(rows, predicted)
-            result["seconds"] = round(seconds, 2)
-            result["predicted"] = predicted
-            out["methods"][method] = result
-            console.print(
-                f"  {candidate.name} {method}: accuracy {result['accuracy']:.0%} "
-                f"({result['correct']}/{len(rows)}) in {seconds:.1f} s"
-            )
+        out: dict[str, Any] = {"languages": {}}
+        for lang in langs:
+            rows = load_data(lang)
+            methods: dict[str, Any] = {}
+            for key in variants:
+                predicted, used, seconds = await classify_all(
+                    client, rows, LABELS[lang], VARIANTS[key]
+                )
+                result = score(rows, predicted, LABELS[lang])
+                result["seconds"] = round(seconds, 2)
+                result["methods_used"] = sorted(set(used))
+                result["predicted"] = predicted
+                methods[key] = result
+                console.print(
+                    f"  {candidate.name} {lang} {key}: accuracy {result['accuracy']:.0%} "
+                    f"({result['correct']}/{len(rows)}) in {seconds:.1f} s "
+                    f"(by {', '.join(result['methods_used'])})"
+                )
+            out["languages"][lang] = {"methods": methods}
         runs = await speed(client, candidate)
         out["tokens_per_s"] = {
             "runs": [round(r, 1) for r in runs],
@@ -165,48 +230,39 @@ async def measure(
         await client.close()
 
 
-def best_method(model: dict[str, Any]) -> str:
-    return max(model["methods"], key=lambda m: model["methods"][m]["accuracy"])
-
-
-def chart(results: dict[str, Any], methods: list[str], path: Path) -> None:
+def chart(results: dict[str, Any], langs: list[str], variants: list[str], path: Path) -> None:
+    """Accuracy by variant, one panel per language, one bar per model."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     models = list(results["models"])
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig, axes = plt.subplots(1, len(langs), figsize=(6.5 * len(langs), 4.2), squeeze=False)
     width = 0.8 / len(models)
-    labels = list(SENTIMENT_ZH)
-    for k, name in enumerate(models):
-        m = results["models"][name]
-        shift = (k - (len(models) - 1) / 2) * width
-        vals = [100 * m["methods"][meth]["accuracy"] for meth in methods]
-        tps = m["tokens_per_s"]["median"]
-        bars = left.bar(
-            [i + shift for i in range(len(methods))],
-            vals,
-            width,
-            label=f"{name} ({tps:.0f} tokens/s)",
+    for ax, lang in zip(axes[0], langs, strict=True):
+        for k, name in enumerate(models):
+            m = results["models"][name]
+            shift = (k - (len(models) - 1) / 2) * width
+            vals = [100 * m["languages"][lang]["methods"][v]["accuracy"] for v in variants]
+            tps = m["tokens_per_s"]["median"]
+            bars = ax.bar(
+                [i + shift for i in range(len(variants))],
+                vals,
+                width,
+                label=f"{name} ({tps:.0f} tokens/s)",
+            )
+            ax.bar_label(bars, fmt="%.0f", fontsize=8)
+        ax.axhline(100 / 3, color="grey", linestyle=":", linewidth=1, label="chance (1 in 3)")
+        ax.set_xticks(
+            range(len(variants)),
+            [VARIANTS[v].title.replace(", ", ",\n") for v in variants],
+            fontsize=8,
         )
-        left.bar_label(bars, fmt="%.0f", fontsize=8)
-        best = best_method(m)
-        recall = [100 * m["methods"][best]["per_label"][lab]["recall"] for lab in labels]
-        bars = right.bar(
-            [i + shift for i in range(len(labels))], recall, width, label=f"{name} ({best})"
-        )
-        right.bar_label(bars, fmt="%.0f", fontsize=8)
-    left.axhline(100 / 3, color="grey", linestyle=":", linewidth=1, label="chance (1 in 3)")
-    left.set_xticks(
-        range(len(methods)), [f"{m} (default)" if m == "scoring" else m for m in methods]
-    )
-    left.set_ylabel("accuracy, % (40 texts)")
-    left.set_title("Chinese sentiment (3 labels) by classify method", fontsize=10)
-    right.set_xticks(range(len(labels)), [ENGLISH[lab] for lab in labels])
-    right.set_ylabel("recall, %")
-    right.set_title("per label, each model's best method", fontsize=10)
-    for ax in (left, right):
+        n = results["data"][lang]["texts"]
+        ax.set_ylabel(f"accuracy, % ({n} texts)")
+        what = "Chinese" if lang == "zh" else "English"
+        ax.set_title(f"{what} sentiment (3 labels) by classify method", fontsize=10)
         ax.set_ylim(0, 130)
         ax.set_yticks(range(0, 101, 20))
         ax.legend(fontsize=8, loc="upper left")
@@ -216,19 +272,28 @@ def chart(results: dict[str, Any], methods: list[str], path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--methods", default=",".join(VARIANTS), help="variants to run")
     parser.add_argument("--models", default="smollm2,qwen")
+    parser.add_argument("--langs", default="zh,en")
     args = parser.parse_args()
-    methods = [m for m in args.methods.split(",") if m]
-    rows = load_data()
+    variants = [m for m in args.methods.split(",") if m]
+    langs = [x for x in args.langs.split(",") if x]
+    unknown = [v for v in variants if v not in VARIANTS] + [x for x in langs if x not in DATA]
+    if unknown:
+        raise SystemExit(f"unknown: {', '.join(unknown)} (variants: {', '.join(VARIANTS)})")
+    data: dict[str, Any] = {}
+    for lang in langs:
+        rows = load_data(lang)
+        data[lang] = {
+            "file": str(DATA[lang].relative_to(ROOT)),
+            "texts": len(rows),
+            "labels": {lab: sum(r["label"] == lab for r in rows) for lab in LABELS[lang]},
+        }
     results: dict[str, Any] = {
         "date": dt.date.today().isoformat(),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-        "data": {
-            "file": str(DATA.relative_to(ROOT)),
-            "texts": len(rows),
-            "labels": {lab: sum(r["label"] == lab for r in rows) for lab in SENTIMENT_ZH},
-        },
+        "data": data,
+        "variants": {k: VARIANTS[k].title for k in variants},
         "speed": {
             "prompt": SPEED_PROMPT,
             "max_tokens": SPEED_TOKENS,
@@ -269,7 +334,7 @@ def main() -> None:
             server.start(Path(tmp) / f"{key}.log")
             try:
                 measured = asyncio.run(
-                    measure(f"http://127.0.0.1:{port}/v1", rows, candidate, methods)
+                    measure(f"http://127.0.0.1:{port}/v1", candidate, langs, variants)
                 )
             finally:
                 server.stop()
@@ -277,7 +342,7 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / "classify_zh.json"
     out.write_text(json.dumps(results, ensure_ascii=False, indent=2) + "\n")
-    chart(results, methods, RESULTS / "classify_zh.png")
+    chart(results, langs, variants, RESULTS / "classify_zh.png")
     console.print(f"saved {out} and {out.with_suffix('.png')}")
 
 

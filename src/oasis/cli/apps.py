@@ -344,6 +344,20 @@ def classify(
         Path | None, typer.Option(help='A JSONL file of texts ({"text": ...} or strings).')
     ] = None,
     language: Annotated[str | None, typer.Option(help="zh or en sentiment labels.")] = None,
+    examples: Annotated[
+        Path | None,
+        typer.Option(
+            help='Examples for the prompt, a JSONL file of {"text": ..., "label": ...} '
+            "(default: built-in ones for the sentiment labels, none for yours)."
+        ),
+    ] = None,
+    calibrate: Annotated[
+        bool,
+        typer.Option(
+            help="Divide the label probabilities by the model's prior for the labels "
+            "(scoring). Turn off when one of your labels means 'none of these'."
+        ),
+    ] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines.")] = False,
     method: Annotated[
         str,
@@ -377,12 +391,17 @@ def classify(
     chosen = [x.strip() for x in labels.split(",") if x.strip()] if labels else None
     if method not in ("auto", *METHODS):
         raise _fail(f"--method must be auto, {', '.join(METHODS)}", 2)
+    shown = _read_examples(examples) if examples is not None else None
+    if shown is not None and chosen is None:
+        raise _fail("--examples needs --labels", 2)
 
     async def work() -> None:
         client = _client(base_url, api_key, timeout)
         results = await aclassify(
             items,
             chosen,
+            examples=shown,
+            calibrate=calibrate,
             language=language,
             model=model,
             method=cast(Method, method),
@@ -403,6 +422,26 @@ def classify(
                 out.print(f"{r.label}{conf}\t{r.text}", markup=False)
 
     _call(base_url, api_key, work)
+
+
+def _read_examples(path: Path) -> list[tuple[str, str]]:
+    """``(text, label)`` pairs from a JSONL file of ``{"text", "label"}`` objects."""
+    pairs: list[tuple[str, str]] = []
+    try:
+        for n, raw in enumerate(path.read_text().splitlines(), 1):
+            if not raw.strip():
+                continue
+            value = json.loads(raw)
+            if not (
+                isinstance(value, dict)
+                and isinstance(value.get("text"), str)
+                and isinstance(value.get("label"), str)
+            ):
+                raise _fail(f"{path}:{n}: expected an object with 'text' and 'label' strings")
+            pairs.append((value["text"], value["label"]))
+    except (OSError, ValueError) as exc:
+        raise _fail(f"cannot read {path}: {exc}") from None
+    return pairs
 
 
 # -- roleplay ----------------------------------------------------------------------------------
