@@ -25,7 +25,7 @@ English, on SmolLM2-135M and Qwen2.5-0.5B):
 - Calibration: the label probabilities are divided by the model's prior for the labels under
   the same prompt (Zhao et al. 2021, "Calibrate before use"), measured once per call and label
   set with one more request, then renormalized. For the sentiment labels the prior is the mean
-  over six labelled texts, two per label: the paper's content-free inputs ("N/A") are
+  over three labelled texts, one per label: the paper's content-free inputs ("N/A") are
   themselves neutral, and dividing by them erased the neutral label. Custom labels are
   calibrated on content-free inputs, as in the paper (``calibrate=False`` turns it off: do so
   when one of your labels means "none of these").
@@ -75,23 +75,18 @@ SENTIMENT_EXAMPLES: dict[tuple[str, ...], tuple[Example, ...]] = {
         ("I waited for ages and nobody helped. So disappointing.", "negative"),
     ),
 }
-# Scored once per call to measure the model's prior over the labels (two texts per label).
+# Scored once per call to measure the model's prior over the labels (one text per label: two
+# per label measured the same on bench/classify_zh.py, and each costs a scoring request's work).
 SENTIMENT_CALIBRATION: dict[tuple[str, ...], tuple[str, ...]] = {
     SENTIMENT_ZH: (
         "周末去的那家火锅店味道很棒，服务也贴心。",
-        "这双鞋穿着很舒服，款式也好看，很满意。",
         "买的台灯用了一周就不亮了，太失望了。",
-        "房东一直不退押金，打电话也不接。",
         "这趟公交车每十五分钟一班。",
-        "会议改到下周二下午两点。",
     ),
     SENTIMENT_EN: (
         "The hotpot place we tried at the weekend was great, and the service was lovely.",
-        "These shoes are comfortable and look good. Very pleased.",
         "The lamp stopped working after a week. So disappointing.",
-        "The landlord still refuses to return the deposit and ignores my calls.",
         "This bus runs every fifteen minutes.",
-        "The meeting has moved to next Tuesday at 2 p.m.",
     ),
 }
 # Content-free inputs (the paper's), for custom labels.
