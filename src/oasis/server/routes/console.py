@@ -1,0 +1,127 @@
+"""The web console's static files, and the security headers every response carries.
+
+The console is a single page (``console/index.html``) and plain ES modules: no build step, no
+CDN, nothing fetched from elsewhere at run time. The files hold no data, so they need no key;
+the page asks for one and sends it as ``Authorization: Bearer`` on every JSON call.
+
+- ``GET /`` is ``index.html`` (``Cache-Control: no-store``). It names its assets under
+  ``/console/static/<build>/``, where ``<build>`` is a hash of every file in the folder: those
+  URLs change whenever a file does, so they are cached for a year (``immutable``), and the
+  modules' relative imports inherit the same prefix.
+- ``GET /console/static/{path}``: a file in the folder (with or without the build prefix; without
+  it, or with a stale one, the answer must be revalidated). Only plain files directly in the
+  folder with a known type are served: no traversal, no dot files, no directories.
+
+``SecurityHeaders`` (installed by ``create_app`` around the whole app) adds a strict
+Content-Security-Policy (scripts and styles from this origin only, no inline script, no
+framing), ``nosniff``, ``no-referrer`` and ``X-Frame-Options: DENY`` to every HTTP response
+that does not set them itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Awaitable, Callable, MutableMapping
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter
+from fastapi.responses import HTMLResponse, Response
+
+from oasis.errors import NotFoundError
+
+FOLDER = Path(__file__).resolve().parent.parent / "console"
+STATIC = "/console/static"
+
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; font-src 'self'; base-uri 'none'; form-action 'self'; "
+    "frame-ancestors 'none'"
+)
+HEADERS: tuple[tuple[bytes, bytes], ...] = (
+    (b"content-security-policy", CSP.encode()),
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"x-frame-options", b"DENY"),
+)
+TYPES = {
+    ".js": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".svg": "image/svg+xml",
+    ".png": "image/png",
+    ".ico": "image/x-icon",
+}
+IMMUTABLE = "public, max-age=31536000, immutable"
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+class SecurityHeaders:
+    """Plain ASGI middleware: the headers above on every HTTP response (a header the response
+    already has is left as it is). Streams pass through untouched."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                have = {name.lower() for name, _ in headers}
+                headers.extend(h for h in HEADERS if h[0] not in have)
+                message["headers"] = headers
+            await send(message)
+
+        await self.app(scope, receive, with_headers)
+
+
+def build_id(folder: Path) -> str:
+    """A short hash of every file's name and contents: the assets' cache-busting prefix."""
+    digest = hashlib.sha256()
+    for path in sorted(folder.iterdir()):
+        if path.is_file():
+            digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:12]
+
+
+def make_router(folder: Path = FOLDER) -> APIRouter:
+    """The console's routes over ``folder``; the page and the build id are read once, here."""
+    build = build_id(folder)
+    page = (folder / "index.html").read_text(encoding="utf-8").replace("{{BUILD}}", build)
+    router = APIRouter()
+
+    @router.get("/", include_in_schema=False)
+    async def index() -> HTMLResponse:
+        return HTMLResponse(page, headers={"Cache-Control": "no-store"})
+
+    @router.get(STATIC + "/{path:path}", include_in_schema=False)
+    async def asset(path: str) -> Response:
+        parts = path.split("/")
+        current = len(parts) == 2 and parts[0] == build
+        if len(parts) == 2 and not current and len(parts[0]) == len(build):
+            parts = parts[1:]  # an older page's build: served, but not to be kept
+        name = parts[-1] if len(parts) == 1 or current else ""
+        file = folder / name
+        if (
+            not name
+            or name.startswith(".")
+            or "\\" in name
+            or file.suffix not in TYPES
+            or not file.is_file()
+        ):
+            raise NotFoundError(f"No console file {path[:100]!r}.")
+        return Response(
+            file.read_bytes(),
+            media_type=TYPES[file.suffix],
+            headers={"Cache-Control": IMMUTABLE if current else "no-cache"},
+        )
+
+    return router

@@ -1,0 +1,356 @@
+"""The oasis console in Chromium against a real `oasis serve` on the bundled model: sign-in,
+streaming chat, structured output, keys (create, use from the SDK, see in usage, revoke),
+what a user key may not see, inert HTML in model output, the security headers, phone width.
+
+No assertion depends on speed: every wait is bounded and generous, and polls a condition.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import jsonschema
+import openai
+import pytest
+from openai import OpenAI
+
+from tests.browser.conftest import Console
+from tests.integration.conftest import LiveServer
+
+ANSWER = 180_000  # ms: a bounded wait for a model's answer on a busy machine
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; font-src 'self'; base-uri 'none'; form-action 'self'; "
+    "frame-ancestors 'none'"
+)
+LAST_ANSWER = "#messages .msg.assistant:last-child"
+
+
+def admin_api(live: LiveServer, method: str, path: str, **kw: Any) -> Any:
+    r = httpx.request(method, f"{live.base_url}{path}", timeout=30,
+                      headers={"Authorization": f"Bearer {live.api_key}"}, **kw)
+    assert r.status_code < 300, r.text
+    return r.json()
+
+
+def first_model(live: LiveServer) -> str:
+    return str(admin_api(live, "GET", "/v1/models")["data"][0]["id"])
+
+
+def until(check: Callable[[], bool], what: str, seconds: float = 90) -> None:
+    """Poll ``check`` until it holds; fail after ``seconds`` (a bound, not a measurement)."""
+    deadline = time.monotonic() + seconds
+    while not check():
+        if time.monotonic() > deadline:
+            pytest.fail(f"gave up waiting for {what}")
+        time.sleep(0.5)
+
+
+def send(c: Console, text: str) -> None:
+    c.page.fill("#prompt", text)
+    c.page.click("#send")
+    c.page.wait_for_selector(f"{LAST_ANSWER}[data-state=done]", timeout=ANSWER)
+
+
+def test_sign_in(console: Console) -> None:
+    page = console.page
+    console.open()
+    page.wait_for_selector("#sign-in-form")
+    assert page.is_hidden("#nav")
+    console.shot("sign-in")
+    page.fill("#api-key", "sk-not-a-real-key")
+    page.click("#sign-in-form button[type=submit]")
+    page.wait_for_selector("#sign-in-form .error")
+    assert "Incorrect API key" in page.inner_text("#sign-in-form .error")
+    assert page.evaluate("sessionStorage.length") == 0
+
+    console.sign_in()
+    assert page.inner_text("#who-name") == "operator key"
+    assert page.is_visible("#who-admin")
+    assert page.is_visible("#nav a[data-page=keys]")
+    # the key is kept in this tab only: not in the URL, not in a cookie
+    assert console.server.api_key not in page.url
+    assert console.context.cookies() == []
+    assert page.evaluate("sessionStorage.getItem('oasis.apiKey')") == console.server.api_key
+
+    page.click("#sign-out")
+    page.wait_for_selector("#sign-in-form")
+    assert page.evaluate("sessionStorage.length") == 0
+
+
+def test_streamed_answer_arrives_in_pieces(console: Console) -> None:
+    page = console.page
+    console.sign_in()
+    page.wait_for_function("document.querySelector('#model').options.length > 0")
+    # every distinct non-empty length of the answer while it is still streaming
+    page.evaluate("""() => {
+      window.lengths = [];
+      const box = document.getElementById('messages');
+      new MutationObserver(() => {
+        const msg = box.querySelector('.msg.assistant:last-child');
+        if (!msg || msg.dataset.state !== 'streaming') return;
+        const n = msg.querySelector('.content').textContent.length;
+        if (n > 0 && n !== window.lengths[window.lengths.length - 1]) window.lengths.push(n);
+      }).observe(box, {childList: true, subtree: true, characterData: true, attributes: true});
+    }""")
+    page.fill("#max-tokens", "120")
+    send(console, "Write a short poem about the sea, in four lines.")
+    lengths = page.evaluate("window.lengths")
+    assert len(set(lengths)) >= 2, lengths
+    answer = page.inner_text(f"{LAST_ANSWER} .content")
+    assert answer.strip()
+    stats = page.inner_text(f"{LAST_ANSWER} .stats")
+    assert "prompt " in stats and "completion " in stats and "TTFT" in stats
+    assert "tok/s" in stats and ("finish: stop" in stats or "finish: length" in stats)
+    console.shot("playground")
+
+    # the code for these settings names the page's origin and never the key itself
+    page.click("#show-code")
+    code = page.inner_text("#code")
+    assert f"{console.server.base_url}/v1/chat/completions" in code
+    assert "$OPENAI_API_KEY" in code and console.server.api_key not in code
+    for tab in ("Python", "Python (openai 0.28)"):
+        page.click(f"#code-panel .tab[value='{tab}']")
+        code = page.inner_text("#code")
+        assert "OPENAI_API_KEY" in code and console.server.api_key not in code
+        assert f'"{console.server.base_url}/v1"' in code
+    assert "ChatCompletion.create" in code
+
+    # export downloads the conversation as JSON; clear empties it
+    with page.expect_download() as download:
+        page.click("#export")
+    exported = json.loads(open(download.value.path(), encoding="utf-8").read())
+    assert [m["role"] for m in exported["messages"]] == ["user", "assistant"]
+    assert exported["messages"][1]["content"].strip()
+    page.click("#clear")
+    assert page.locator("#messages .msg").count() == 0
+
+
+def test_structured_output_shows_valid_json(console: Console) -> None:
+    page = console.page
+    console.sign_in()
+    schema = {
+        "type": "object",
+        "properties": {
+            "city": {"type": "string", "maxLength": 30},
+            "country": {"type": "string", "maxLength": 30},
+            "population": {"type": "integer", "minimum": 0},
+        },
+        "required": ["city", "country", "population"],
+        "additionalProperties": False,
+    }
+    page.click("text=Structured output")
+    page.check("#use-schema")
+    page.fill("#schema", "{not json")
+    page.fill("#prompt", "Tell me about Paris.")
+    page.click("#send")
+    assert "not valid JSON" in page.inner_text("#composer .error")
+    assert page.locator("#messages .msg").count() == 0  # nothing was sent
+
+    page.fill("#schema", json.dumps(schema))
+    send(console, "Describe Paris as JSON: its city name, country and population.")
+    shown = json.loads(page.inner_text(f"{LAST_ANSWER} .content"))
+    jsonschema.validate(shown, schema)
+
+
+def test_key_created_used_seen_in_usage_and_revoked(console: Console, live: LiveServer) -> None:
+    page = console.page
+    console.sign_in()
+    console.go("keys")
+    page.wait_for_selector("#create-key")
+    name = "测试 <img src=x onerror=window.xss=3> browser"  # shown as text, CJK included
+    page.fill("#new-name", name)
+    page.fill("#new-rpm", "600")
+    page.fill("#new-budget", "5")
+    page.click("#create")
+    page.wait_for_selector("#secret-value")
+    secret = page.inner_text("#secret-value").strip()
+    assert secret.startswith("sk-")
+    row = page.locator("#keys-table tr", has_text=name)
+    row.wait_for()
+    key_id = row.get_attribute("data-key")
+    assert key_id and key_id.startswith("key_")
+    assert page.locator("#keys-table img").count() == 0
+    console.shot("keys")
+    page.click("#copy-secret")  # the clipboard, or the secret selected for Ctrl+C
+    copied = page.inner_text("#copy-secret")
+    assert copied == "Copied" or page.evaluate("getSelection().toString().trim()") == secret
+
+    model = first_model(live)
+    client = OpenAI(base_url=live.v1, api_key=secret, max_retries=0, timeout=120)
+    answer = client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": "Say hello."}], max_tokens=8)
+    assert answer.usage is not None and answer.usage.completion_tokens > 0
+
+    # the request shows in the log and in the chart, once the ledger has stored it
+    console.go("usage")
+    page.wait_for_selector("#log")
+    page.select_option("#group-by", "key")
+
+    def in_usage() -> bool:
+        page.click("#refresh")
+        try:
+            page.wait_for_selector(f"#log tr:has-text('{secret[:8]}')", timeout=3000)
+            page.wait_for_selector(f"#legend .legend-item:has-text('{secret[:8]}')", timeout=3000)
+        except playwright_timeout():
+            return False
+        return True
+
+    until(in_usage, "the request in the usage log and chart")
+    bars = page.locator("#chart rect.bar")
+    assert any(secret[:8] in (bars.nth(i).get_attribute("data-series") or "")
+               for i in range(bars.count()))
+    page.select_option("#filter-key", key_id)
+    page.wait_for_function(
+        "k => [...document.querySelectorAll('#log tbody tr')].length > 0 && "
+        "[...document.querySelectorAll('#log tbody tr')].every(r => r.textContent.includes(k))",
+        arg=secret[:8])
+    row_text = page.inner_text("#log tbody tr >> nth=0")
+    assert model in row_text and "/v1/chat/completions" in row_text
+    assert page.evaluate("window.xss") is None
+    console.shot("usage")
+
+    console.go("keys")
+    row = page.locator(f"#keys-table tr[data-key='{key_id}']")
+    row.wait_for()
+    page.once("dialog", lambda d: d.accept())
+    row.locator("button.danger").click()
+    page.wait_for_selector(f"#keys-table tr[data-key='{key_id}'] .status.revoked")
+    with pytest.raises(openai.AuthenticationError):
+        client.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": "Say hello."}], max_tokens=8)
+
+
+def playwright_timeout() -> type[Exception]:
+    from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
+
+    return PlaywrightTimeoutError
+
+
+def test_user_key_cannot_open_admin_pages(console: Console, live: LiveServer) -> None:
+    model = first_model(live)
+    created = admin_api(live, "POST", "/admin/keys", json={"name": "console user", "models": [model]})
+    try:
+        page = console.page
+        console.sign_in(created["value"])
+        assert page.inner_text("#who-name").startswith("console user")
+        assert page.is_hidden("#who-admin")
+        assert page.is_hidden("#nav a[data-page=keys]")
+        assert page.is_hidden("#nav a[data-page=server]")
+        assert page.is_visible("#nav a[data-page=usage]")
+        page.wait_for_function("document.querySelector('#model').options.length > 0")
+        assert page.eval_on_selector_all("#model option", "os => os.map(o => o.value)") == [model]
+
+        for route in ("keys", "server"):
+            console.go(route)
+            page.wait_for_selector("#refusal")
+            assert "admin" in page.inner_text("#refusal")
+        statuses = page.evaluate("""async () => {
+          const auth = {Authorization: 'Bearer ' + sessionStorage.getItem('oasis.apiKey')};
+          const out = {};
+          for (const path of ['/admin/keys', '/console/api/server', '/console/api/me']) {
+            out[path] = (await fetch(path, {headers: auth})).status;
+          }
+          return out;
+        }""")
+        assert statuses == {"/admin/keys": 403, "/console/api/server": 403, "/console/api/me": 200}
+
+        console.go("usage")
+        page.wait_for_selector("#log")
+        assert page.inner_text("h1") == "Your usage"
+        assert page.locator("#filter-key").count() == 0
+    finally:
+        admin_api(live, "DELETE", f"/admin/keys/{created['id']}")
+
+
+XSS = '<script>window.xss = 1</script><img src=x onerror="window.xss = 2"> **bold**'
+
+
+def test_html_in_model_output_is_inert(console: Console) -> None:
+    page = console.page
+    console.sign_in()
+    # the real model asked to repeat markup: whatever it writes stays text
+    page.fill("#system", "Repeat the user's message exactly, character for character.")
+    send(console, f"Repeat: {XSS}")
+    assert page.locator("#messages .content img, #messages .content script").count() == 0
+
+    # and a canned stream with the markup split across chunks, deterministically
+    pieces = ["<scr", "ipt>window.xss = 1</script>", '<img src=x onerror="window.xss', ' = 2">',
+              " **bold** and [a link](javascript:window.xss=3) and [ok](https://example.com)"]
+    chunks = [{"id": "c", "object": "chat.completion.chunk", "created": 0, "model": "m",
+               "choices": [{"index": 0, "delta": {"role": "assistant", "content": p},
+                            "finish_reason": None}]} for p in pieces]
+    chunks.append({"id": "c", "object": "chat.completion.chunk", "created": 0, "model": "m",
+                   "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+    chunks.append({"id": "c", "object": "chat.completion.chunk", "created": 0, "model": "m",
+                   "choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 9,
+                                            "total_tokens": 14}})
+    body = "".join(f"data: {json.dumps(c)}\n\n" for c in chunks) + "data: [DONE]\n\n"
+    page.route("**/v1/chat/completions", lambda route: route.fulfill(
+        status=200, headers={"Content-Type": "text/event-stream"}, body=body))
+    send(console, "anything")
+    content = page.locator(f"{LAST_ANSWER} .content")
+    text = content.inner_text()
+    assert "<script>window.xss = 1</script>" in text and "<img src=x" in text
+    assert content.locator("img, script").count() == 0
+    assert content.locator("strong").inner_text() == "bold"  # Markdown still renders
+    hrefs = content.locator("a").evaluate_all("as => as.map(a => a.href)")
+    assert hrefs == ["https://example.com/"]
+    assert "finish: stop" in page.inner_text(f"{LAST_ANSWER} .stats")
+    page.wait_for_timeout(500)  # an onerror would have fired by now; no assertion on time
+    assert page.evaluate("window.xss") is None
+
+
+def test_security_headers(console: Console, live: LiveServer) -> None:
+    response = console.page.goto(f"{live.base_url}/")
+    assert response is not None
+    headers = response.headers
+    assert headers["content-security-policy"] == CSP
+    assert headers["x-content-type-options"] == "nosniff"
+    assert headers["x-frame-options"] == "DENY"
+    assert headers["referrer-policy"] == "no-referrer"
+    assert headers["cache-control"] == "no-store"
+    api = httpx.get(f"{live.base_url}/v1/models")  # the API's answers carry them too
+    assert api.status_code == 401 and api.headers["content-security-policy"] == CSP
+
+
+def test_server_page(console: Console) -> None:
+    page = console.page
+    console.sign_in()
+    console.go("server")
+    page.wait_for_selector("#models .card.model")
+    assert page.locator("#models .card.model [data-stat=slots]").count() >= 1
+    assert page.locator("#models svg.spark").count() >= 1
+    console.shot("server")
+
+
+def test_phone_width(phone: Console) -> None:
+    page = phone.page
+    phone.sign_in()
+
+    def fits() -> None:
+        width = page.evaluate("document.documentElement.scrollWidth")
+        assert width <= 375 + 1, width
+
+    fits()
+    for name in ("keys", "usage", "server", "playground"):
+        link = page.locator(f"#nav a[data-page={name}]")
+        assert link.is_visible()
+        link.click()
+        page.wait_for_function("n => location.hash === '#/' + n", arg=name)
+        page.wait_for_selector({"keys": "#keys-table", "usage": "#log", "server": "#models",
+                                "playground": "#composer"}[name])
+        fits()
+        if name == "usage":
+            page.wait_for_selector("#chart svg")
+            fits()
+            phone.shot("phone-usage")
+    page.fill("#prompt", "Say hello in Chinese and English.")
+    page.click("#send")
+    page.wait_for_selector(f"{LAST_ANSWER}[data-state=done]", timeout=ANSWER)
+    fits()
+    phone.shot("phone-playground")

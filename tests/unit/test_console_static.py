@@ -1,0 +1,75 @@
+"""The console's page and files (routes/console.py) and the security headers on every answer."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from oasis.server.routes.console import CSP, FOLDER, build_id
+from tests.conftest import make_app
+
+
+@pytest.fixture
+def web(tmp_path: Path) -> TestClient:
+    with TestClient(make_app(tmp=tmp_path)) as client:
+        yield client
+
+
+def test_index_needs_no_key_and_is_not_cached(web: TestClient) -> None:
+    r = web.get("/")
+    assert r.status_code == 200
+    assert r.headers["content-type"].startswith("text/html")
+    assert r.headers["cache-control"] == "no-store"
+    assert r.headers["content-security-policy"] == CSP
+    assert r.headers["x-content-type-options"] == "nosniff"
+    assert r.headers["x-frame-options"] == "DENY"
+    assert r.headers["referrer-policy"] == "no-referrer"
+    assert "{{BUILD}}" not in r.text
+    # the CSP forbids inline scripts and styles: the page has none
+    assert not re.search(r"<script(?![^>]*\bsrc=)", r.text)
+    assert "style=" not in r.text and "<style" not in r.text
+
+
+def test_assets_under_the_build_are_immutable(web: TestClient) -> None:
+    build = build_id(FOLDER)
+    page = web.get("/").text
+    assert f"/console/static/{build}/console.js" in page
+    r = web.get(f"/console/static/{build}/console.js")
+    assert r.status_code == 200
+    assert r.headers["content-type"].startswith("text/javascript")
+    assert "immutable" in r.headers["cache-control"]
+    css = web.get(f"/console/static/{build}/console.css")
+    assert css.headers["content-type"].startswith("text/css")
+    # without the build (or with an older one) the file is served, to be revalidated
+    for path in ("/console/static/console.js", "/console/static/000000000000/console.js"):
+        r = web.get(path)
+        assert r.status_code == 200 and r.headers["cache-control"] == "no-cache"
+
+
+def test_every_module_is_served(web: TestClient) -> None:
+    build = build_id(FOLDER)
+    for file in FOLDER.iterdir():
+        if file.suffix in (".js", ".css", ".svg"):
+            assert web.get(f"/console/static/{build}/{file.name}").status_code == 200, file
+
+
+@pytest.mark.parametrize("path", [
+    "../routes/console.py", "%2e%2e/routes/console.py", "..%2Froutes%2Fconsole.py",
+    "x/../../app.py", "index.html", ".hidden.js", "nope.js", "", "a/b/c.js", "..\\app.py",
+    "%00.js",
+])
+def test_only_files_of_the_folder(web: TestClient, path: str) -> None:
+    r = web.get(f"/console/static/{path}")
+    assert r.status_code == 404
+    assert r.json()["error"]["type"] == "invalid_request_error"
+    assert r.headers["content-security-policy"] == CSP
+
+
+def test_headers_on_the_api_too(web: TestClient) -> None:
+    r = web.get("/v1/models")  # no key: 401, still with the headers
+    assert r.status_code == 401
+    assert r.headers["content-security-policy"] == CSP
+    assert web.get("/health").json()["status"] == "ok"
