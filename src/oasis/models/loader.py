@@ -289,7 +289,10 @@ class ModelLoader:
     def stats(self, model_id: str) -> EngineStats:
         """The model's counters since start (across reloads) and its gauges now."""
         entry = self._entry(model_id)
-        now = entry.obj.stats() if entry.obj is not None else EngineStats()
+        # an engine being unloaded is already in ``retired``: counting it again would make the
+        # counters jump up and back down while it closes
+        live = entry.obj if entry.state != "unloading" else None
+        now = live.stats() if live is not None else EngineStats()
         out = dataclasses.replace(now)
         for name in _COUNTERS:
             setattr(out, name, getattr(entry.retired, name) + getattr(now, name))
