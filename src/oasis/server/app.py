@@ -35,10 +35,12 @@ from oasis.server.metrics import metrics_registry, render
 from oasis.server.routes import admin as admin_routes
 from oasis.server.routes import admin_models as admin_models_routes
 from oasis.server.routes import batches as batches_routes
+from oasis.server.routes import console_server as console_server_routes
 from oasis.server.routes import files as files_routes
 from oasis.server.routes import openai as openai_routes
 from oasis.server.routes import responses as responses_routes
 from oasis.server.state import AppState
+from oasis.server.stats_window import Sampler, read_models
 from oasis.serving.common import RequestLimits, ServingContext
 from oasis.store.batches import BatchStore
 from oasis.store.db import database_url, make_engine, migrate
@@ -223,12 +225,14 @@ def create_app(
         discount=settings.batch_discount,
         lease_seconds=settings.batch_lease_seconds,
     )
+    server_stats = state.server_stats = Sampler(functools.partial(read_models, loader, backends))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         started: list[Backend] = []
         cleaner = asyncio.get_running_loop().create_task(_purge_expired(responses, files))
+        server_stats.start()
         try:
             if gateway is not None:
                 await gateway.start()
@@ -240,6 +244,7 @@ def create_app(
             yield
         finally:
             cleaner.cancel()
+            await server_stats.close()
             await state.batch_runner.close()
             for backend in started:
                 await backend.close()
@@ -273,6 +278,7 @@ def create_app(
     app.include_router(batches_routes.router, dependencies=[Depends(require_api_key)])
     app.include_router(admin_routes.router, dependencies=[Depends(require_admin)])
     app.include_router(admin_models_routes.router, dependencies=[Depends(require_admin)])
+    app.include_router(console_server_routes.router, dependencies=[Depends(require_admin)])
 
     metrics = metrics_registry(loader, backends)
 

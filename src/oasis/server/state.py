@@ -18,6 +18,7 @@ from oasis.store.responses import ResponseStore
 
 if TYPE_CHECKING:
     from oasis.batches.runner import BatchRunner
+    from oasis.server.stats_window import Sampler
 
 
 @dataclass
@@ -36,3 +37,5 @@ class AppState:
     loader: ModelLoader = field(default_factory=ModelLoader)
     # set by create_app once the state exists (the runner runs lines against it)
     batch_runner: BatchRunner = field(init=False)
+    # each model's recent rates for the console's Server page (started by the lifespan)
+    server_stats: Sampler | None = None
