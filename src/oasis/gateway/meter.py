@@ -172,6 +172,7 @@ class Ticket:
         self.created = time.time()
         self._t0 = time.perf_counter()
         self._ttft: float | None = None
+        self._finish: dict[int, str] = {}  # choice index -> finish reason
         self._handles: Sequence[RequestHandle] = ()
         self._prompt_tokens = 0
         self._counted = False  # took from the request bucket (or was refused by it)
@@ -280,6 +281,18 @@ class Ticket:
         if self._ttft is None:
             self._ttft = time.perf_counter() - self._t0
 
+    def choice_ended(self, index: int, reason: str | None) -> None:
+        if reason is not None:
+            self._finish[index] = reason
+
+    def finish_reason(self) -> str | None:
+        """The recorded finish reason: the distinct reasons of the choices that ended, in
+        choice order, comma-joined ("stop", or "stop,length" for n > 1 choices that ended
+        differently); None when no choice ended (an error before the answer, a client that
+        left)."""
+        reasons = dict.fromkeys(self._finish[i] for i in sorted(self._finish))
+        return ",".join(reasons) or None
+
     def measured(self, prompt_tokens: int, *, estimated: bool = False) -> None:
         self._prompt_tokens = prompt_tokens
         self._estimated = estimated
@@ -294,6 +307,7 @@ class Ticket:
             return False
         self.price_names = (model_id,)
         self._handles = ()
+        self._finish = {}
         self._estimated = False
         self._readmit = self._counted
         return True
@@ -365,6 +379,7 @@ class Ticket:
                 disconnected=disconnected,
                 estimated=self._estimated,
                 batch_id=self.batch_id,
+                finish_reason=self.finish_reason(),
             )
         )
         if key is None:

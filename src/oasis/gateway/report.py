@@ -53,7 +53,7 @@ class UsageQuery:
     width: int
     origin: int | None = None
     group_by: tuple[str, ...] = ()
-    key_ids: tuple[int, ...] | None = None
+    key_ids: tuple[int | None, ...] | None = None  # None: the static key
     models: tuple[str, ...] | None = None
     page: int | None = None
     limit: int | None = None

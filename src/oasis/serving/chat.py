@@ -486,6 +486,8 @@ class _Reply:
         choices = []
         for i, st in enumerate(states):
             assert st.finish is not None
+            reason = st.finish_reason(self.plan)
+            self.meter.choice_ended(i, reason)
             choices.append(
                 Choice(
                     index=i,
@@ -493,7 +495,7 @@ class _Reply:
                     logprobs=(
                         ChoiceLogprobs(content=st.logprobs, refusal=None) if self.want_lp else None
                     ),
-                    finish_reason=st.finish_reason(self.plan),
+                    finish_reason=reason,
                 )
             )
         return ChatCompletion(
@@ -586,7 +588,9 @@ class _Reply:
             if isinstance(ev, FinishEvent):
                 st.finish = ev
                 tally.add(ev)
-                yield chunk(i, ChoiceDelta(), finish=st.finish_reason(self.plan))
+                reason = st.finish_reason(self.plan)
+                self.meter.choice_ended(i, reason)
+                yield chunk(i, ChoiceDelta(), finish=reason)
         if include_usage:
             yield ChatCompletionChunk(
                 object="chat.completion.chunk",

@@ -77,6 +77,10 @@ class Meter(Protocol):
 
     def first_token(self) -> None: ...
 
+    def choice_ended(self, index: int, reason: str | None) -> None:
+        """Choice ``index`` ended, for ``reason`` (the finish_reason its client is given)."""
+        ...
+
     def measured(self, prompt_tokens: int, *, estimated: bool = False) -> None:
         """The prompt's token count, known only after admission (an upstream's usage, or
         oasis's count when the upstream reported none: ``estimated``); billed instead of the
@@ -106,6 +110,9 @@ class NoMeter:
         return None
 
     def first_token(self) -> None:
+        return None
+
+    def choice_ended(self, index: int, reason: str | None) -> None:
         return None
 
     def measured(self, prompt_tokens: int, *, estimated: bool = False) -> None:

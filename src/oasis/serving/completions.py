@@ -284,6 +284,7 @@ class CompletionService:
                     for lp in s.lps:
                         acc.add(lp)
                     logprobs = acc.build()
+                meter.choice_ended(len(choices), s.finish.reason)
                 choices.append(
                     CompletionChoice(
                         index=len(choices),
@@ -336,6 +337,7 @@ class CompletionService:
                 yield chunk(i, prefix + ev.text, logprobs=accs[i].take() if want_lp else None)
             else:
                 tally.add(ev)
+                meter.choice_ended(i, ev.reason)
                 yield chunk(
                     i,
                     prefix + ev.text,

@@ -48,6 +48,11 @@ class UsageRecord(Base):
     """One metered request: who, which model, tokens as the engine counted them, cost, timing."""
 
     __tablename__ = "usage_records"
+    # the console's request log: newest first (keyset on id), filtered by key or model
+    __table_args__ = (
+        Index("ix_usage_records_key_id_id", "key_id", "id"),
+        Index("ix_usage_records_model_id", "model", "id"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     request_id: Mapped[str] = mapped_column(String(64), unique=True, index=True)
@@ -67,6 +72,29 @@ class UsageRecord(Base):
     estimated: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     # the batch (/v1/batches) the request was a line of
     batch_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # why the answer ended, as the client was told ("stop", "length", "tool_calls", ...;
+    # "stop,length" when choices ended differently); null when none ended (an error)
+    finish_reason: Mapped[str | None] = mapped_column(String(32), nullable=True)
+
+
+class UsageDaily(Base):
+    """Usage records summed per UTC day, key and model, kept in the same transaction as the
+    records (``UsageStore.add``): the console's chart reads a few thousand of these rows rather
+    than summing a million records. ``key_id`` 0 stands for the static ``--api-key`` (NULL in
+    usage_records), so the primary key can hold it."""
+
+    __tablename__ = "usage_daily"
+
+    day: Mapped[int] = mapped_column(BigInteger, primary_key=True)  # unix seconds, 00:00 UTC
+    key_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model: Mapped[str] = mapped_column(String(200), primary_key=True)
+    requests: Mapped[int] = mapped_column(BigInteger)
+    errors: Mapped[int] = mapped_column(BigInteger)
+    disconnected: Mapped[int] = mapped_column(BigInteger)
+    prompt_tokens: Mapped[int] = mapped_column(BigInteger)
+    cached_tokens: Mapped[int] = mapped_column(BigInteger)
+    completion_tokens: Mapped[int] = mapped_column(BigInteger)
+    cost_usd: Mapped[float] = mapped_column(Float)
 
 
 class ResponseRecord(Base):

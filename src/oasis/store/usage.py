@@ -1,4 +1,9 @@
-"""The usage ledger's table: add records (idempotently, by request id), sum spend, bucket usage."""
+"""The usage ledger's table: add records (idempotently, by request id), sum spend, bucket usage,
+read the request log.
+
+Records are summed per UTC day, key and model into ``usage_daily`` in the transaction that
+inserts them, so charts of whole days read a few thousand rows instead of every record (a 7-day
+GROUP BY over a million records spread over 30 days took 0.55-0.72 s on SQLite)."""
 
 from __future__ import annotations
 
@@ -7,15 +12,19 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
-from sqlalchemy import Engine, case, func, insert, select
+from sqlalchemy import Connection, Engine, case, false, func, insert, or_, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DataError, IntegrityError
 from sqlalchemy.orm import Session
 
-from oasis.store.models import UsageRecord
+from oasis.store.models import ApiKey, UsageDaily, UsageRecord
 
 MODEL_CHARS = 200  # the model column's length
 ENDPOINT_CHARS = 100
 REQUEST_ID_CHARS = 64
+FINISH_REASON_CHARS = 32
+DAY = 86400
 
 # Characters no database column should get from a client: lone surrogates (not encodable in
 # UTF-8), NUL (PostgreSQL refuses it in text) and the other control characters (a terminal
@@ -46,6 +55,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "disconnected": (bool,),
     "estimated": (bool,),
     "batch_id": (str, type(None)),
+    "finish_reason": (str, type(None)),
 }
 
 
@@ -72,6 +82,9 @@ class Usage:
     estimated: bool = False
     # the batch (/v1/batches) this request was a line of
     batch_id: str | None = None
+    # why the answer ended, as the client was told; several distinct reasons (n > 1) are
+    # comma-joined in choice order; None when no choice ended (an error, a client that left)
+    finish_reason: str | None = None
 
     def __post_init__(self) -> None:
         for name, limit in (("model", MODEL_CHARS), ("endpoint", ENDPOINT_CHARS)):
@@ -79,6 +92,10 @@ class Usage:
             safe = clean_text(value, limit)
             if safe is not value:
                 object.__setattr__(self, name, safe)
+        if self.finish_reason is not None:  # an upstream's reason is its own text
+            safe = clean_text(self.finish_reason, FINISH_REASON_CHARS)
+            if safe is not self.finish_reason:
+                object.__setattr__(self, "finish_reason", safe)
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)  # flat fields: no need for asdict's recursive copy
@@ -91,6 +108,7 @@ class Usage:
         values = {k: v for k, v in data.items() if k in _TYPES}
         values.setdefault("estimated", False)  # journals written before the fields existed
         values.setdefault("batch_id", None)
+        values.setdefault("finish_reason", None)
         for name, types in _TYPES.items():
             value = values.get(name)
             if name not in values or not isinstance(value, types):
@@ -133,8 +151,97 @@ class UsageBucket:
     disconnected: int
 
 
+def day_of(unix: int) -> int:
+    """The start (00:00 UTC) of the day a unix time falls in."""
+    return unix - unix % DAY
+
+
+_DAILY_SUMS = (
+    "requests",
+    "errors",
+    "disconnected",
+    "prompt_tokens",
+    "cached_tokens",
+    "completion_tokens",
+    "cost_usd",
+)
+
+
+def _insert(conn: Connection, records: Sequence[Usage]) -> None:
+    """Insert the records and add them to their ``usage_daily`` rows, in the caller's
+    transaction (so the two never disagree: a failed insert adds nothing to either)."""
+    conn.execute(insert(UsageRecord), [r.to_json() for r in records])
+    sums: dict[tuple[int, int, str], list[Any]] = {}
+    for r in records:
+        row = sums.setdefault(
+            (day_of(r.created_at), r.key_id or 0, r.model), [0, 0, 0, 0, 0, 0, 0.0]
+        )
+        row[0] += 1
+        row[1] += r.status >= 400
+        row[2] += r.disconnected
+        row[3] += r.prompt_tokens
+        row[4] += r.cached_tokens
+        row[5] += r.completion_tokens
+        row[6] += r.cost_usd
+    names = _DAILY_SUMS
+    # in key order: concurrent writers (replicas on one PostgreSQL) lock the rows they add to
+    # in the same order, so they wait for each other instead of deadlocking
+    params = [
+        {"day": day, "key_id": key, "model": model, **dict(zip(names, row, strict=True))}
+        for (day, key, model), row in sorted(sums.items())
+    ]
+    dialect = conn.dialect.name
+    if dialect == "postgresql":
+        stmt: Any = pg_insert(UsageDaily)
+    elif dialect == "sqlite":
+        stmt = sqlite_insert(UsageDaily)
+    else:
+        raise NotImplementedError(f"usage_daily upsert on {dialect}")
+    table = UsageDaily.__table__
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["day", "key_id", "model"],
+        set_={n: table.c[n] + stmt.excluded[n] for n in names},
+    )
+    conn.execute(stmt, params)
+
+
+@dataclass(frozen=True)
+class LogFilter:
+    """Which records the request log shows: ``key_ids`` (None in it: the static key),
+    ``status`` "ok" (< 400), "error" (>= 400) or a code; ``since`` inclusive, ``until``
+    exclusive (unix seconds); ``before``: ids below it (the previous page's last id)."""
+
+    key_ids: tuple[int | None, ...] | None = None
+    model: str | None = None
+    endpoint: str | None = None
+    status: str | int | None = None
+    since: int | None = None
+    until: int | None = None
+    before: int | None = None
+
+
+@dataclass(frozen=True)
+class LogRow:
+    """A record as the request log shows it, with its key's name and prefix (None for the
+    static key, or a key since deleted)."""
+
+    id: int
+    usage: Usage
+    key_name: str | None
+    key_prefix: str | None
+
+
+def _key_filter(column: Any, key_ids: Sequence[int | None]) -> Any:
+    ids = [k for k in key_ids if k is not None]
+    # one key is an equality, which SQLite walks in a (key_id, id) index's order
+    clauses = [column == ids[0]] if len(ids) == 1 else [column.in_(ids)] if ids else []
+    if None in key_ids:
+        clauses.append(column.is_(None))
+    return or_(*clauses) if clauses else false()
+
+
 class UsageStore:
-    """The usage_records table."""
+    """The usage_records table (and its daily sums, usage_daily)."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
@@ -151,7 +258,7 @@ class UsageStore:
         if not dedupe:
             try:
                 with self.engine.begin() as conn:
-                    conn.execute(insert(UsageRecord), [r.to_json() for r in records])
+                    _insert(conn, records)
                 return len(records)
             except IntegrityError:
                 return self.add(records, dedupe=True)
@@ -170,7 +277,7 @@ class UsageStore:
                 if r.request_id not in known:
                     new.setdefault(r.request_id, r)
             if new:
-                conn.execute(insert(UsageRecord), [r.to_json() for r in new.values()])
+                _insert(conn, list(new.values()))
         return len(new)
 
     def add_or_refuse(
@@ -224,44 +331,42 @@ class UsageStore:
         width: int,
         origin: int = 0,
         group_by: Iterable[str] = (),
-        key_ids: Sequence[int] | None = None,
+        key_ids: Sequence[int | None] | None = None,
         models: Sequence[str] | None = None,
     ) -> list[UsageBucket]:
         """Sums per ``width``-second bucket (buckets start at ``origin + k * width``) in
         ``[start, end)``, split by key and/or model when asked; only buckets with requests are
-        returned."""
+        returned. ``key_ids`` may hold None, the static key. Whole UTC days (``width``,
+        ``origin``, ``start`` and ``end`` multiples of a day) are summed from usage_daily."""
         groups = set(group_by)
         unknown = groups - set(GROUPS)
         if unknown:
             raise ValueError(f"cannot group by {sorted(unknown)}")
-        r = UsageRecord
-        bucket = (origin + ((r.created_at - origin) // width) * width).label("bucket")
-        cols: list[Any] = [bucket]
-        if "key" in groups:
-            cols.append(r.key_id)
-        if "model" in groups:
-            cols.append(r.model)
-        q = select(
-            *cols,
-            func.count().label("requests"),
-            func.sum(r.prompt_tokens),
-            func.sum(r.cached_tokens),
-            func.sum(r.completion_tokens),
-            func.sum(r.cost_usd),
-            func.sum(case((r.status >= 400, 1), else_=0)),
-            func.sum(case((r.disconnected, 1), else_=0)),
-        ).where(r.created_at >= start, r.created_at < end)
-        if key_ids is not None:
-            q = q.where(r.key_id.in_(list(key_ids)))
-        if models is not None:
-            q = q.where(r.model.in_(list(models)))
-        q = q.group_by(*cols).order_by(*cols)
+        daily = all(v % DAY == 0 for v in (width, origin, start, end))
+        q: Any
+        if daily:
+            d = UsageDaily
+            q = self._daily_query(groups, width, origin).where(d.day >= start, d.day < end)
+            if key_ids is not None:
+                q = q.where(d.key_id.in_([0 if k is None else k for k in key_ids]))
+            if models is not None:
+                q = q.where(d.model.in_(list(models)))
+        else:
+            r = UsageRecord
+            q = self._raw_query(groups, width, origin)
+            q = q.where(r.created_at >= start, r.created_at < end)
+            if key_ids is not None:
+                q = q.where(_key_filter(r.key_id, key_ids))
+            if models is not None:
+                q = q.where(r.model.in_(list(models)))
         out: list[UsageBucket] = []
         with Session(self.engine) as s:
             for row in s.execute(q):
                 values = list(row)
                 b = int(values.pop(0))
                 key_id = values.pop(0) if "key" in groups else None
+                if daily and key_id == 0:
+                    key_id = None
                 model = values.pop(0) if "model" in groups else None
                 requests, prompt, cached, completion, cost, errors, disc = values
                 out.append(
@@ -280,3 +385,81 @@ class UsageStore:
                     )
                 )
         return out
+
+    @staticmethod
+    def _raw_query(groups: set[str], width: int, origin: int) -> Any:
+        r = UsageRecord
+        bucket = (origin + ((r.created_at - origin) // width) * width).label("bucket")
+        cols: list[Any] = [bucket]
+        if "key" in groups:
+            cols.append(r.key_id)
+        if "model" in groups:
+            cols.append(r.model)
+        return (
+            select(
+                *cols,
+                func.count().label("requests"),
+                func.sum(r.prompt_tokens),
+                func.sum(r.cached_tokens),
+                func.sum(r.completion_tokens),
+                func.sum(r.cost_usd),
+                func.sum(case((r.status >= 400, 1), else_=0)),
+                func.sum(case((r.disconnected, 1), else_=0)),
+            )
+            .group_by(*cols)
+            .order_by(*cols)
+        )
+
+    @staticmethod
+    def _daily_query(groups: set[str], width: int, origin: int) -> Any:
+        d = UsageDaily
+        bucket = (origin + ((d.day - origin) // width) * width).label("bucket")
+        cols: list[Any] = [bucket]
+        if "key" in groups:
+            cols.append(d.key_id)
+        if "model" in groups:
+            cols.append(d.model)
+        return (
+            select(
+                *cols,
+                func.sum(d.requests),
+                func.sum(d.prompt_tokens),
+                func.sum(d.cached_tokens),
+                func.sum(d.completion_tokens),
+                func.sum(d.cost_usd),
+                func.sum(d.errors),
+                func.sum(d.disconnected),
+            )
+            .group_by(*cols)
+            .order_by(*cols)
+        )
+
+    def log(self, where: LogFilter, limit: int) -> list[LogRow]:
+        """Up to ``limit`` records, newest (highest id) first, with their keys' names."""
+        r, k = UsageRecord, ApiKey
+        q = select(r, k.name, k.prefix).outerjoin(k, k.id == r.key_id)
+        if where.key_ids is not None:
+            q = q.where(_key_filter(r.key_id, where.key_ids))
+        if where.model is not None:
+            q = q.where(r.model == where.model)
+        if where.endpoint is not None:
+            q = q.where(r.endpoint == where.endpoint)
+        if where.status == "ok":
+            q = q.where(r.status < 400)
+        elif where.status == "error":
+            q = q.where(r.status >= 400)
+        elif isinstance(where.status, int):
+            q = q.where(r.status == where.status)
+        if where.since is not None:
+            q = q.where(r.created_at >= where.since)
+        if where.until is not None:
+            q = q.where(r.created_at < where.until)
+        if where.before is not None:
+            q = q.where(r.id < where.before)
+        q = q.order_by(r.id.desc()).limit(limit)
+        names = [f.name for f in fields(Usage)]
+        with Session(self.engine) as s:
+            return [
+                LogRow(row.id, Usage(**{n: getattr(row, n) for n in names}), name, prefix)
+                for row, name, prefix in s.execute(q)
+            ]

@@ -405,6 +405,9 @@ class UpstreamBackend:
             tokens.prompt_evaluated = call.estimate
             tokens.generated = sum(answer_tokens(c) for c in data.get("choices", ()))
         meter.measured(tokens.prompt_evaluated, estimated=not tokens.reported)
+        for i, choice in enumerate(data.get("choices", ())):
+            if isinstance(choice, dict) and isinstance(choice.get("finish_reason"), str):
+                meter.choice_ended(i, choice["finish_reason"])
         if call.check is not None:
             for choice in data["choices"]:
                 finish = choice.get("finish_reason") if isinstance(choice, dict) else None
@@ -628,6 +631,7 @@ class _Relay:
                     self._texts.setdefault(c.index, []).append(text)
             if c.finish_reason is not None:
                 self._finished[c.index] = c.finish_reason
+                self._meter.choice_ended(c.index, c.finish_reason)
         return chunk
 
     def _broken(self, detail: str) -> None:
