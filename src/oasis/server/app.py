@@ -35,6 +35,7 @@ from oasis.server.metrics import metrics_registry, render
 from oasis.server.routes import admin as admin_routes
 from oasis.server.routes import admin_models as admin_models_routes
 from oasis.server.routes import batches as batches_routes
+from oasis.server.routes import console_api as console_api_routes
 from oasis.server.routes import console_server as console_server_routes
 from oasis.server.routes import files as files_routes
 from oasis.server.routes import openai as openai_routes
@@ -276,6 +277,7 @@ def create_app(
     app.include_router(responses_routes.router, dependencies=[Depends(require_api_key)])
     app.include_router(files_routes.router, dependencies=[Depends(require_api_key)])
     app.include_router(batches_routes.router, dependencies=[Depends(require_api_key)])
+    app.include_router(console_api_routes.router, dependencies=[Depends(require_api_key)])
     app.include_router(admin_routes.router, dependencies=[Depends(require_admin)])
     app.include_router(admin_models_routes.router, dependencies=[Depends(require_admin)])
     app.include_router(console_server_routes.router, dependencies=[Depends(require_admin)])

@@ -19,6 +19,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from oasis.errors import InvalidRequestError
 from oasis.gateway.meter import Gateway
 from oasis.gateway.report import MAX_TIME, UsageQuery, key_object, openai_page, usage_report
+from oasis.server.query import query_int, query_list
 from oasis.server.validation import parse_json_body, validate
 from oasis.store.keys import (
     MAX_BUDGET_PERIOD_S,
@@ -34,7 +35,8 @@ from oasis.store.keys import (
 router = APIRouter()
 
 
-def _gateway(request: Request) -> Gateway:
+def gateway_of(request: Request) -> Gateway:
+    """The gateway, or the 400 every usage or key endpoint answers under --no-auth."""
     gateway: Gateway | None = request.app.state.oasis.gateway
     if gateway is None:
         raise InvalidRequestError(
@@ -96,14 +98,14 @@ def _period(text: str) -> int:
 
 @router.get("/admin/keys")
 async def list_keys(request: Request) -> JSONResponse:
-    gw = _gateway(request)
+    gw = gateway_of(request)
     keys = await to_thread.run_sync(gw.keys.list)
     return JSONResponse({"object": "list", "data": [await key_json(gw, k) for k in keys]})
 
 
 @router.post("/admin/keys")
 async def create_key(request: Request) -> JSONResponse:
-    gw = _gateway(request)
+    gw = gateway_of(request)
     body = validate(KeyCreate, parse_json_body(await request.body()))
     period = _period(body.budget_period)  # checked even when there is no budget to use it
     expires = parse_duration(body.expires, param="expires") if body.expires is not None else None
@@ -124,13 +126,13 @@ async def create_key(request: Request) -> JSONResponse:
 
 @router.get("/admin/keys/{key}")
 async def get_key(key: str, request: Request) -> JSONResponse:
-    gw = _gateway(request)
+    gw = gateway_of(request)
     return JSONResponse(await key_json(gw, await to_thread.run_sync(gw.keys.get, key)))
 
 
 @router.patch("/admin/keys/{key}")
 async def update_key(key: str, request: Request) -> JSONResponse:
-    gw = _gateway(request)
+    gw = gateway_of(request)
     raw = parse_json_body(await request.body())
     body = validate(KeyUpdate, raw)
     changes: dict[str, Any] = {
@@ -151,7 +153,7 @@ async def update_key(key: str, request: Request) -> JSONResponse:
 
 @router.delete("/admin/keys/{key}")
 async def revoke_key(key: str, request: Request) -> JSONResponse:
-    gw = _gateway(request)
+    gw = gateway_of(request)
     info = await to_thread.run_sync(gw.keys.revoke, key)
     gw.key_cache.invalidate()
     return JSONResponse({**(await key_json(gw, info)), "deleted": True})
@@ -159,7 +161,7 @@ async def revoke_key(key: str, request: Request) -> JSONResponse:
 
 @router.post("/admin/keys/{key}/rotate")
 async def rotate_key(key: str, request: Request) -> JSONResponse:
-    gw = _gateway(request)
+    gw = gateway_of(request)
     info, secret = await to_thread.run_sync(gw.keys.rotate, key)
     gw.key_cache.invalidate()
     return JSONResponse({**(await key_json(gw, info)), "value": secret})
@@ -172,51 +174,14 @@ GROUPS = {"api_key_id": "key", "model": "model"}
 KNOWN_GROUPS = {"project_id", "user_id", "api_key_id", "model", "batch", "service_tier"}
 
 
-def _query_list(request: Request, name: str) -> list[str]:
-    """Array parameters as ``name=a&name=b``, ``name[]=a`` or ``name=a,b``."""
-    values: list[str] = []
-    for k, v in request.query_params.multi_items():
-        if k in (name, f"{name}[]"):
-            if "\x00" in v:
-                raise InvalidRequestError(
-                    f"Invalid '{name}': a value contains a NUL character.",
-                    param=name,
-                    code="invalid_value",
-                )
-            values.extend(part for part in v.split(",") if part)
-    return values
-
-
-def _query_int(request: Request, name: str, low: int, high: int, why: str = "") -> int | None:
-    """An integer query parameter in ``[low, high]``, or None when it is absent or empty."""
-    raw = request.query_params.get(name)
-    if not raw:
-        return None
-    try:
-        value = int(raw.strip())
-    except ValueError:
-        raise InvalidRequestError(
-            f"Invalid '{name}': expected an integer, got {raw[:100]!r}.",
-            param=name,
-            code="invalid_type",
-        ) from None
-    if not low <= value <= high:
-        raise InvalidRequestError(
-            f"Invalid '{name}': expected an integer from {low} to {high}{why}, got {raw[:100]}.",
-            param=name,
-            code="invalid_value",
-        )
-    return value
-
-
 def _usage_query(request: Request) -> UsageQuery:
     """The query of ``GET /v1/organization/usage/completions``, checked."""
-    start = _query_int(request, "start_time", 0, MAX_TIME)
+    start = query_int(request, "start_time", 0, MAX_TIME)
     if start is None:
         raise InvalidRequestError(
             "Missing required parameter: 'start_time' (unix seconds).", param="start_time"
         )
-    end = _query_int(request, "end_time", 0, MAX_TIME)
+    end = query_int(request, "end_time", 0, MAX_TIME)
     width_name = request.query_params.get("bucket_width", "1d")
     if width_name not in WIDTHS:
         raise InvalidRequestError(
@@ -225,9 +190,9 @@ def _usage_query(request: Request) -> UsageQuery:
             code="invalid_value",
         )
     width, default_limit, max_limit = WIDTHS[width_name]
-    limit = _query_int(request, "limit", 1, max_limit, f" with bucket_width={width_name}")
-    page = _query_int(request, "page", 0, MAX_TIME)
-    groups = _query_list(request, "group_by")
+    limit = query_int(request, "limit", 1, max_limit, f" with bucket_width={width_name}")
+    page = query_int(request, "page", 0, MAX_TIME)
+    groups = query_list(request, "group_by")
     for g in groups:
         if g not in KNOWN_GROUPS:
             raise InvalidRequestError(
@@ -241,7 +206,7 @@ def _usage_query(request: Request) -> UsageQuery:
                 code="unsupported_parameter",
             )
     key_ids: list[int] | None = None
-    if refs := _query_list(request, "api_key_ids"):
+    if refs := query_list(request, "api_key_ids"):
         key_ids = []
         for ref in refs:
             number = key_id(ref)
@@ -253,7 +218,7 @@ def _usage_query(request: Request) -> UsageQuery:
                 )
             if number <= MAX_KEY_ID:  # a larger one names no key: it matches nothing
                 key_ids.append(number)
-    models = _query_list(request, "models") or None
+    models = query_list(request, "models") or None
     for name in ("project_ids", "user_ids", "batch"):
         if name in request.query_params:
             raise InvalidRequestError(
@@ -275,7 +240,7 @@ def _usage_query(request: Request) -> UsageQuery:
 
 @router.get("/v1/organization/usage/completions")
 async def usage_completions(request: Request) -> JSONResponse:
-    gw = _gateway(request)
+    gw = gateway_of(request)
     query = _usage_query(request)
     report = await to_thread.run_sync(usage_report, gw.usage, query)
     return JSONResponse(openai_page(report))
