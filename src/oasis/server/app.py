@@ -35,6 +35,7 @@ from oasis.server.metrics import metrics_registry, render
 from oasis.server.routes import admin as admin_routes
 from oasis.server.routes import admin_models as admin_models_routes
 from oasis.server.routes import batches as batches_routes
+from oasis.server.routes import console as console_routes
 from oasis.server.routes import console_api as console_api_routes
 from oasis.server.routes import console_server as console_server_routes
 from oasis.server.routes import files as files_routes
@@ -273,6 +274,8 @@ def create_app(
             ("POST", files_routes.FILES): files_routes.upload_allowance(settings.max_file_bytes)
         },
     )
+    # outermost: even the guard's own refusals carry the CSP and the other security headers
+    app.add_middleware(console_routes.SecurityHeaders)
     app.include_router(openai_routes.router, dependencies=[Depends(require_api_key)])
     app.include_router(responses_routes.router, dependencies=[Depends(require_api_key)])
     app.include_router(files_routes.router, dependencies=[Depends(require_api_key)])
@@ -281,6 +284,7 @@ def create_app(
     app.include_router(admin_routes.router, dependencies=[Depends(require_admin)])
     app.include_router(admin_models_routes.router, dependencies=[Depends(require_admin)])
     app.include_router(console_server_routes.router, dependencies=[Depends(require_admin)])
+    app.include_router(console_routes.make_router())  # the web console's page and files
 
     metrics = metrics_registry(loader, backends)
 
