@@ -12,7 +12,10 @@ from typing import Any
 
 import pytest
 
-from tests.integration.conftest import ROOT, LiveServer, live, sdk  # noqa: F401 (fixtures)
+from tests.integration import conftest as integration
+from tests.integration.conftest import ROOT, LiveServer
+
+live = integration.live  # the integration tests' shared server (a session fixture), reused
 
 playwright_sync = pytest.importorskip("playwright.sync_api")
 
@@ -62,11 +65,12 @@ class Console:
     def go(self, route: str) -> None:
         self.page.evaluate("r => { location.hash = '#/' + r; }", route)
 
-    def shot(self, name: str) -> None:
-        """docs/console/NAME.png, only when OASIS_SCREENSHOTS=1 (CI leaves them as they are)."""
+    def shot(self, name: str, *, full_page: bool = False) -> None:
+        """docs/console/NAME.png, only when OASIS_SCREENSHOTS=1 (CI leaves them as they are);
+        ``full_page``: the whole page at the viewport's width, not just the viewport."""
         if os.environ.get("OASIS_SCREENSHOTS") == "1":
             SHOTS.mkdir(parents=True, exist_ok=True)
-            self.page.screenshot(path=str(SHOTS / f"{name}.png"))
+            self.page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=full_page)
 
     def close(self) -> None:
         self.context.close()

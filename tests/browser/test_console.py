@@ -118,12 +118,13 @@ def test_streamed_answer_arrives_in_pieces(console: Console) -> None:
         code = page.inner_text("#code")
         assert "OPENAI_API_KEY" in code and console.server.api_key not in code
         assert f'"{console.server.base_url}/v1"' in code
+        compile(code, tab, "exec")  # valid Python
     assert "ChatCompletion.create" in code
 
     # export downloads the conversation as JSON; clear empties it
     with page.expect_download() as download:
         page.click("#export")
-    exported = json.loads(open(download.value.path(), encoding="utf-8").read())
+    exported = json.loads(download.value.path().read_text(encoding="utf-8"))
     assert [m["role"] for m in exported["messages"]] == ["user", "assistant"]
     assert exported["messages"][1]["content"].strip()
     page.click("#clear")
@@ -162,7 +163,7 @@ def test_key_created_used_seen_in_usage_and_revoked(console: Console, live: Live
     console.sign_in()
     console.go("keys")
     page.wait_for_selector("#create-key")
-    name = "测试 <img src=x onerror=window.xss=3> browser"  # shown as text, CJK included
+    name = "浏览器测试 <b>not bold</b>"  # shown as text, CJK included
     page.fill("#new-name", name)
     page.fill("#new-rpm", "600")
     page.fill("#new-budget", "5")
@@ -174,8 +175,11 @@ def test_key_created_used_seen_in_usage_and_revoked(console: Console, live: Live
     row.wait_for()
     key_id = row.get_attribute("data-key")
     assert key_id and key_id.startswith("key_")
-    assert page.locator("#keys-table img").count() == 0
-    console.shot("keys")
+    prefix = row.locator("code").inner_text()
+    assert secret.startswith(prefix)
+    assert page.locator("#keys-table b").count() == 0
+    assert page.locator("#secret h2").inner_text().startswith(f"New key “{name}”")
+    console.shot("keys", full_page=True)
     page.click("#copy-secret")  # the clipboard, or the secret selected for Ctrl+C
     copied = page.inner_text("#copy-secret")
     assert copied == "Copied" or page.evaluate("getSelection().toString().trim()") == secret
@@ -194,25 +198,25 @@ def test_key_created_used_seen_in_usage_and_revoked(console: Console, live: Live
     def in_usage() -> bool:
         page.click("#refresh")
         try:
-            page.wait_for_selector(f"#log tr:has-text('{secret[:8]}')", timeout=3000)
-            page.wait_for_selector(f"#legend .legend-item:has-text('{secret[:8]}')", timeout=3000)
+            page.locator("#log tbody tr", has_text=name).first.wait_for(timeout=3000)
+            page.wait_for_selector(f"#legend .legend-item:has-text('{prefix}')", timeout=3000)
         except playwright_timeout():
             return False
         return True
 
     until(in_usage, "the request in the usage log and chart")
     bars = page.locator("#chart rect.bar")
-    assert any(secret[:8] in (bars.nth(i).get_attribute("data-series") or "")
+    assert any(prefix in (bars.nth(i).get_attribute("data-series") or "")
                for i in range(bars.count()))
+    console.shot("usage", full_page=True)
     page.select_option("#filter-key", key_id)
     page.wait_for_function(
         "k => [...document.querySelectorAll('#log tbody tr')].length > 0 && "
         "[...document.querySelectorAll('#log tbody tr')].every(r => r.textContent.includes(k))",
-        arg=secret[:8])
+        arg=name)
     row_text = page.inner_text("#log tbody tr >> nth=0")
-    assert model in row_text and "/v1/chat/completions" in row_text
-    assert page.evaluate("window.xss") is None
-    console.shot("usage")
+    assert model in row_text and "chat/completions" in row_text
+    assert page.locator("#legend b, #log b").count() == 0
 
     console.go("keys")
     row = page.locator(f"#keys-table tr[data-key='{key_id}']")
@@ -233,7 +237,8 @@ def playwright_timeout() -> type[Exception]:
 
 def test_user_key_cannot_open_admin_pages(console: Console, live: LiveServer) -> None:
     model = first_model(live)
-    created = admin_api(live, "POST", "/admin/keys", json={"name": "console user", "models": [model]})
+    created = admin_api(live, "POST", "/admin/keys",
+                        json={"name": "console user", "models": [model]})
     try:
         page = console.page
         console.sign_in(created["value"])
@@ -275,6 +280,7 @@ def test_html_in_model_output_is_inert(console: Console) -> None:
     console.sign_in()
     # the real model asked to repeat markup: whatever it writes stays text
     page.fill("#system", "Repeat the user's message exactly, character for character.")
+    page.fill("#max-tokens", "60")
     send(console, f"Repeat: {XSS}")
     assert page.locator("#messages .content img, #messages .content script").count() == 0
 
@@ -349,6 +355,7 @@ def test_phone_width(phone: Console) -> None:
             page.wait_for_selector("#chart svg")
             fits()
             phone.shot("phone-usage")
+    page.fill("#max-tokens", "40")
     page.fill("#prompt", "Say hello in Chinese and English.")
     page.click("#send")
     page.wait_for_selector(f"{LAST_ANSWER}[data-state=done]", timeout=ANSWER)

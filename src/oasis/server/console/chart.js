@@ -29,8 +29,7 @@ function short(v, format) {
  * Stacked bars: days = [{label, title, values: [n per series]}], series = [{name, color}].
  * Each segment has a <title> (its series, day and value) for a hover tooltip.
  */
-export function stackedBars(days, series, { format, height = 240 } = {}) {
-  const width = 720;
+export function stackedBars(days, series, { format, width = 720, height = 240 } = {}) {
   const pad = { left: 52, right: 8, top: 10, bottom: 28 };
   const totals = days.map((d) => d.values.reduce((a, b) => a + b, 0));
   const steps = ticks(Math.max(0, ...totals));
@@ -50,8 +49,8 @@ export function stackedBars(days, series, { format, height = 240 } = {}) {
     );
   }
   const slot = plotW / Math.max(days.length, 1);
-  const barW = Math.max(2, Math.min(40, slot * 0.7));
-  const every = Math.ceil(days.length / 10); // at most ~10 date labels
+  const barW = Math.max(2, Math.min(48, slot * 0.6));
+  const every = Math.ceil(days.length / Math.max(2, Math.floor(plotW / 70))); // labels fit
   days.forEach((day, i) => {
     const x = pad.left + i * slot + (slot - barW) / 2;
     let base = 0;

@@ -85,7 +85,7 @@ function signInPage(root) {
   root.append(h("section.signin", null,
     h("h1", null, "Sign in to oasis"),
     h("p.muted", null, "Use an API key from ", h("code", null, "oasis keys create"),
-      " or the server's --api-key. Admin keys see keys, usage of every key and the server."),
+      " or the server's ", h("code", null, "--api-key"), ". Admin keys see keys, usage of every key and the server."),
     form));
   input.focus();
 }
@@ -105,9 +105,10 @@ async function show() {
   const route = location.hash.replace(/^#\/?/, "").split("?")[0] || "playground";
   if (!me && session.key()) {
     try {
-      me = await api("/console/api/me");
+      me = await api("/console/api/me", { quiet401: true });
     } catch (e) {
-      if (e.status !== 401) notice = e.message;
+      notice = e.status === 401
+        ? `Signed out: the server refused the key (${e.message})` : e.message;
       session.clear();
     }
   }

@@ -69,15 +69,22 @@ export function usd(n) {
   return "$" + n.toFixed(2);
 }
 
-/** Unix seconds (or an ISO string) -> the browser's local date and time. */
-export function when(t) {
+/** Unix seconds (or an ISO string) -> the browser's local date and time (the year only
+ * when it is not this year's; seconds unless ``seconds`` is false). */
+export function when(t, seconds = true) {
   if (t === null || t === undefined) return "—";
   const d = typeof t === "number" ? new Date(t * 1000) : new Date(t);
   if (Number.isNaN(d.getTime())) return String(t);
   return d.toLocaleString(undefined, {
-    year: "numeric", month: "short", day: "numeric", hour: "2-digit", minute: "2-digit",
-    second: "2-digit",
+    year: d.getFullYear() === new Date().getFullYear() ? undefined : "numeric",
+    month: "short", day: "numeric", hour: "2-digit", minute: "2-digit",
+    second: seconds ? "2-digit" : undefined,
   });
+}
+
+/** The same without seconds, for lists where the minute is enough. */
+export function day(t) {
+  return when(t, false);
 }
 
 /** Seconds -> "30d", "12h", "15m", "45s". */

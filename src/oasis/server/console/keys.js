@@ -1,30 +1,30 @@
 // Keys (admin): the list, create (the secret shown once), rotate, revoke, edit limits.
 
 import { api } from "./api.js";
-import { h, clear, field, errorBox, num, usd, when, duration, copyText } from "./dom.js";
+import { h, clear, field, errorBox, num, usd, day, duration, copyText } from "./dom.js";
 
 export function mount(root) {
   const secretSlot = h("div");
   const status = h("div.form-status");
   const body = h("tbody");
   const table = h("div.table-wrap", null, h("table.data", { id: "keys-table" },
-    h("thead", null, h("tr", null, ["Prefix", "Name", "Admin", "RPM", "TPM",
-      "Spend / budget", "Models", "Status", "Created", "Last used", ""].map((t) =>
+    h("thead", null, h("tr", null, ["Prefix", "Name", "Limits", "Spend / budget", "Models",
+      "Status", "Created", "Last used", ""].map((t) =>
       h("th", null, t)))),
     body));
 
   root.append(h("section.page", null,
     h("div.page-head", null, h("h1", null, "API keys")),
     secretSlot,
-    createForm(),
-    h("div.card", null, h("h2", null, "Keys"), status, table)));
+    h("div.card", null, h("h2", null, "Keys"), status, table),
+    createForm()));
 
   async function load() {
     try {
       const list = await api("/admin/keys");
       clear(body);
       for (const k of list.data) body.append(...rows(k));
-      if (!list.data.length) body.append(h("tr", null, h("td.muted", { colspan: 11 }, "No keys yet.")));
+      if (!list.data.length) body.append(h("tr", null, h("td.muted", { colspan: 9 }, "No keys yet.")));
     } catch (e) {
       clear(status).append(errorBox(e.message));
     }
@@ -51,7 +51,7 @@ export function mount(root) {
       tpm: h("input", { type: "number", name: "tpm", id: "new-tpm", min: 1 }),
       budget: h("input", { type: "number", name: "budget", id: "new-budget", min: 0, step: "any" }),
       period: h("input", { name: "period", id: "new-period", value: "30d" }),
-      models: h("input", { name: "models", id: "new-models", placeholder: "all models" }),
+      models: h("input", { name: "models", id: "new-models", placeholder: "all, or a, b, …" }),
       expires: h("input", { name: "expires", id: "new-expires", placeholder: "never (e.g. 30d)" }),
     };
     const problem = h("div.form-status");
@@ -60,7 +60,7 @@ export function mount(root) {
       h("div.grid", null,
         field("Name", f.name), field("Requests / minute", f.rpm), field("Tokens / minute", f.tpm),
         field("Budget (USD)", f.budget), field("Budget period", f.period),
-        field("Models", f.models, "comma-separated; empty for all"),
+        field("Models", f.models),
         field("Expires in", f.expires)),
       h("div.row", null, h("label.check", null, f.admin, " Admin key"), h("span.grow"),
         h("button.primary", { type: "submit", id: "create" }, "Create key")),
@@ -94,23 +94,23 @@ export function mount(root) {
     const actions = h("td.actions");
     const row = h("tr", { "data-key": k.id, class: revoked ? "inactive" : "" },
       h("td", null, h("code", null, k.prefix)),
-      h("td.name", null, k.name),
-      h("td", null, k.is_admin ? h("span.badge", null, "admin") : ""),
-      h("td.num", null, num(k.rpm)),
-      h("td.num", null, num(k.tpm)),
+      h("td.name", null, k.name, k.is_admin ? [" ", h("span.badge", null, "admin")] : null),
+      h("td", null, k.rpm === null && k.tpm === null ? "none"
+        : [k.rpm === null ? null : `${num(k.rpm)} rpm`, k.tpm === null ? null : `${num(k.tpm)} tpm`]
+          .filter(Boolean).join(" · ")),
       h("td.num", null, k.budget_usd === null ? "no budget"
         : `${usd(k.spend_usd ?? 0)} / ${usd(k.budget_usd)} per ${duration(k.budget_period_seconds)}`),
       h("td", null, k.models ? k.models.join(", ") : "all"),
       h("td", null, h(`span.status.${k.status}`, null, k.status)),
-      h("td.time", null, when(k.created_at)),
-      h("td.time", null, when(k.last_used_at)),
+      h("td.time", null, day(k.created_at)),
+      h("td.time", null, day(k.last_used_at)),
       actions);
     const editRow = h("tr.edit-row", { hidden: true });
     if (!revoked) {
       actions.append(
         h("button.small", { type: "button", onclick: () => {
           editRow.hidden = !editRow.hidden;
-          if (!editRow.hidden) editRow.replaceChildren(h("td", { colspan: 11 }, editForm(k)));
+          if (!editRow.hidden) editRow.replaceChildren(h("td", { colspan: 9 }, editForm(k)));
         } }, "Edit"),
         h("button.small", { type: "button", onclick: () => rotate(k) }, "Rotate"),
         h("button.small.danger", { type: "button", onclick: () => revoke(k) }, "Revoke"));

@@ -74,13 +74,19 @@ export function mount(root, { me }) {
     h("div.card", null, h("h2", null, "Requests"), filterForm, logStatus,
       h("div.table-wrap", null, h("table.data.log", { id: "log" },
         h("thead", null, h("tr", null, ["Time", "Key", "Model", "Endpoint", "Status", "Prompt",
-          "Cached", "Completion", "Cost", "TTFT", "Latency", "Finish", ""].map((t) =>
+          "Cached", "Completion", "Cost", "TTFT", "Latency", "Finish"].map((t) =>
           h("th", null, t)))),
         logBody)),
       older)));
 
   let usage = null;
   let generation = 0; // a newer load wins over an older one still under way
+  let drawnWidth = 0;
+  // the chart is drawn at its box's width (text stays its size): again when that changes
+  const resized = new ResizeObserver(() => {
+    if (Math.abs(chart.clientWidth - drawnWidth) > 8) drawChart();
+  });
+  resized.observe(chart);
 
   function metricSwitch() {
     const box = h("div.switch", { role: "radiogroup", id: "metric" });
@@ -144,7 +150,11 @@ export function mount(root, { me }) {
       for (const row of d.rows) values[index.get(row.group)] += metric.value(row) || 0;
       return { label: dayLabel(d.date), title: dayLabel(d.date, true), values };
     });
-    clear(chart).append(stackedBars(days, series, { format: metric.format }));
+    const width = Math.max(280, Math.round(chart.clientWidth) || 720);
+    drawnWidth = width;
+    clear(chart).append(stackedBars(days, series, {
+      format: metric.format, width, height: width < 500 ? 200 : 260,
+    }));
     clear(legend).append(...series.map((s) =>
       h("span.legend-item", null, swatch(s.color), s.name)));
     if (!series.length) legend.append(h("span.muted", null, "No requests in this period."));
@@ -173,7 +183,7 @@ export function mount(root, { me }) {
       if (!before) clear(logBody);
       for (const r of page.data) logBody.append(logRow(r));
       if (!before && !page.data.length) {
-        logBody.append(h("tr", null, h("td.muted", { colspan: 13 }, "No requests match.")));
+        logBody.append(h("tr", null, h("td.muted", { colspan: 12 }, "No requests match.")));
       }
       older.hidden = page.next_before === null || page.next_before === undefined;
       older.onclick = () => loadLog(page.next_before);
@@ -185,6 +195,7 @@ export function mount(root, { me }) {
   loadUsage();
   loadLog();
   if (filters.key) loadKeys();
+  return () => resized.disconnect();
 }
 
 function swatch(color) {
@@ -203,16 +214,17 @@ function dayLabel(date, long = false) {
 
 function logRow(r) {
   const ok = typeof r.status === "number" ? r.status < 400 : r.status === "ok";
-  const key = r.key_name ? `${r.key_name} (${r.key_prefix}…)` : r.key || "--api-key";
+  const key = r.key_name ?? r.key ?? "--api-key";
+  const keyTitle = r.key_name ? `${r.key_name} (${r.key_prefix}…, ${r.key})` : null;
   const tokens = (n) => (r.estimated && n !== null ? `~${num(n)}` : num(n));
   const flags = [];
   if (r.disconnected) flags.push("disconnected");
   if (r.batch_id) flags.push("batch");
   return h("tr", { "data-request": r.request_id || r.id },
     h("td.time", null, when(r.created_at)),
-    h("td", null, key),
+    h("td.key", { title: keyTitle }, key),
     h("td", null, r.model ?? "—"),
-    h("td", null, r.endpoint ?? "—"),
+    h("td", { title: r.endpoint }, (r.endpoint ?? "—").replace(/^\/v1\//, "")),
     h("td", null, h(`span.status.${ok ? "active" : "error"}`, null, String(r.status))),
     h("td.num", null, tokens(r.prompt_tokens)),
     h("td.num", null, tokens(r.cached_tokens)),
@@ -220,6 +232,5 @@ function logRow(r) {
     h("td.num", null, usd(r.cost_usd)),
     h("td.num", null, ms(r.ttft_ms)),
     h("td.num", null, ms(r.latency_ms)),
-    h("td", null, r.finish_reason ?? "—"),
-    h("td", null, flags.join(", ")));
+    h("td", null, [r.finish_reason ?? "—", ...flags].join(" · ")));
 }
