@@ -17,11 +17,14 @@ from fastapi.testclient import TestClient
 from sqlalchemy import inspect, text
 
 from oasis.engine.fake import FakeEngine
+from oasis.server.app import create_app
 from oasis.store.db import MIGRATIONS, make_engine
 from oasis.store.usage import DAY, Usage, UsageStore, day_of
 from tests.conftest import API_KEY, make_app
+from tests.fake_upstream import running
 from tests.pg import pg_schema
 from tests.unit.test_gateway import CHAT, as_key, gateway, new_key
+from tests.unit.test_upstream import _settings as upstream_settings
 
 TODAY = day_of(int(time.time()))
 
@@ -540,16 +543,16 @@ def test_pages_stay_consistent_while_the_ledger_writes(admin: TestClient) -> Non
     def write() -> None:
         nonlocal written
         n = 0
-        while not stop.is_set():
-            gw.usage.add([usage(n + j, key_id=None, tag="new") for j in range(25)])
-            n += 25
+        while not stop.wait(0.002):  # batches as the ledger writes them, between the pages
+            gw.usage.add([usage(n + j, key_id=None, tag="new") for j in range(10)])
+            n += 10
             written = n
 
     writer = threading.Thread(target=write)
     writer.start()
     try:
         for _ in range(3):
-            rows = walk(admin, limit=7)
+            rows = walk(admin, limit=20)
             ids = [r["id"] for r in rows]
             assert len(ids) == len(set(ids)) and ids == sorted(ids, reverse=True)
             assert len(ids) >= 300
@@ -560,3 +563,21 @@ def test_pages_stay_consistent_while_the_ledger_writes(admin: TestClient) -> Non
     assert gw.usage.count() == 300 + written
     u = admin.get("/console/api/usage?days=1").json()
     assert u["totals"]["requests"] == 300 + written
+
+
+def test_upstream_answers_record_their_finish_reason(tmp_path: Path) -> None:
+    with running("a") as a, running("b") as b:
+        app = create_app(upstream_settings(tmp_path, (a, b)))
+        with TestClient(app, headers={"Authorization": f"Bearer {API_KEY}"}) as http:
+            chat = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hello"}]}
+            assert http.post("/v1/chat/completions", json=chat).status_code == 200
+            r = http.post("/v1/chat/completions", json={**chat, "max_tokens": 2})
+            assert r.json()["choices"][0]["finish_reason"] == "length"
+            body = {**chat, "stream": True, "max_tokens": 2}
+            with http.stream("POST", "/v1/chat/completions", json=body) as s:
+                assert s.status_code == 200 and "length" in "".join(s.iter_text())
+            r = http.post("/v1/completions", json={"model": "up", "prompt": "hi", "n": 2})
+            assert r.status_code == 200
+            http.portal.call(gateway(http).ledger.flush)  # type: ignore[union-attr]
+            rows = http.get("/console/api/requests").json()["data"]
+            assert [r["finish_reason"] for r in rows] == ["stop", "length", "length", "stop"]
