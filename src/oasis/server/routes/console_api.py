@@ -112,9 +112,9 @@ def _key_ref(number: int | None) -> str:
 
 
 def _days(request: Request) -> tuple[int, int]:
-    """The range asked for, as whole UTC days ``[start, end)``: ``days`` back from today
-    (default 7), or ``start`` / ``end`` (unix seconds; ``end`` defaults to now) widened to
-    the days they fall in."""
+    """The range asked for, as whole UTC days ``[start, end)``: ``days`` (default 7) up to
+    and including the day of ``end`` (default now), or ``start`` to ``end`` (unix seconds),
+    widened to the days they fall in; at most 366 days."""
     days = query_int(request, "days", 1, MAX_DAYS)
     start = query_int(request, "start", 0, MAX_TIME)
     end = query_int(request, "end", 0, MAX_TIME)
