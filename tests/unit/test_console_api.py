@@ -14,6 +14,8 @@ import pytest
 from alembic import command
 from alembic.config import Config
 from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from sqlalchemy import inspect, text
 
 from oasis.engine.fake import FakeEngine
@@ -22,6 +24,7 @@ from oasis.store.db import MIGRATIONS, make_engine
 from oasis.store.usage import DAY, Usage, UsageStore, day_of
 from tests.conftest import API_KEY, make_app
 from tests.fake_upstream import running
+from tests.fuzz.strategies import url_part, url_texts
 from tests.pg import pg_schema
 from tests.unit.test_gateway import CHAT, as_key, gateway, new_key
 from tests.unit.test_upstream import _settings as upstream_settings
@@ -581,3 +584,75 @@ def test_upstream_answers_record_their_finish_reason(tmp_path: Path) -> None:
             http.portal.call(gateway(http).ledger.flush)  # type: ignore[union-attr]
             rows = http.get("/console/api/requests").json()["data"]
             assert [r["finish_reason"] for r in rows] == ["stop", "length", "length", "stop"]
+
+
+_NAMES = (
+    "days",
+    "start",
+    "end",
+    "group_by",
+    "key",
+    "model",
+    "limit",
+    "before",
+    "endpoint",
+    "status",
+    "since",
+    "until",
+)
+_VALUES = st.one_of(
+    st.builds(str, st.integers(-(10**20), 10**20)),
+    st.sampled_from(
+        (
+            "",
+            " 7",
+            "1.5",
+            "nan",
+            "1e3",
+            "ok",
+            "error",
+            "500",
+            "model",
+            "key",
+            "static",
+            "key_1",
+            "key_2",
+            "key_3",
+            "key_0",
+            f"key_{2**70}",
+            "m1",
+            "m2",
+            "\x00",
+            "x" * 300,
+            "/v1/completions",
+            "٣",
+            "²",
+        )
+    ),
+    url_texts(),
+)
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(data=st.data())
+def test_any_query_is_answered_and_scoped(admin: TestClient, data: st.DataObject) -> None:
+    if not hasattr(admin, "seeded"):
+        admin.seeded = seed(admin)  # type: ignore[attr-defined]
+    a_secret, a_id, _, _ = admin.seeded  # type: ignore[attr-defined]
+    pairs = data.draw(st.lists(st.tuples(st.sampled_from(_NAMES), _VALUES), max_size=5))
+    query = "&".join(f"{url_part(k)}={url_part(v)}" for k, v in pairs)
+    user = data.draw(st.booleans())
+    headers = as_key(a_secret) if user else None
+    for path in ("/console/api/usage", "/console/api/requests"):
+        r = admin.get(f"{path}?{query}", headers=headers)
+        assert r.status_code in ((200, 400, 403) if user else (200, 400)), (path, query, r.text)
+        if r.status_code != 200:
+            error = r.json()["error"]
+            assert error["param"] in _NAMES and error["type"] == "invalid_request_error"
+        elif user and path.endswith("requests"):
+            assert {row["key"] for row in r.json()["data"]} <= {f"key_{a_id}"}
+        elif user:
+            assert set(r.json()["labels"]) <= {f"key_{a_id}"}
+            assert r.json()["totals"]["requests"] <= 9
