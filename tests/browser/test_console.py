@@ -85,7 +85,7 @@ def test_sign_in(console: Console) -> None:
 def test_streamed_answer_arrives_in_pieces(console: Console) -> None:
     page = console.page
     console.sign_in()
-    page.wait_for_function("document.querySelector('#model').options.length > 0")
+    page.wait_for_function("() => document.querySelector('#model').options.length > 0")
     # every distinct non-empty length of the answer while it is still streaming
     page.evaluate("""() => {
       window.lengths = [];
@@ -229,6 +229,100 @@ def test_key_created_used_seen_in_usage_and_revoked(console: Console, live: Live
             model=model, messages=[{"role": "user", "content": "Say hello."}], max_tokens=8)
 
 
+def test_key_edited_rotated_and_a_revoked_key_signs_out(console: Console,
+                                                        live: LiveServer) -> None:
+    created = admin_api(live, "POST", "/admin/keys", json={"name": "to rotate", "rpm": 60})
+    page = console.page
+    console.sign_in()
+    console.go("keys")
+    row = page.locator(f"#keys-table tr[data-key='{created['id']}']")
+    row.wait_for()
+    assert "60 rpm" in row.inner_text()
+
+    row.locator("button", has_text="Edit").click()
+    form = page.locator("#keys-table form.edit")
+    form.locator("input[name=rpm]").fill("1200")
+    form.locator("input[name=tpm]").fill("50000")
+    form.locator("button[type=submit]").click()
+    page.wait_for_function(
+        "id => document.querySelector(`#keys-table tr[data-key='${id}']`)"
+        "?.textContent.includes('1,200 rpm · 50,000 tpm')", arg=created["id"])
+    shown = admin_api(live, "GET", f"/admin/keys/{created['id']}")
+    assert (shown["rpm"], shown["tpm"]) == (1200, 50000)
+
+    page.once("dialog", lambda d: d.accept())
+    row.locator("button", has_text="Rotate").click()
+    page.wait_for_selector("#secret-value")
+    secret = page.inner_text("#secret-value").strip()
+    assert secret != created["value"]
+    with pytest.raises(openai.AuthenticationError):
+        OpenAI(base_url=live.v1, api_key=created["value"], max_retries=0).models.list()
+    assert OpenAI(base_url=live.v1, api_key=secret, max_retries=0).models.list().data
+
+    # signed in with the key, then the key is revoked: the next call signs out, saying why
+    other = console.context.new_page()
+    other.goto(f"{live.base_url}/#/sign-in")
+    other.fill("#api-key", secret)
+    other.click("#sign-in-form button[type=submit]")
+    other.wait_for_selector("#composer")
+    admin_api(live, "DELETE", f"/admin/keys/{created['id']}")
+    other.evaluate("location.hash = '#/usage'")
+    other.wait_for_selector("#sign-in-form .error")
+    assert "refused the key" in other.inner_text("#sign-in-form .error")
+    assert other.evaluate("sessionStorage.length") == 0
+    other.close()
+
+
+def test_tool_calls_and_stop(console: Console) -> None:
+    page = console.page
+    console.sign_in()
+    # stop: the stream is cut, the partial answer stays, marked as stopped
+    page.fill("#max-tokens", "1000")
+    page.fill("#prompt", "Write a long story about a lighthouse keeper.")
+    page.click("#send")
+    page.wait_for_function(
+        "s => document.querySelector(s)?.textContent.trim().length > 0",
+        arg=f"{LAST_ANSWER} .content", timeout=ANSWER)
+    page.click("#stop")
+    page.wait_for_selector(f"{LAST_ANSWER}[data-state=stopped]")
+    assert "finish: stopped" in page.inner_text(f"{LAST_ANSWER} .stats")
+    assert page.is_enabled("#send") and page.is_disabled("#stop")
+
+    # tool calls arriving in pieces are shown as formatted JSON (a canned stream)
+    page.click("text=Function tools")
+    page.check("#use-tools")
+    page.fill("#tools", "[not json")
+    page.fill("#prompt", "Weather in Paris?")
+    page.click("#send")
+    assert "tools are not valid JSON" in page.inner_text("#composer .error")
+    page.fill("#tools", json.dumps([{"type": "function", "function": {
+        "name": "get_weather", "parameters": {"type": "object", "properties": {
+            "city": {"type": "string"}}, "required": ["city"]}}}]))
+    sent: list[Any] = []
+    deltas = [{"role": "assistant", "tool_calls": [{"index": 0, "id": "call_1", "type": "function",
+                                                    "function": {"name": "get_weather",
+                                                                 "arguments": ""}}]},
+              {"tool_calls": [{"index": 0, "function": {"arguments": '{"city": '}}]},
+              {"tool_calls": [{"index": 0, "function": {"arguments": '"Paris"}'}}]}]
+    chunks = [{"id": "c", "object": "chat.completion.chunk", "created": 0, "model": "m",
+               "choices": [{"index": 0, "delta": d, "finish_reason": None}]} for d in deltas]
+    chunks.append({"id": "c", "object": "chat.completion.chunk", "created": 0, "model": "m",
+                   "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]})
+    body = "".join(f"data: {json.dumps(c)}\n\n" for c in chunks) + "data: [DONE]\n\n"
+
+    def answer(route: Any) -> None:
+        sent.append(route.request.post_data_json)
+        route.fulfill(status=200, headers={"Content-Type": "text/event-stream"}, body=body)
+
+    page.route("**/v1/chat/completions", answer)
+    send(console, "Weather in Paris?")
+    assert sent[0]["tools"][0]["function"]["name"] == "get_weather"
+    assert sent[0]["stream"] is True and sent[0]["stream_options"] == {"include_usage": True}
+    call = json.loads(page.inner_text(f"{LAST_ANSWER} .tool-call pre"))
+    assert call == {"id": "call_1", "name": "get_weather", "arguments": {"city": "Paris"}}
+    assert "finish: tool_calls" in page.inner_text(f"{LAST_ANSWER} .stats")
+
+
 def playwright_timeout() -> type[Exception]:
     from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
@@ -247,7 +341,7 @@ def test_user_key_cannot_open_admin_pages(console: Console, live: LiveServer) ->
         assert page.is_hidden("#nav a[data-page=keys]")
         assert page.is_hidden("#nav a[data-page=server]")
         assert page.is_visible("#nav a[data-page=usage]")
-        page.wait_for_function("document.querySelector('#model').options.length > 0")
+        page.wait_for_function("() => document.querySelector('#model').options.length > 0")
         assert page.eval_on_selector_all("#model option", "os => os.map(o => o.value)") == [model]
 
         for route in ("keys", "server"):

@@ -21,13 +21,16 @@ let me = null; // GET /console/api/me for the signed-in key
 let stop = null;
 let notice = null; // a message for the sign-in page (why the person was signed out)
 
+/** Forget the key (and what the pages kept), then show the sign-in page. Several calls
+ * failing at once each call this: only the first one navigates. */
 function signOut(message) {
+  const signedIn = me !== null || session.key() !== null;
   session.clear();
   me = null;
   for (const page of Object.values(PAGES)) page.module.forget?.();
-  notice = message || null;
-  if (location.hash !== "#/sign-in") location.hash = "#/sign-in";
-  else show();
+  if (message) notice = message;
+  if (location.hash !== "#/sign-in") location.hash = "#/sign-in"; // show() on hashchange
+  else if (signedIn) show();
 }
 
 setUnauthorizedHandler((message) =>
@@ -59,11 +62,11 @@ function signInPage(root) {
   const form = h("form.signin-form", { id: "sign-in-form", novalidate: true },
     field("API key", input, "Kept in this tab only (sessionStorage) until you sign out."),
     button, status);
-  if (notice) status.append(errorBox(notice));
-  notice = null;
+  if (notice) status.append(errorBox(notice)); // shown until the next attempt
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
     const key = input.value.trim();
+    notice = null;
     clear(status);
     if (!key) {
       status.append(errorBox("Enter an API key."));

@@ -1,8 +1,13 @@
 """The web console's static files, and the security headers every response carries.
 
 The console is a single page (``console/index.html``) and plain ES modules: no build step, no
-CDN, nothing fetched from elsewhere at run time. The files hold no data, so they need no key;
-the page asks for one and sends it as ``Authorization: Bearer`` on every JSON call.
+CDN, nothing fetched from elsewhere at run time. Why no framework or bundle: browsers load ES
+modules natively, the whole console is a few thousand lines, and what ships is what is in the
+repository (nothing to rebuild, nothing to drift from its source, nothing for ``make serve`` to
+run). The files hold no data, so they need no key; the page asks for one, keeps it in
+``sessionStorage`` and sends it as ``Authorization: Bearer`` on every JSON call. No cookie
+carries any authority, so another site cannot make a browser act for its user (CSRF-safe by
+construction); the admin pages' JSON endpoints check for an admin key on the server.
 
 - ``GET /`` is ``index.html`` (``Cache-Control: no-store``). It names its assets under
   ``/console/static/<build>/``, where ``<build>`` is a hash of every file in the folder: those
