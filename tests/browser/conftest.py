@@ -61,6 +61,7 @@ class Console:
         self.page.fill("#api-key", key or self.server.api_key)
         self.page.click("#sign-in-form button[type=submit]")
         self.page.wait_for_selector("#composer")
+        self.page.wait_for_function("() => document.querySelector('#model').options.length > 0")
 
     def go(self, route: str) -> None:
         self.page.evaluate("r => { location.hash = '#/' + r; }", route)

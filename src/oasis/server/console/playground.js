@@ -105,7 +105,8 @@ export function mount(root, { me }) {
     h("div.chat", null, messages, composer, codePanel)));
 
   for (const m of state.messages) messages.append(messageView(m).el);
-  loadModels(modelSelect, me).catch((e) => problem.append(errorBox(e.message)));
+  const modelsLoaded = loadModels(modelSelect, me)
+    .catch((e) => problem.append(errorBox(e.message)));
   modelSelect.addEventListener("change", () => { state.model = modelSelect.value; });
 
   prompt.addEventListener("keydown", (event) => {
@@ -166,6 +167,7 @@ export function mount(root, { me }) {
   }
 
   async function submit() {
+    await modelsLoaded; // a question sent right away waits for the model list
     clear(problem);
     const text = prompt.value.trim();
     if (!text || controller.current) return;
