@@ -123,7 +123,8 @@ def test_a_small_answer_stays_on_the_loop_with_the_same_headers(
 
 def test_without_auth_a_large_answer_is_rendered_off_the_loop(
         embedder: FakeEmbedder, tmp_path: Path, where: dict[str, list[bool]]) -> None:
-    with TestClient(app_with(embedder, tmp_path, no_auth=True)) as client:
+    with TestClient(app_with(embedder, tmp_path, no_auth=True),
+                    base_url="http://127.0.0.1") as client:
         resp = client.post("/v1/embeddings", json={"model": EMBED, "input": ["x y"] * 100})
     assert resp.status_code == 200, resp.text
     assert len(resp.json()["data"]) == 100

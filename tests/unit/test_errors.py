@@ -156,8 +156,43 @@ def test_auth_missing_and_wrong_key_are_401(tmp_path: Path, schemas: Schemas) ->
 
 
 def test_no_auth_means_open(tmp_path: Path) -> None:
-    with TestClient(make_app(api_key=None, tmp=tmp_path, no_auth=True)) as raw:
+    with TestClient(make_app(api_key=None, tmp=tmp_path, no_auth=True),
+                    base_url="http://127.0.0.1:8000") as raw:
         assert raw.get("/v1/models").status_code == 200
+
+
+@pytest.mark.parametrize("host", ["localhost:8000", "127.0.0.1", "127.0.0.2:1", "[::1]:8000",
+                                  "LOCALHOST"])
+def test_no_auth_answers_loopback_hosts(tmp_path: Path, host: str) -> None:
+    with TestClient(make_app(api_key=None, tmp=tmp_path, no_auth=True)) as raw:
+        assert raw.get("/v1/models", headers={"host": host}).status_code == 200
+        # the console on the same origin
+        r = raw.post("/v1/chat/completions", headers={"host": host, "origin": f"http://{host}"},
+                     json={"model": "gpt-3.5-turbo", "max_tokens": 1,
+                           "messages": [{"role": "user", "content": "hi"}]})
+        assert r.status_code == 200, r.text
+
+
+@pytest.mark.parametrize("headers", [
+    {"host": "evil.example"},  # DNS rebinding: the attacker's name, pointed at 127.0.0.1
+    {"host": "evil.example:8000"},
+    {"host": "127.0.0.1.evil.example"},
+    {"host": ""},
+    {"host": "127.0.0.1:8000", "origin": "https://evil.example"},  # a cross-site page
+    {"host": "127.0.0.1:8000", "origin": "null"},  # a sandboxed frame, a file:// page
+    {"host": "127.0.0.1:8000", "origin": "http://127.0.0.1.evil.example"},
+    {"host": "127.0.0.1:8000", "origin": "http://[zz"},  # not a URL at all
+    {"host": "[::1"},
+])
+def test_no_auth_refuses_other_sites(tmp_path: Path, headers: dict[str, str],
+                                     schemas: Schemas) -> None:
+    with TestClient(make_app(api_key=None, tmp=tmp_path, no_auth=True)) as raw:
+        for r in (raw.get("/v1/models", headers=headers),
+                  raw.post("/admin/keys", headers=headers, json={"name": "x"}),
+                  raw.get("/console/api/me", headers=headers)):
+            assert error_of(r, 403, schemas)["type"] in ("permission_error",
+                                                         "invalid_request_error")
+            assert "--no-auth" in r.json()["error"]["message"]
 
 
 def test_database_keys_authenticate_until_revoked(tmp_path: Path, schemas: Schemas) -> None:
