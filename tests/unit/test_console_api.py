@@ -21,7 +21,8 @@ from sqlalchemy import inspect, text
 from oasis.engine.fake import FakeEngine
 from oasis.server.app import create_app
 from oasis.store.db import MIGRATIONS, make_engine
-from oasis.store.usage import DAY, Usage, UsageStore, day_of
+from oasis.store import usage as usage_store
+from oasis.store.usage import DAY, Usage, UsageStore, day_of, join_reasons
 from tests.conftest import API_KEY, make_app
 from tests.fake_upstream import running
 from tests.fuzz.strategies import url_part, url_texts
@@ -108,7 +109,9 @@ def walk(
         rows += page["data"]
         if page["next_before"] is None:
             return rows
-        assert page["next_before"] == page["data"][-1]["id"]
+        # the next page starts below this one's rows (at its last row, or at the lower end
+        # of the ids this page scanned)
+        assert all(row["id"] >= page["next_before"] for row in page["data"])
         before = f"&before={page['next_before']}"
 
 
@@ -280,9 +283,123 @@ def test_a_user_key_sees_only_its_own_log(admin: TestClient) -> None:
             rows = walk(admin, query, as_key(secret))
             assert {r["key"] for r in rows} <= {f"key_{kid}"}, query
         assert len(walk(admin, "", as_key(secret))) == count
-    for other in (f"key_{b_id}", "static", "key_0"):
+    for other in (f"key_{b_id}", "static"):
         r = admin.get(f"/console/api/requests?key={other}", headers=as_key(a_secret))
         assert r.status_code == 403 and r.json()["error"]["param"] == "key"
+
+
+@pytest.mark.parametrize("ref", ["key_0", "key_00"])
+@pytest.mark.parametrize("path", ["/console/api/usage", "/console/api/requests"])
+def test_key_0_is_no_key(admin: TestClient, path: str, ref: str) -> None:
+    """0 stands for the static key in usage_daily: key_0 would mean it in the chart and nothing
+    in the log, so it is refused (the static key is ``key=static``)."""
+    seed(admin)
+    secret, _ = new_key(admin, name="carol")
+    for headers in (None, as_key(secret)):
+        r = admin.get(f"{path}?key={ref}", headers=headers)
+        assert r.status_code == 400, r.text
+        assert r.json()["error"]["param"] == "key"
+
+
+# -- one page's work is bounded ----------------------------------------------------------------
+
+
+@pytest.fixture
+def small_slice(monkeypatch: pytest.MonkeyPatch) -> int:
+    monkeypatch.setattr(usage_store, "LOG_SLICE", 4)
+    return 4
+
+
+def test_a_filter_matching_nothing_walks_slice_by_slice(
+    admin: TestClient, small_slice: int
+) -> None:
+    seed(admin)  # 14 records, ids 1..14
+    for query in ("&status=418", "&endpoint=/x", "&model=m1&status=418", "&until=1"):
+        marks = []
+        before = ""
+        while True:
+            page = admin.get(f"/console/api/requests?limit=3{query}{before}").json()
+            assert page["data"] == [], query
+            marks.append(page["next_before"])
+            if page["next_before"] is None:
+                break
+            before = f"&before={page['next_before']}"
+        if query == "&until=1":
+            assert marks == [None]  # no record before it: the id range is empty at once
+        else:
+            assert marks == [11, 7, 3, None], query  # each page scanned at most 4 ids
+
+
+@pytest.mark.parametrize("limit", [1, 3, 200])
+def test_small_slices_still_visit_every_row_once(
+    admin: TestClient, small_slice: int, limit: int
+) -> None:
+    _, a_id, _, b_id = seed(admin)
+    all_rows = walk(admin, limit=limit)
+    ids = [r["id"] for r in all_rows]
+    assert len(ids) == 14 == len(set(ids)) and ids == sorted(ids, reverse=True)
+    for query, count in (
+        (f"&key=key_{a_id}", 9),
+        (f"&key=key_{b_id}", 3),
+        ("&key=static", 2),
+        ("&model=m2", 6),
+        ("&status=error", 2),
+        ("&status=ok", 12),
+        (f"&since={TODAY}", 6),
+        (f"&since={TODAY - DAY}&until={TODAY}", 3),
+        (f"&key=key_{a_id}&model=m2&status=ok", 2),
+    ):
+        rows = walk(admin, query, limit=limit)
+        assert len(rows) == count == len({r["id"] for r in rows}), query
+
+
+def test_since_and_until_at_their_boundaries(admin: TestClient, small_slice: int) -> None:
+    """``since`` inclusive, ``until`` exclusive, on records stored out of time order (a long
+    request is stored after shorter later ones): the id range is only a bound."""
+    t = TODAY - 10 * DAY
+    times = [t + 5, t + 10, t + 20, t + 1, t + 30, t + 10, t + 2, t + 40, t + 19, t + 20]
+    gateway(admin).usage.add(
+        [usage(i, key_id=None, at=at, tag="b") for i, at in enumerate(times)]
+    )
+    for since, until in (
+        (t + 10, t + 20),
+        (t + 1, t + 2),
+        (t + 2, t + 41),
+        (t + 20, t + 21),
+        (t, t + 1),
+        (t + 41, None),
+        (None, t + 10),
+        (t + 19, None),
+        (t + 40, t + 40),
+    ):
+        query = "" if since is None else f"&since={since}"
+        query += "" if until is None else f"&until={until}"
+        for limit in (1, 2, 50):
+            got = sorted(r["created_at"] for r in walk(admin, query, limit=limit))
+            want = sorted(
+                at
+                for at in times
+                if (since is None or at >= since) and (until is None or at < until)
+            )
+            assert got == want, (query, limit)
+
+
+def test_console_json_is_never_stored(admin: TestClient) -> None:
+    seed(admin)
+    for path in ("/console/api/me", "/console/api/usage", "/console/api/requests"):
+        r = admin.get(path)
+        assert r.status_code == 200 and r.headers["cache-control"] == "no-store", path
+    created = admin.post("/admin/keys", json={"name": "dave"})
+    assert created.headers["cache-control"] == "no-store"
+    kid = created.json()["id"]
+    for r in (
+        admin.get("/admin/keys"),
+        admin.get(f"/admin/keys/{kid}"),
+        admin.patch(f"/admin/keys/{kid}", json={"rpm": 5}),
+        admin.post(f"/admin/keys/{kid}/rotate"),
+        admin.delete(f"/admin/keys/{kid}"),
+    ):
+        assert r.status_code == 200 and r.headers["cache-control"] == "no-store", r.url
 
 
 HOSTILE = [
@@ -410,6 +527,32 @@ def test_ticket_joins_distinct_reasons_in_choice_order(admin: TestClient) -> Non
     ticket.choice_ended(1, "stop")
     ticket.choice_ended(3, None)
     assert ticket.finish_reason() == "length,stop"
+    for i, reason in enumerate(("tool_calls", "content_filter", "function_call", "stop")):
+        ticket.choice_ended(4 + i, reason)
+    # 46 characters joined: the whole reasons that fit the column, then "…"
+    assert ticket.finish_reason() == "length,stop,tool_calls,…"
+
+
+@pytest.mark.parametrize(
+    ("reasons", "stored"),
+    [
+        ([], None),
+        (["stop"], "stop"),
+        (["stop", "stop", "length"], "stop,length"),
+        (["stop", "length", "tool_calls"], "stop,length,tool_calls"),
+        (["stop", "length", "tool_calls", "content_filter"], "stop,length,tool_calls,…"),
+        (["content_filter", "function_call", "stop"], "content_filter,function_call,…"),
+        (["content_filter", "function_call", "stop", "length"], "content_filter,function_call,…"),
+        (["x" * 40, "stop"], "x" * 31 + "…"),
+        (["stop", "y" * 40], "stop,…"),
+    ],
+)
+def test_joined_reasons_fit_the_column_whole(reasons: list[str], stored: str | None) -> None:
+    joined = join_reasons(reasons)
+    assert joined == stored
+    assert joined is None or len(joined) <= usage_store.FINISH_REASON_CHARS
+    record = Usage.from_json({**usage(0, key_id=1).to_json(), "finish_reason": joined})
+    assert record.finish_reason == stored  # kept as it is: nothing left to cut
 
 
 def test_journal_records_without_finish_reason_still_load() -> None:

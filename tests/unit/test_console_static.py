@@ -6,9 +6,11 @@ import re
 from pathlib import Path
 
 import pytest
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from oasis.server.routes.console import CSP, FOLDER, build_id
+from oasis.server.errors import install_error_handlers
+from oasis.server.routes.console import CSP, FOLDER, build_id, make_router
 from tests.conftest import make_app
 
 
@@ -73,3 +75,49 @@ def test_headers_on_the_api_too(web: TestClient) -> None:
     assert r.status_code == 401
     assert r.headers["content-security-policy"] == CSP
     assert web.get("/health").json()["status"] == "ok"
+
+
+LONG = "a" * 300
+
+
+@pytest.mark.parametrize("path", [
+    LONG + ".js", LONG, f"{'0' * 12}/{LONG}.js", "x" * 5000 + ".css", "console%00.js",
+    "console.js%00", "%00", "é.js", "console\u2028.js", "конс.js", "%2fetc%2fpasswd",
+    "%2Fconsole.js", "..%2fconsole.js", "console.js%2f", "..%5cconsole.js", "\\console.js",
+    "console.js\\", "%5c%5cserver%5cshare.js", "a%2fb.js", "console.js/",
+    "CONSOLE.JS", "console.js.", "console.js ", "%20console.js", "console.js%3F",
+])
+def test_any_other_name_is_a_404_never_a_500(tmp_path: Path, path: str) -> None:
+    """A name the file system cannot hold (too long: ENAMETOOLONG once made it a 500), with a
+    NUL, a backslash, an encoded slash or any Unicode: only the folder's own files are
+    answered, from the map read at start."""
+    with TestClient(make_app(tmp=tmp_path), raise_server_exceptions=False) as web:
+        for prefix in ("", build_id(FOLDER) + "/"):
+            r = web.get(f"/console/static/{prefix}{path}")
+            assert r.status_code == 404, (prefix, path, r.status_code)
+            assert r.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_files_are_read_once_and_revalidated_by_etag(tmp_path: Path) -> None:
+    folder = tmp_path / "console"
+    folder.mkdir()
+    (folder / "index.html").write_text("<p>{{BUILD}}</p>", encoding="utf-8")
+    (folder / "app.js").write_text("export const a = 1;\n", encoding="utf-8")
+    (folder / "notes.txt").write_text("not served", encoding="utf-8")
+    (folder / "sub").mkdir()
+    (folder / "sub.js").symlink_to(folder / "app.js")
+    app = FastAPI()
+    app.include_router(make_router(folder))
+    install_error_handlers(app)
+    with TestClient(app) as web:
+        (folder / "app.js").write_text("export const a = 2;\n", encoding="utf-8")
+        (folder / "late.js").write_text("x", encoding="utf-8")
+        r = web.get("/console/static/app.js")
+        assert r.status_code == 200 and r.text == "export const a = 1;\n"  # read at start
+        etag = r.headers["etag"]
+        assert web.get("/console/static/sub.js").text == r.text
+        again = web.get("/console/static/app.js", headers={"If-None-Match": etag})
+        assert again.status_code == 304 and again.headers["etag"] == etag
+        assert web.get("/console/static/app.js", headers={"If-None-Match": '"x"'}).status_code == 200
+        for name in ("late.js", "notes.txt", "sub", "index.html"):
+            assert web.get(f"/console/static/{name}").status_code == 404, name

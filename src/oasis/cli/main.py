@@ -33,7 +33,7 @@ err = Console(stderr=True, soft_wrap=True)  # an error is one line, whatever the
 app.add_typer(keys_cli.app, name="keys")
 app.command("pull")(models_cli.pull)
 app.add_typer(models_cli.app, name="models")
-app.command("usage")(usage_cli.usage)
+app.add_typer(usage_cli.app, name="usage")
 app.command("backends")(backends_cli.backends)
 apps_cli.register(app)
 

@@ -26,7 +26,8 @@ from oasis.gateway.report import MAX_TIME, Totals, UsageQuery, usage_report
 from oasis.gateway.usage import Ledger
 from oasis.store.db import database_url, make_engine, migrate
 from oasis.store.keys import KeyStore, parse_duration
-from oasis.store.usage import UsageBucket, UsageStore
+from oasis.store.usage import UsageBucket, UsageStore, day_of
+from oasis.store.usage import rebuild_daily as rebuild_usage_daily
 
 out = Console()
 err = Console(stderr=True)
@@ -97,7 +98,16 @@ def _numbers(t: UsageBucket | Totals) -> list[str]:
     ]
 
 
+app = typer.Typer(
+    help="Requests, tokens and cost from the usage ledger; and its upkeep.",
+    invoke_without_command=True,
+    no_args_is_help=False,
+)
+
+
+@app.callback(invoke_without_command=True)
 def usage(
+    ctx: typer.Context,
     key: Annotated[
         str | None, typer.Option(help="Only this key (its prefix sk-oasis-... or key_<id>).")
     ] = None,
@@ -114,6 +124,8 @@ def usage(
 ) -> None:
     """Requests, tokens and cost from the usage ledger (a table on a terminal, tab-separated
     lines when piped)."""
+    if ctx.invoked_subcommand is not None:
+        return  # `oasis usage rebuild-daily`
     if group_by not in ("day", "key", "model"):
         err.print(
             f"[red]error:[/red] --group-by must be day, key or model, not {escape(repr(group_by))}"
@@ -204,3 +216,30 @@ def usage(
         table.add_section()
         table.add_row("total", *_numbers(report.totals()), *([""] if bar else []))
     print_rows(header, lines, table=table)
+
+
+@app.command("rebuild-daily")
+def rebuild_daily(
+    days: Annotated[
+        int | None,
+        typer.Option(min=1, help="Only the last N UTC days, today included (default: all)."),
+    ] = None,
+) -> None:
+    """Recompute the daily sums (usage_daily, read by charts and reports) from the usage
+    records, in one transaction: for sums that drifted from their records, e.g. records written
+    by an older oasis during a rolling upgrade. Works on the configured database."""
+    settings = load_settings()
+    engine = make_engine(database_url(settings.database_url, settings.data_dir))
+    migrate(engine)
+    since = None if days is None else max(0, day_of(int(time.time())) - (days - 1) * DAY)
+    with engine.begin() as conn:
+        deleted, inserted = rebuild_usage_daily(conn, since)
+    span = (
+        "every day"
+        if since is None
+        else f"the days from {datetime.fromtimestamp(since, UTC):%Y-%m-%d}"
+    )
+    typer.echo(
+        f"usage_daily rebuilt for {span} (UTC): {deleted} rows deleted, {inserted} rows "
+        "summed from usage_records."
+    )

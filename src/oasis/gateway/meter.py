@@ -39,7 +39,7 @@ from oasis.gateway.limits import (
 from oasis.gateway.report import budget_window, ledger_spend
 from oasis.gateway.usage import Ledger, Price
 from oasis.store.keys import KeyInfo, KeyStore
-from oasis.store.usage import MODEL_CHARS, Usage, UsageStore, clean_text
+from oasis.store.usage import MODEL_CHARS, Usage, UsageStore, clean_text, join_reasons
 
 T = TypeVar("T")
 
@@ -288,10 +288,9 @@ class Ticket:
     def finish_reason(self) -> str | None:
         """The recorded finish reason: the distinct reasons of the choices that ended, in
         choice order, comma-joined ("stop", or "stop,length" for n > 1 choices that ended
-        differently); None when no choice ended (an error before the answer, a client that
-        left)."""
-        reasons = dict.fromkeys(self._finish[i] for i in sorted(self._finish))
-        return ",".join(reasons) or None
+        differently) and fit to the column by ``join_reasons`` ("stop,length,tool_calls,…");
+        None when no choice ended (an error before the answer, a client that left)."""
+        return join_reasons(self._finish[i] for i in sorted(self._finish))
 
     def measured(self, prompt_tokens: int, *, estimated: bool = False) -> None:
         self._prompt_tokens = prompt_tokens

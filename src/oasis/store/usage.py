@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
-from sqlalchemy import Connection, Engine, case, false, func, insert, or_, select
+from sqlalchemy import Connection, Engine, case, delete, false, func, insert, or_, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DataError, IntegrityError
@@ -25,6 +25,8 @@ ENDPOINT_CHARS = 100
 REQUEST_ID_CHARS = 64
 FINISH_REASON_CHARS = 32
 DAY = 86400
+LOG_SLICE = 200_000  # the most ids one page of the request log scans
+MAX_ID = 2**63 - 1
 
 # Characters no database column should get from a client: lone surrogates (not encodable in
 # UTF-8), NUL (PostgreSQL refuses it in text) and the other control characters (a terminal
@@ -37,6 +39,25 @@ def clean_text(text: str, limit: int) -> str:
     if len(text) <= limit and text.isascii() and text.isprintable():
         return text  # the usual case, checked without a regex
     return _UNSAFE.sub("\N{REPLACEMENT CHARACTER}", text[:limit])
+
+
+def join_reasons(reasons: Iterable[str]) -> str | None:
+    """The distinct finish reasons, in order, comma-joined to fit the column (32 characters):
+    all of them when they fit ("stop,length"); otherwise the whole reasons that fit followed by
+    "…" for the rest ("stop,length,tool_calls,…", never a reason cut mid-word); a first reason
+    too long on its own (an upstream's text) is cut and ends in "…". None for no reason."""
+    distinct = list(dict.fromkeys(reasons))
+    joined = ",".join(distinct)
+    if len(joined) <= FINISH_REASON_CHARS:
+        return joined or None
+    kept: list[str] = []
+    for reason in distinct:
+        if len(",".join([*kept, reason, "…"])) > FINISH_REASON_CHARS:
+            break
+        kept.append(reason)
+    if not kept:
+        return distinct[0][: FINISH_REASON_CHARS - 1] + "…"
+    return ",".join([*kept, "…"])
 
 
 _TYPES: dict[str, tuple[type, ...]] = {
@@ -205,6 +226,52 @@ def _insert(conn: Connection, records: Sequence[Usage]) -> None:
     conn.execute(stmt, params)
 
 
+def rebuild_daily(conn: Connection, since_day: int | None = None) -> tuple[int, int]:
+    """Recompute ``usage_daily`` from ``usage_records`` for the days from ``since_day`` (a
+    day's 00:00 UTC; None: every day), in the caller's transaction: delete those days' rows,
+    insert the records' sums. Returns (rows deleted, rows inserted). For sums that drifted
+    from their records (say, records written by an older oasis during a rolling upgrade)."""
+    d, r = UsageDaily, UsageRecord
+    delete_q = delete(d)
+    # the day and key computed in a subquery, so the GROUP BY names columns (PostgreSQL takes
+    # an expression with its own bound parameters for a different one)
+    rows = select(
+        (r.created_at - r.created_at % DAY).label("day"),
+        func.coalesce(r.key_id, 0).label("key_id"),
+        r.model,
+        case((r.status >= 400, 1), else_=0).label("error"),
+        case((r.disconnected, 1), else_=0).label("disc"),
+        r.prompt_tokens,
+        r.cached_tokens,
+        r.completion_tokens,
+        r.cost_usd,
+    )
+    if since_day is not None:
+        delete_q = delete_q.where(d.day >= since_day)
+        rows = rows.where(r.created_at >= since_day)
+    t = rows.subquery()
+    source = select(
+        t.c.day,
+        t.c.key_id,
+        t.c.model,
+        func.count(),
+        func.sum(t.c.error),
+        func.sum(t.c.disc),
+        func.sum(t.c.prompt_tokens),
+        func.sum(t.c.cached_tokens),
+        func.sum(t.c.completion_tokens),
+        func.sum(t.c.cost_usd),
+    ).group_by(t.c.day, t.c.key_id, t.c.model)
+    deleted = conn.execute(delete_q).rowcount
+    columns = ["day", "key_id", "model", *_DAILY_SUMS]
+    conn.execute(insert(d).from_select(columns, source))
+    counted = select(func.count()).select_from(d)
+    if since_day is not None:
+        counted = counted.where(d.day >= since_day)
+    inserted = int(conn.scalar(counted) or 0)  # (psycopg's rowcount of INSERT ... SELECT: -1)
+    return deleted, inserted
+
+
 @dataclass(frozen=True)
 class LogFilter:
     """Which records the request log shows: ``key_ids`` (None in it: the static key),
@@ -229,6 +296,34 @@ class LogRow:
     usage: Usage
     key_name: str | None
     key_prefix: str | None
+
+
+@dataclass(frozen=True)
+class LogPage:
+    """One page of the log, and the ``before`` of the next (None: there is no next)."""
+
+    rows: list[LogRow]
+    next_before: int | None
+
+
+def _id_bound(s: Session, times: Any, *, upper: bool) -> int:
+    """The id range's bound from a created_at condition: the highest id of the records meeting
+    it plus one (``upper``: the range's end is exclusive) or their lowest, read off the
+    created_at index, when at most ``LOG_SLICE`` records meet it; otherwise no bound (the
+    slices walk them). Bounded either way: an aggregate over the whole range took 300-500 ms
+    at a million records for ``since=0``, and a bare max(id) walks the primary key down until
+    a row matches (every row for ``until=1``)."""
+    r = UsageRecord
+    # the end of the created_at range nearest the newest records, which few meet
+    order = r.created_at if upper else r.created_at.desc()
+    ids = select(r.id).where(times).order_by(order).limit(LOG_SLICE + 1).subquery()
+    pick = func.max(ids.c.id) if upper else func.min(ids.c.id)
+    count, found = s.execute(select(func.count(), pick).select_from(ids)).one()
+    if count > LOG_SLICE:
+        return MAX_ID if upper else 0
+    if found is None:  # no record meets it: an empty range
+        return 0 if upper else MAX_ID
+    return int(found) + 1 if upper else int(found)
 
 
 def _key_filter(column: Any, key_ids: Sequence[int | None]) -> Any:
@@ -434,32 +529,60 @@ class UsageStore:
             .order_by(*cols)
         )
 
-    def log(self, where: LogFilter, limit: int) -> list[LogRow]:
-        """Up to ``limit`` records, newest (highest id) first, with their keys' names."""
+    def log(self, where: LogFilter, limit: int) -> LogPage:
+        """Up to ``limit`` records, newest (highest id) first, with their keys' names.
+
+        One page's work is bounded whatever the filter: ``since`` and ``until`` first become
+        an id range (one query each on the created_at index, reading at most ``LOG_SLICE``
+        entries), then at most ``LOG_SLICE`` ids below ``before`` are scanned. A page that is
+        not full when its slice is exhausted is returned as it is, with ``next_before`` the
+        slice's lower bound: a page may hold fewer than ``limit`` records (even none) while
+        more follow; only ``next_before`` None means the end. (A filter matching nothing once
+        walked every record: 126-209 ms at a million on SQLite in memory, for any key, as
+        often as it liked.)"""
         r, k = UsageRecord, ApiKey
-        q = select(r, k.name, k.prefix).outerjoin(k, k.id == r.key_id)
-        if where.key_ids is not None:
-            q = q.where(_key_filter(r.key_id, where.key_ids))
-        if where.model is not None:
-            q = q.where(r.model == where.model)
-        if where.endpoint is not None:
-            q = q.where(r.endpoint == where.endpoint)
-        if where.status == "ok":
-            q = q.where(r.status < 400)
-        elif where.status == "error":
-            q = q.where(r.status >= 400)
-        elif isinstance(where.status, int):
-            q = q.where(r.status == where.status)
-        if where.since is not None:
-            q = q.where(r.created_at >= where.since)
-        if where.until is not None:
-            q = q.where(r.created_at < where.until)
-        if where.before is not None:
-            q = q.where(r.id < where.before)
-        q = q.order_by(r.id.desc()).limit(limit)
-        names = [f.name for f in fields(Usage)]
         with Session(self.engine) as s:
-            return [
+            # two statements: SQLite reads a lone min() or max() off the index, both at once
+            # by a full scan
+            top = s.scalar(select(func.max(r.id)))
+            bottom = s.scalar(select(func.min(r.id)))
+            if top is None or bottom is None:
+                return LogPage([], None)
+            hi = top + 1 if where.before is None else min(where.before, top + 1)  # exclusive
+            lo = bottom  # inclusive
+            if where.until is not None:
+                hi = min(hi, _id_bound(s, r.created_at < where.until, upper=True))
+            if where.since is not None and hi > lo:
+                lo = max(lo, _id_bound(s, r.created_at >= where.since, upper=False))
+            if hi <= lo:
+                return LogPage([], None)
+            floor = max(lo, hi - LOG_SLICE)
+            q = select(r, k.name, k.prefix).outerjoin(k, k.id == r.key_id)
+            q = q.where(r.id >= floor, r.id < hi)
+            if where.key_ids is not None:
+                q = q.where(_key_filter(r.key_id, where.key_ids))
+            if where.model is not None:
+                q = q.where(r.model == where.model)
+            if where.endpoint is not None:
+                q = q.where(r.endpoint == where.endpoint)
+            if where.status == "ok":
+                q = q.where(r.status < 400)
+            elif where.status == "error":
+                q = q.where(r.status >= 400)
+            elif isinstance(where.status, int):
+                q = q.where(r.status == where.status)
+            # ids do not follow created_at exactly (a long request is stored after shorter
+            # later ones): the range only bounds the scan, the times still filter
+            if where.since is not None:
+                q = q.where(r.created_at >= where.since)
+            if where.until is not None:
+                q = q.where(r.created_at < where.until)
+            q = q.order_by(r.id.desc()).limit(limit + 1)
+            names = [f.name for f in fields(Usage)]
+            rows = [
                 LogRow(row.id, Usage(**{n: getattr(row, n) for n in names}), name, prefix)
                 for row, name, prefix in s.execute(q)
             ]
+        if len(rows) > limit:
+            return LogPage(rows[:limit], rows[limit - 1].id)
+        return LogPage(rows, floor if floor > lo else None)

@@ -33,6 +33,7 @@ from oasis.store.keys import (
 )
 
 router = APIRouter()
+NO_STORE = {"Cache-Control": "no-store"}  # keys' answers: no cache keeps a copy
 
 
 def gateway_of(request: Request) -> Gateway:
@@ -100,7 +101,9 @@ def _period(text: str) -> int:
 async def list_keys(request: Request) -> JSONResponse:
     gw = gateway_of(request)
     keys = await to_thread.run_sync(gw.keys.list)
-    return JSONResponse({"object": "list", "data": [await key_json(gw, k) for k in keys]})
+    return JSONResponse(
+        {"object": "list", "data": [await key_json(gw, k) for k in keys]}, headers=NO_STORE
+    )
 
 
 @router.post("/admin/keys")
@@ -121,13 +124,17 @@ async def create_key(request: Request) -> JSONResponse:
             expires_in_s=expires,
         )
     )
-    return JSONResponse({**(await key_json(gw, info)), "value": secret}, status_code=201)
+    return JSONResponse(
+        {**(await key_json(gw, info)), "value": secret}, status_code=201, headers=NO_STORE
+    )
 
 
 @router.get("/admin/keys/{key}")
 async def get_key(key: str, request: Request) -> JSONResponse:
     gw = gateway_of(request)
-    return JSONResponse(await key_json(gw, await to_thread.run_sync(gw.keys.get, key)))
+    return JSONResponse(
+        await key_json(gw, await to_thread.run_sync(gw.keys.get, key)), headers=NO_STORE
+    )
 
 
 @router.patch("/admin/keys/{key}")
@@ -148,7 +155,7 @@ async def update_key(key: str, request: Request) -> JSONResponse:
         # reloaded from the ledger, once this process's pending records are in it
         await gw.ledger.flush()
         await gw.limiter.forget_spend(str(info.id))
-    return JSONResponse(await key_json(gw, info))
+    return JSONResponse(await key_json(gw, info), headers=NO_STORE)
 
 
 @router.delete("/admin/keys/{key}")
@@ -156,7 +163,7 @@ async def revoke_key(key: str, request: Request) -> JSONResponse:
     gw = gateway_of(request)
     info = await to_thread.run_sync(gw.keys.revoke, key)
     gw.key_cache.invalidate()
-    return JSONResponse({**(await key_json(gw, info)), "deleted": True})
+    return JSONResponse({**(await key_json(gw, info)), "deleted": True}, headers=NO_STORE)
 
 
 @router.post("/admin/keys/{key}/rotate")
@@ -164,7 +171,7 @@ async def rotate_key(key: str, request: Request) -> JSONResponse:
     gw = gateway_of(request)
     info, secret = await to_thread.run_sync(gw.keys.rotate, key)
     gw.key_cache.invalidate()
-    return JSONResponse({**(await key_json(gw, info)), "value": secret})
+    return JSONResponse({**(await key_json(gw, info)), "value": secret}, headers=NO_STORE)
 
 
 # -- usage -------------------------------------------------------------------------------------

@@ -14,8 +14,10 @@ construction); the admin pages' JSON endpoints check for an admin key on the ser
   URLs change whenever a file does, so they are cached for a year (``immutable``), and the
   modules' relative imports inherit the same prefix.
 - ``GET /console/static/{path}``: a file in the folder (with or without the build prefix; without
-  it, or with a stale one, the answer must be revalidated). Only plain files directly in the
-  folder with a known type are served: no traversal, no dot files, no directories.
+  it, or with a stale one, the answer must be revalidated, by its ``ETag``). Only plain files
+  directly in the folder with a known type are served, from a map read when the router is made:
+  any other name is a 404 that touches no disk (no traversal, no dot files, no directories, no
+  name too long for the file system).
 
 ``SecurityHeaders`` (installed by ``create_app`` around the whole app) adds a strict
 Content-Security-Policy (scripts and styles from this origin only, no inline script, no
@@ -30,7 +32,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
 
 from oasis.errors import NotFoundError
@@ -97,10 +99,30 @@ def build_id(folder: Path) -> str:
     return digest.hexdigest()[:12]
 
 
+Asset = tuple[bytes, str, str]  # contents, media type, ETag
+
+
+def read_assets(folder: Path) -> dict[str, Asset]:
+    """The files the console serves, read once: plain files directly in ``folder`` (a link is
+    followed once, here) with a known type and a name not starting with a dot. A request for
+    any other name is a 404 without touching the disk, so no name (too long for the file
+    system, with a NUL, a backslash or an encoded slash) can reach ``open`` or ``stat``."""
+    assets: dict[str, Asset] = {}
+    for path in sorted(folder.iterdir()):
+        if path.name.startswith(".") or path.suffix not in TYPES or not path.is_file():
+            continue
+        data = path.read_bytes()
+        etag = '"' + hashlib.sha256(data).hexdigest()[:16] + '"'
+        assets[path.name] = (data, TYPES[path.suffix], etag)
+    return assets
+
+
 def make_router(folder: Path = FOLDER) -> APIRouter:
-    """The console's routes over ``folder``; the page and the build id are read once, here."""
+    """The console's routes over ``folder``; the page, the build id and the files are read
+    once, here (a changed file is served after a restart, as its build id changes then)."""
     build = build_id(folder)
     page = (folder / "index.html").read_text(encoding="utf-8").replace("{{BUILD}}", build)
+    assets = read_assets(folder)
     router = APIRouter()
 
     @router.get("/", include_in_schema=False)
@@ -108,25 +130,19 @@ def make_router(folder: Path = FOLDER) -> APIRouter:
         return HTMLResponse(page, headers={"Cache-Control": "no-store"})
 
     @router.get(STATIC + "/{path:path}", include_in_schema=False)
-    async def asset(path: str) -> Response:
+    async def asset(path: str, request: Request) -> Response:
         parts = path.split("/")
         current = len(parts) == 2 and parts[0] == build
         if len(parts) == 2 and not current and len(parts[0]) == len(build):
             parts = parts[1:]  # an older page's build: served, but not to be kept
         name = parts[-1] if len(parts) == 1 or current else ""
-        file = folder / name
-        if (
-            not name
-            or name.startswith(".")
-            or "\\" in name
-            or file.suffix not in TYPES
-            or not file.is_file()
-        ):
+        found = assets.get(name)
+        if found is None:
             raise NotFoundError(f"No console file {path[:100]!r}.")
-        return Response(
-            file.read_bytes(),
-            media_type=TYPES[file.suffix],
-            headers={"Cache-Control": IMMUTABLE if current else "no-cache"},
-        )
+        data, media_type, etag = found
+        headers = {"Cache-Control": IMMUTABLE if current else "no-cache", "ETag": etag}
+        if etag in request.headers.get("if-none-match", ""):
+            return Response(status_code=304, headers=headers)
+        return Response(data, media_type=media_type, headers=headers)
 
     return router

@@ -5,7 +5,12 @@
 - ``GET /console/api/usage``: usage per UTC day, stacked by model or by key, with totals.
 - ``GET /console/api/requests``: the per-request log, newest first, keyset-paginated by the
   record's id (``before`` = the previous page's ``next_before``); no total count, which would
-  cost a full scan of a large log.
+  cost a full scan of a large log. A page may hold fewer than ``limit`` records (even none)
+  while ``next_before`` is not null: one page scans at most ``LOG_SLICE`` (200,000) ids, so a
+  filter that matches little cannot make one request walk the whole table; the client asks
+  again from ``next_before``. Only ``next_before: null`` means the end.
+
+Every answer is ``Cache-Control: no-store``: it holds one key's data.
 
 A user key sees only its own records, whatever it asks (naming another key is a 403); an admin
 key or the static ``--api-key`` sees all and may filter by ``key``. Under ``--no-auth`` there
@@ -13,7 +18,8 @@ are no records: usage and the log answer the admin API's ``gateway_disabled`` 40
 
 Speed at a million records (bench/console_usage.py). The log reads at most ``limit + 1`` rows by
 an index in its order: the primary key, or (key_id, id) / (model, id) for those filters
-(migration 0006). The chart does not sum the records: ``GROUP BY`` day and model over the 7 days
+(migration 0006), within one slice of ids; ``since`` and ``until`` become that id range first
+(``UsageStore.log``). The chart does not sum the records: ``GROUP BY`` day and model over the 7 days
 of a million records spread over 30 days (~233,000 rows) took 550-720 ms on SQLite alone, past
 the 500 ms budget for the whole page and growing with the range, so the ledger keeps
 ``usage_daily`` (sums per UTC day, key and model) in the same transaction as the records it
@@ -35,7 +41,7 @@ from oasis.errors import InvalidRequestError, PermissionDeniedError
 from oasis.gateway.meter import Gateway
 from oasis.gateway.report import MAX_TIME, Totals, UsageQuery, UsageReport, usage_report
 from oasis.server.query import query_int, query_text
-from oasis.server.routes.admin import gateway_of, key_json
+from oasis.server.routes.admin import NO_STORE, gateway_of, key_json
 from oasis.store.keys import MAX_KEY_ID, KeyInfo, key_id
 from oasis.store.usage import (
     DAY,
@@ -66,7 +72,9 @@ async def me(request: Request) -> JSONResponse:
     shown = None
     if key is not None and state.gateway is not None:
         shown = {**(await key_json(state.gateway, key)), "budget_period_s": key.budget_period_s}
-    return JSONResponse({"admin": bool(request.state.is_admin), "auth": auth, "key": shown})
+    return JSONResponse(
+        {"admin": bool(request.state.is_admin), "auth": auth, "key": shown}, headers=NO_STORE
+    )
 
 
 # -- who may see what --------------------------------------------------------------------------
@@ -80,7 +88,7 @@ def _key_scope(request: Request) -> tuple[int | None, ...] | None:
     wanted: int | None = None
     if ref is not None and ref != STATIC:
         number = key_id(ref)
-        if number is None:
+        if number is None or number < 1:  # key_0 would be the chart's stand-in for static
             raise InvalidRequestError(
                 f"Invalid 'key': {ref[:100]!r}; key ids look like key_12 (or {STATIC!r}).",
                 param="key",
@@ -212,7 +220,7 @@ async def usage(request: Request) -> JSONResponse:
         return report, g.keys.list() if group_by == "key" else []
 
     report, keys = await to_thread.run_sync(read, gw)
-    return JSONResponse(_usage_json(report, group_by, keys))
+    return JSONResponse(_usage_json(report, group_by, keys), headers=NO_STORE)
 
 
 # -- the request log ---------------------------------------------------------------------------
@@ -269,9 +277,8 @@ async def requests_log(request: Request) -> JSONResponse:
         since=query_int(request, "since", 0, MAX_TIME),
         until=query_int(request, "until", 0, MAX_TIME),
     )
-    rows = await to_thread.run_sync(gw.usage.log, where, limit + 1)
-    more = len(rows) > limit
-    rows = rows[:limit]
+    page = await to_thread.run_sync(gw.usage.log, where, limit)
     return JSONResponse(
-        {"data": [_row_json(r) for r in rows], "next_before": rows[-1].id if more else None}
+        {"data": [_row_json(r) for r in page.rows], "next_before": page.next_before},
+        headers=NO_STORE,
     )
