@@ -454,3 +454,175 @@ def test_phone_width(phone: Console) -> None:
     page.wait_for_selector(f"{LAST_ANSWER}[data-state=done]", timeout=ANSWER)
     fits()
     phone.shot("phone-playground")
+
+
+MODULE = "() => document.querySelector('script[type=module]').src"
+
+
+def hostile_answer() -> str:
+    """About 200 KB of text that made the old renderer quadratic (openers without closers on
+    long lines), crash (quotes 8000 deep) or both, in one block and in many."""
+    lines = []
+    for pattern in ("[a", "[a](", " _a", " *a *", "`a``", "**a ", "[a](x "):
+        lines += [(pattern * 3000)[:9000]] * 3  # long lines under the renderer's cap
+    lines.append("[a" * 20_000)  # over the cap: plain text
+    lines.append(">" * 8000 + " deep")
+    return "\n".join(lines) + "\n\n" + "- x\n" + "".join(f"{' ' * k}- y\n" for k in range(1, 400))
+
+
+def test_hostile_answer_streams_and_the_page_stays_responsive(console: Console) -> None:
+    page = console.page
+    console.sign_in()
+    answer = hostile_answer()
+    pieces = [answer[k:k + 500] for k in range(0, len(answer), 500)]
+    chunks = [{"id": "c", "object": "chat.completion.chunk", "created": 0, "model": "m",
+               "choices": [{"index": 0, "delta": {"content": p}, "finish_reason": None}]}
+              for p in pieces]
+    chunks.append({"id": "c", "object": "chat.completion.chunk", "created": 0, "model": "m",
+                   "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+    events = [f"data: {json.dumps(c)}\n\n" for c in chunks] + ["data: [DONE]\n\n"]
+    # a stream of one event per read, each a task later (page.route answers all at once)
+    page.evaluate("""events => {
+      const real = window.fetch;
+      window.fetch = (url, init) => {
+        if (!String(url).endsWith('/v1/chat/completions')) return real(url, init);
+        const bytes = new TextEncoder();
+        let n = 0;
+        const body = new ReadableStream({
+          pull: (out) => new Promise((r) => setTimeout(r, 0)).then(() => {
+            if (n < events.length) out.enqueue(bytes.encode(events[n++]));
+            else out.close();
+          }),
+        });
+        return Promise.resolve(new Response(body, {
+          status: 200, headers: {'Content-Type': 'text/event-stream'}}));
+      };
+      window.lengths = [];
+      const box = document.getElementById('messages');
+      new MutationObserver(() => {
+        const msg = box.querySelector('.msg.assistant:last-child');
+        if (!msg || msg.dataset.state !== 'streaming') return;
+        const n = msg.querySelector('.content').textContent.length;
+        if (n > 0 && n !== window.lengths[window.lengths.length - 1]) window.lengths.push(n);
+      }).observe(box, {childList: true, subtree: true, characterData: true, attributes: true});
+    }""", events)
+    page.fill("#prompt", "anything")
+    page.click("#send")
+    page.wait_for_selector(f"{LAST_ANSWER}[data-state=done]", timeout=ANSWER)
+    # the page still answers: a frame is drawn and the answer is all there
+    shown = page.evaluate("""s => new Promise((done) => requestAnimationFrame(() =>
+      done(document.querySelector(s).textContent.length)))""", f"{LAST_ANSWER} .content")
+    assert shown > 190_000
+    assert len(set(page.evaluate("window.lengths"))) >= 2  # it grew in pieces
+    content = page.locator(f"{LAST_ANSWER} .content")
+    assert 1 <= content.locator("blockquote").count() <= 16
+    assert content.locator("ul").count() <= 17
+    assert content.locator("a, strong, em").count() == 0
+    assert "finish: stop" in page.inner_text(f"{LAST_ANSWER} .stats")
+
+
+def test_markdown_renderer(console: Console) -> None:
+    page = console.page
+    console.open()
+    page.wait_for_selector("#sign-in-form")
+    out = page.evaluate("""async (src) => {
+      const md = await import(src.replace(/console\\.js$/, 'markdown.js'));
+      const box = (text) => {
+        const el = document.createElement('div');
+        el.append(md.render(text));
+        return el;
+      };
+      const fence = box('```md\\n```python\\nx = 1\\n```\\nafter');
+      const deep = box('>'.repeat(8000) + ' deep');
+      const list = box(Array.from({length: 500}, (_, k) => ' '.repeat(k) + '- item').join('\\n'));
+      const inline = box('**b** *i* _e_ `c` ``a`b`` [l](https://example.com "t") ' +
+        'https://x.org/a. snake_case_name [j](javascript:alert(1))');
+      const long = '[a'.repeat(60000);
+      return {
+        fence: [...fence.children].map((e) => [e.tagName, e.textContent]),
+        deep: [deep.querySelectorAll('blockquote').length, deep.textContent.includes('deep')],
+        list: list.querySelectorAll('ul').length,
+        tags: [...inline.querySelectorAll('*')].map((e) => e.tagName),
+        hrefs: [...inline.querySelectorAll('a')].map((a) => a.href),
+        code: [...inline.querySelectorAll('code')].map((e) => e.textContent),
+        long: box(long).textContent === long,
+      };
+    }""", page.evaluate(MODULE))
+    # a fence with an info string does not close a block (CommonMark)
+    assert out["fence"] == [["PRE", "```python\nx = 1"], ["P", "after"]]
+    assert out["deep"] == [16, True]  # deeper quotes are text, not a stack overflow
+    assert out["list"] <= 17
+    assert out["tags"] == ["P", "STRONG", "EM", "EM", "CODE", "CODE", "A", "A"]
+    assert out["hrefs"] == ["https://example.com/", "https://x.org/a"]
+    assert out["code"] == ["c", "a`b"]
+    assert out["long"]
+
+
+def test_unknown_and_inherited_routes_go_to_the_playground(console: Console) -> None:
+    page = console.page
+    console.sign_in()
+    for route in ("__proto__", "constructor", "toString", "no-such-page"):
+        console.go("usage")
+        page.wait_for_selector("#log")
+        console.go(route)
+        page.wait_for_function("() => location.hash === '#/playground'")
+        page.wait_for_selector("#composer")
+
+
+def log_row(name: str) -> dict[str, Any]:
+    return {"request_id": f"req_{name}", "created_at": 1_700_000_000, "key": None,
+            "model": name, "endpoint": "/v1/chat/completions", "status": 200,
+            "prompt_tokens": 1, "cached_tokens": 0, "completion_tokens": 1, "cost_usd": 0,
+            "ttft_ms": 1, "latency_ms": 2, "finish_reason": "stop"}
+
+
+def test_usage_log_pages_keep_their_filters_and_the_newest_load_wins(console: Console) -> None:
+    page = console.page
+    pending: list[Any] = []
+    page.route("**/console/api/requests*", lambda route: pending.append(route))  # answered below
+
+    def wait_pending(n: int) -> None:  # route handlers run while Playwright is called
+        deadline = time.monotonic() + 60
+        while len(pending) < n:
+            assert time.monotonic() < deadline, f"waited for {n} log requests"
+            page.wait_for_timeout(50)
+
+    def answer(route: Any, rows: list[str], cursor: str | None = None) -> None:
+        route.fulfill(status=200, content_type="application/json", body=json.dumps(
+            {"data": [log_row(r) for r in rows], "next_before": cursor}))
+
+    def shown() -> list[str]:
+        return page.eval_on_selector_all("#log tbody tr", "rs => rs.map(r => r.dataset.request)")
+
+    console.sign_in()
+    console.go("usage")
+    wait_pending(1)
+    answer(pending.pop(), ["first"], "cursor-1")
+    page.wait_for_selector("#older:not([hidden])")
+    assert "per UTC day" in page.inner_text("#chart-title")
+
+    # typed but not applied: the older page is the one of the filters shown
+    page.fill("#filter-model", "typed-not-applied")
+    page.click("#older")
+    wait_pending(1)
+    url = pending[0].request.url
+    assert "before=cursor-1" in url and "model=" not in url
+    answer(pending.pop(), ["second"])
+    page.wait_for_function("() => document.querySelectorAll('#log tbody tr').length === 2")
+    assert shown() == ["req_first", "req_second"]
+    assert page.is_hidden("#older")
+
+    # two filters in a row, answered in the other order: the newer one is shown
+    page.fill("#filter-model", "")
+    page.select_option("#filter-status", "ok")
+    page.select_option("#filter-status", "error")
+    wait_pending(2)
+    stale, fresh = pending
+    assert "status=ok" in stale.request.url and "status=error" in fresh.request.url
+    answer(fresh, ["fresh"], "cursor-2")
+    page.wait_for_function("() => document.querySelector('#log tbody tr')?.dataset.request"
+                           " === 'req_fresh'")
+    with page.expect_response(lambda r: "status=ok" in r.url):
+        answer(stale, ["stale"])
+    page.evaluate("() => new Promise((r) => setTimeout(r, 300))")  # room for it to land
+    assert shown() == ["req_fresh"]

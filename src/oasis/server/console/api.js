@@ -113,15 +113,17 @@ export async function streamChat(body, { signal, onChunks }) {
   }
   const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
   let buffer = "";
+  let searched = 0; // buffer[0, searched) holds no event's end
   for (;;) {
     const { value, done } = await reader.read();
     if (done) break;
     buffer += value.replace(/\r\n?/g, "\n");
+    let start = 0;
     let end;
     const batch = [];
-    while ((end = buffer.indexOf("\n\n")) >= 0) {
-      const event = buffer.slice(0, end);
-      buffer = buffer.slice(end + 2);
+    while ((end = buffer.indexOf("\n\n", Math.max(start, searched))) >= 0) {
+      const event = buffer.slice(start, end);
+      start = end + 2;
       const data = event.split("\n").filter((l) => l.startsWith("data:"))
         .map((l) => l.slice(5).replace(/^ /, "")).join("\n");
       if (!data) continue;
@@ -137,7 +139,10 @@ export async function streamChat(body, { signal, onChunks }) {
       }
       batch.push(chunk);
     }
-    // everything that arrived in one read is handed over at once: one repaint per read
+    // the rest is kept, and searched again only from its end (a long event in many reads)
+    buffer = buffer.slice(start);
+    searched = Math.max(0, buffer.length - 1);
+    // everything that arrived in one read is handed over at once
     if (batch.length) onChunks(batch);
   }
 }

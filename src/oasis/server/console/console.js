@@ -135,7 +135,7 @@ async function show() {
     signInPage(main);
     return;
   }
-  const page = PAGES[route];
+  const page = Object.hasOwn(PAGES, route) ? PAGES[route] : null; // not #/__proto__
   for (const a of document.querySelectorAll("#nav a")) {
     a.classList.toggle("active", a.dataset.page === route);
   }

@@ -3,7 +3,7 @@
 
 import { api, streamChat } from "./api.js";
 import { h, clear, field, errorBox, num, ms, copyText } from "./dom.js";
-import { render } from "./markdown.js";
+import { render, streaming } from "./markdown.js";
 import { snippets } from "./snippets.js";
 
 // The conversation outlives a visit to another page, not a sign-out (forget()).
@@ -230,7 +230,7 @@ export function mount(root, { me }) {
             }
           }
           if (calls.length) answer.tool_calls = calls.filter(Boolean);
-          view.update();
+          view.later();
         },
       });
       view.el.dataset.state = "done";
@@ -353,7 +353,8 @@ async function loadModels(select, me) {
   state.model = select.value || null;
 }
 
-/** One message in the list; update() repaints it from the message object. */
+/** One message in the list; update() repaints it from the message object, later() at the
+ * next frame (at most once a frame, while an answer streams in), update(true) when done. */
 function messageView(m) {
   const content = h("div.content");
   const calls = h("div.tool-calls");
@@ -361,7 +362,17 @@ function messageView(m) {
   const el = h(`div.msg.${m.role}`, null,
     h("div.role", null, m.role === "user" ? "You" : m.model || "assistant"),
     content, calls, stats);
+  let frame = 0;
+  let live = null; // while the answer streams: its Markdown so far, finished blocks kept
+  const later = () => {
+    frame ||= requestAnimationFrame(() => {
+      frame = 0;
+      update();
+    });
+  };
   const update = (final = false) => {
+    cancelAnimationFrame(frame);
+    frame = 0;
     if (m.role === "user") {
       content.textContent = m.content;
       return;
@@ -376,8 +387,12 @@ function messageView(m) {
         }
       }
       content.replaceChildren(h("pre.json", null, text));
-    } else {
+    } else if (final) {
+      live = null;
       content.replaceChildren(render(m.content));
+    } else {
+      if (!live) live = streaming(clear(content));
+      live(m.content);
     }
     clear(calls);
     for (const call of m.tool_calls || []) {
@@ -402,5 +417,5 @@ function messageView(m) {
     }
   };
   update(true);
-  return { el, update };
+  return { el, update, later };
 }

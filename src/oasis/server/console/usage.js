@@ -1,5 +1,5 @@
-// Usage: requests, tokens and cost per day stacked by model or key, totals, and the request
-// log with filters and "Older" pages. Times are shown in the browser's local time.
+// Usage: requests, tokens and cost per UTC day stacked by model or key, totals, and the
+// request log with filters and "Older" pages. The log's times are in the browser's local time.
 
 import { api, query } from "./api.js";
 import { h, clear, field, errorBox, num, usd, when, ms } from "./dom.js";
@@ -81,6 +81,7 @@ export function mount(root, { me }) {
 
   let usage = null;
   let generation = 0; // a newer load wins over an older one still under way
+  let logGeneration = 0; // the same for the log
   let drawnWidth = 0;
   // the chart is drawn at its box's width (text stays its size): again when that changes
   const resized = new ResizeObserver(() => {
@@ -118,7 +119,7 @@ export function mount(root, { me }) {
         clear(modelNames).append(...data.groups.map((g) => h("option", { value: g })));
       }
     } catch (e) {
-      usageStatus.append(errorBox(e.message));
+      if (mine === generation) usageStatus.append(errorBox(e.message));
     }
   }
 
@@ -142,13 +143,13 @@ export function mount(root, { me }) {
     if (!usage) return;
     const metric = METRICS[view.metric];
     document.getElementById("chart-title").textContent =
-      `${metric.label} per day, by ${view.groupBy}`;
+      `${metric.label} per UTC day, by ${view.groupBy}`;
     const series = usage.groups.map((g, i) => ({ name: label(g), color: COLORS[i % COLORS.length] }));
     const index = new Map(usage.groups.map((g, i) => [g, i]));
     const days = usage.days.map((d) => {
       const values = usage.groups.map(() => 0);
       for (const row of d.rows) values[index.get(row.group)] += metric.value(row) || 0;
-      return { label: dayLabel(d.date), title: dayLabel(d.date, true), values };
+      return { label: dayLabel(d.date), title: `${dayLabel(d.date, true)} (UTC)`, values };
     });
     const width = Math.max(280, Math.round(chart.clientWidth) || 720);
     drawnWidth = width;
@@ -171,24 +172,31 @@ export function mount(root, { me }) {
     }
   }
 
-  async function loadLog(before) {
-    clear(logStatus);
-    const params = {
-      limit: PAGE, before,
+  /** The first page of the log for the filters as they are now; an older page goes on with
+   * the filters of the pages before it. The newest load wins. */
+  async function loadLog(params = null, before = undefined) {
+    const mine = ++logGeneration;
+    params ??= {
       key: filters.key?.value, model: filters.model.value.trim(),
       endpoint: filters.endpoint.value, status: filters.status.value,
     };
+    clear(logStatus);
+    older.disabled = true;
+    if (!before) older.hidden = true; // the next page of these filters, not of earlier ones
     try {
-      const page = await api(`/console/api/requests${query(params)}`);
+      const page = await api(`/console/api/requests${query({ ...params, limit: PAGE, before })}`);
+      if (mine !== logGeneration) return;
       if (!before) clear(logBody);
       for (const r of page.data) logBody.append(logRow(r));
       if (!before && !page.data.length) {
         logBody.append(h("tr", null, h("td.muted", { colspan: 12 }, "No requests match.")));
       }
       older.hidden = page.next_before === null || page.next_before === undefined;
-      older.onclick = () => loadLog(page.next_before);
+      older.onclick = () => loadLog(params, page.next_before);
     } catch (e) {
-      logStatus.append(errorBox(e.message));
+      if (mine === logGeneration) logStatus.append(errorBox(e.message));
+    } finally {
+      if (mine === logGeneration) older.disabled = false;
     }
   }
 
