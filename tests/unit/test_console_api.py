@@ -20,8 +20,8 @@ from sqlalchemy import inspect, text
 
 from oasis.engine.fake import FakeEngine
 from oasis.server.app import create_app
-from oasis.store.db import MIGRATIONS, make_engine
 from oasis.store import usage as usage_store
+from oasis.store.db import MIGRATIONS, make_engine
 from oasis.store.usage import DAY, Usage, UsageStore, day_of, join_reasons
 from tests.conftest import API_KEY, make_app
 from tests.fake_upstream import running

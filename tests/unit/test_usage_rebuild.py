@@ -39,7 +39,9 @@ def seed_and_corrupt(engine: Engine) -> list[tuple[object, ...]]:
     truth = daily(engine)
     with engine.begin() as conn:
         conn.execute(update(UsageDaily).values(requests=UsageDaily.requests + 5, cost_usd=9.0))
-        conn.execute(delete(UsageDaily).where(UsageDaily.day == TODAY - DAY, UsageDaily.model == "m1"))
+        conn.execute(
+            delete(UsageDaily).where(UsageDaily.day == TODAY - DAY, UsageDaily.model == "m1")
+        )
         conn.execute(UsageDaily.__table__.insert().values(
             day=TODAY, key_id=99, model="ghost", requests=1, errors=0, disconnected=0,
             prompt_tokens=1, cached_tokens=0, completion_tokens=1, cost_usd=1.0))
@@ -50,7 +52,8 @@ def seed_and_corrupt(engine: Engine) -> list[tuple[object, ...]]:
 def check(engine: Engine) -> None:
     truth = seed_and_corrupt(engine)
     with engine.begin() as conn:
-        deleted, inserted = rebuild_daily(conn, TODAY - DAY)  # the last 2 days only
+        deleted, inserted = rebuild_daily(conn, TODAY - DAY)
+    assert deleted > 0  # the last 2 days only
     assert inserted == len([r for r in truth if r[0] >= TODAY - DAY])
     after = daily(engine)
     assert [r for r in after if r[0] >= TODAY - DAY] == [r for r in truth if r[0] >= TODAY - DAY]
