@@ -475,7 +475,7 @@ def test_hostile_queries_are_400s_naming_the_parameter(admin: TestClient, secret
 
 
 def test_no_auth_answers_like_the_admin_api(tmp_path: Path) -> None:
-    with TestClient(make_app(tmp=tmp_path, no_auth=True)) as http:
+    with TestClient(make_app(tmp=tmp_path, no_auth=True), base_url="http://127.0.0.1") as http:
         assert http.get("/console/api/me").json() == {"admin": True, "auth": "none", "key": None}
         for path in (
             "/console/api/usage",

@@ -12,6 +12,7 @@ const METRICS = {
 };
 const ENDPOINTS = ["/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/embeddings"];
 const PAGE = 50;
+const LOG_SLICES = 10; // log calls per page at most (each reads a bounded slice)
 
 let view = { days: 7, groupBy: "model", metric: "requests" }; // kept across visits
 
@@ -184,15 +185,29 @@ export function mount(root, { me }) {
     older.disabled = true;
     if (!before) older.hidden = true; // the next page of these filters, not of earlier ones
     try {
-      const page = await api(`/console/api/requests${query({ ...params, limit: PAGE, before })}`);
-      if (mine !== logGeneration) return;
-      if (!before) clear(logBody);
-      for (const r of page.data) logBody.append(logRow(r));
-      if (!before && !page.data.length) {
-        logBody.append(h("tr", null, h("td.muted", { colspan: 12 }, "No requests match.")));
+      // The server reads a bounded slice of the log per call, so a rare filter's page can come
+      // back short, even empty, with a cursor: an empty one is followed up at once (a few
+      // slices per click at most); a short one is shown, and Older goes on.
+      const rows = [];
+      let cursor = before;
+      for (let slice = 0; slice < LOG_SLICES; slice++) {
+        const page = await api(
+          `/console/api/requests${query({ ...params, limit: PAGE, before: cursor })}`);
+        if (mine !== logGeneration) return;
+        rows.push(...page.data);
+        cursor = page.next_before ?? null;
+        if (rows.length || cursor === null) break;
       }
-      older.hidden = page.next_before === null || page.next_before === undefined;
-      older.onclick = () => loadLog(params, page.next_before);
+      if (!before) clear(logBody);
+      for (const r of rows) logBody.append(logRow(r));
+      if (!rows.length && cursor === null && !before) {
+        logBody.append(h("tr", null, h("td.muted", { colspan: 12 }, "No requests match.")));
+      } else if (!rows.length && cursor !== null) {
+        logBody.append(h("tr", null, h("td.muted", { colspan: 12 },
+          "No matches among the requests searched so far; Older searches further back.")));
+      }
+      older.hidden = cursor === null;
+      older.onclick = () => loadLog(params, cursor);
     } catch (e) {
       if (mine === logGeneration) logStatus.append(errorBox(e.message));
     } finally {
