@@ -618,3 +618,65 @@ def test_an_engine_that_gives_up_is_unloaded_and_loaded_afresh() -> None:
         await loader.close()
 
     asyncio.run(scenario())
+
+
+def test_a_cancelled_request_holds_its_model_until_its_preparation_thread_ends() -> None:
+    """A big request's preparation (template, tokenizer) runs in a worker thread, which
+    cancelling the request (its client left) cannot stop: the model must stay loaded until the
+    thread is done with it, or the thread tokenizes with a freed model."""
+    from oasis.backends.local import holding
+    from oasis.serving.common import in_thread
+
+    log: list[str] = []
+    inside = threading.Event()
+    finish = threading.Event()
+
+    def tokenize() -> list[int]:  # stands in for the prepare work that uses the model
+        inside.set()
+        finish.wait(30)
+        log.append("tokenized")
+        return [1, 2, 3]
+
+    async def scenario() -> None:
+        loader = ModelLoader(max_loaded=1)
+        loader.add("a", "engine", lambda: Probe(log, "a"), keep_alive=None)
+        await loader.start()
+
+        async def request() -> list[int]:
+            return await holding(loader, "a", lambda: in_thread(tokenize))
+
+        task = asyncio.create_task(request())
+        while not inside.is_set():
+            await asyncio.sleep(0.01)
+        task.cancel()  # the client left while the thread tokenizes
+        unload = asyncio.create_task(loader.unload("a"))  # say, an admin unload right then
+        await asyncio.sleep(0.1)
+        assert not task.done() and loader.entries["a"].users == 1
+        assert log == ["start a"]  # not unloaded under the thread
+        finish.set()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        with pytest.raises(ModelBusyError):  # it was asked while the request held the model
+            await unload
+        assert loader.entries["a"].users == 0
+        await loader.unload("a")
+        assert log == ["start a", "tokenized", "close a running=0"]
+        await loader.close()
+
+    asyncio.run(scenario())
+
+
+def test_in_thread_passes_results_errors_and_context() -> None:
+    from oasis.serving.common import BACKGROUND, in_thread
+
+    def fail() -> None:
+        raise ValueError("bad template")
+
+    async def scenario() -> None:
+        assert await in_thread(lambda: 41 + 1) == 42
+        with pytest.raises(ValueError, match="bad template"):
+            await in_thread(fail)
+        BACKGROUND.set(True)
+        assert await in_thread(BACKGROUND.get) is True  # the caller's context variables
+
+    asyncio.run(scenario())

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import functools
 import hashlib
 import secrets
@@ -36,6 +38,26 @@ T = TypeVar("T")
 # variable rather than a parameter: a batch line goes through the same backends, services and
 # fallbacks as a live request, none of which needs to know.
 BACKGROUND: ContextVar[bool] = ContextVar("oasis_background", default=False)
+
+
+async def in_thread(work: Callable[[], T]) -> T:
+    """``work()`` in a worker thread (with this context's variables), like
+    ``asyncio.to_thread``, except that a cancelled caller still waits for the thread to end
+    before the cancellation goes on. A thread cannot be stopped, and its work uses the model
+    (tokenizer, chat template): the request holds its model until this returns
+    (``backends.local.holding``), so the model is never unloaded under a running thread."""
+    loop = asyncio.get_running_loop()
+    context = contextvars.copy_context()
+    future = loop.run_in_executor(None, functools.partial(context.run, work))
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        while not future.done():  # (cancelled again: the thread still runs, so wait on)
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait([future])
+        if not future.cancelled():
+            future.exception()  # the work's own error, if any, is not news to anyone now
+        raise
 
 
 class SamplingFields(Protocol):
@@ -166,7 +188,7 @@ class ServingContext:
         with it every other request, ``/health`` and the server's signal handling."""
         if not heavy:
             return work()
-        return await asyncio.to_thread(work)
+        return await in_thread(work)
 
     def check_messages(self, count: int) -> None:
         """At most ``max_messages`` messages (OpenAI's own limit is 2048). The route checks

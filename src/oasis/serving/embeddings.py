@@ -29,7 +29,7 @@ from oasis.engine.base import Embedder, EmbeddingJob
 from oasis.errors import ContextLengthExceededError, InvalidRequestError
 from oasis.models.registry import ModelRegistry
 from oasis.protocol.embeddings import EmbeddingRequest
-from oasis.serving.common import BACKGROUND, Meter
+from oasis.serving.common import BACKGROUND, Meter, in_thread
 
 MAX_INPUTS = 2048
 MAX_TOTAL_TOKENS = 300_000
@@ -88,7 +88,7 @@ class EmbeddingService:
         if size <= _INLINE_CHARS:
             tokens = _tokenize(embedder, inputs)
         else:
-            tokens = await asyncio.to_thread(_tokenize, embedder, inputs)
+            tokens = await in_thread(lambda: _tokenize(embedder, inputs))
         total = _check(tokens, info.n_ctx, info.n_vocab)
         await meter.admit(total, 0)
         job = embedder.submit(tokens, background=BACKGROUND.get())
