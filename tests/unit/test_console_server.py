@@ -124,15 +124,18 @@ def test_memory_is_bounded_and_models_gone_are_dropped() -> None:
 
 def test_the_sampler_runs_until_closed() -> None:
     reads: list[int] = []
+    three = asyncio.Event()
 
     def read() -> dict[str, dict[str, float]]:
         reads.append(1)
+        if len(reads) >= 3:
+            three.set()
         return {"m": {"requests_total": float(len(reads))}}
 
     async def scenario() -> None:
         sampler = Sampler(read, interval=0.01)
         sampler.start()
-        await asyncio.sleep(0.1)
+        await asyncio.wait_for(three.wait(), 60)  # however slow the machine
         await sampler.close()
         taken = len(reads)
         assert taken >= 3 and len(sampler.window.samples("m")) == taken

@@ -234,8 +234,8 @@ def create_app(
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         started: list[Backend] = []
         cleaner = asyncio.get_running_loop().create_task(_purge_expired(responses, files))
-        server_stats.start()
         try:
+            server_stats.start()
             if gateway is not None:
                 await gateway.start()
             await loader.start(preload)

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
-from sqlalchemy import Connection, Engine, case, delete, false, func, insert, or_, select
+from sqlalchemy import Connection, Engine, case, delete, false, func, insert, or_, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DataError, IntegrityError
@@ -262,6 +262,10 @@ def rebuild_daily(conn: Connection, since_day: int | None = None) -> tuple[int, 
         func.sum(t.c.completion_tokens),
         func.sum(t.c.cost_usd),
     ).group_by(t.c.day, t.c.key_id, t.c.model)
+    if conn.dialect.name == "postgresql":
+        # servers writing meanwhile would add rows between the delete and the insert (a
+        # unique violation) or deadlock with it: they wait for this transaction instead
+        conn.execute(text("LOCK TABLE usage_daily IN SHARE ROW EXCLUSIVE MODE"))
     deleted = conn.execute(delete_q).rowcount
     columns = ["day", "key_id", "model", *_DAILY_SUMS]
     conn.execute(insert(d).from_select(columns, source))
@@ -443,7 +447,9 @@ class UsageStore:
             d = UsageDaily
             q = self._daily_query(groups, width, origin).where(d.day >= start, d.day < end)
             if key_ids is not None:
-                q = q.where(d.key_id.in_([0 if k is None else k for k in key_ids]))
+                # 0 stands for the static key (None) here: a real key id 0 names no key
+                ids = [0 if k is None else k for k in key_ids if k != 0]
+                q = q.where(d.key_id.in_(ids))
             if models is not None:
                 q = q.where(d.model.in_(list(models)))
         else:

@@ -407,7 +407,8 @@ class UpstreamBackend:
         meter.measured(tokens.prompt_evaluated, estimated=not tokens.reported)
         for i, choice in enumerate(data.get("choices", ())):
             if isinstance(choice, dict) and isinstance(choice.get("finish_reason"), str):
-                meter.choice_ended(i, choice["finish_reason"])
+                index = choice.get("index")
+                meter.choice_ended(index if type(index) is int else i, choice["finish_reason"])
         if call.check is not None:
             for choice in data["choices"]:
                 finish = choice.get("finish_reason") if isinstance(choice, dict) else None

@@ -217,7 +217,7 @@ def _usage_query(request: Request) -> UsageQuery:
         key_ids = []
         for ref in refs:
             number = key_id(ref)
-            if number is None:
+            if number is None or number < 1:  # key_0 would be the daily sums' static key
                 raise InvalidRequestError(
                     f"Invalid 'api_key_ids' value: {ref[:100]!r}; key ids look like key_12.",
                     param="api_key_ids",

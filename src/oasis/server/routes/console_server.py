@@ -26,6 +26,7 @@ from fastapi.responses import JSONResponse
 
 from oasis.backends.upstream.pool import Pool
 from oasis.models.registry import ModelSpec
+from oasis.server.routes.admin import NO_STORE
 from oasis.server.state import AppState
 from oasis.server.stats_window import Delta, Sample, Sampler
 
@@ -184,5 +185,6 @@ async def server_page(request: Request) -> JSONResponse:
             "uptime_s": round(sampler.uptime(), 3) if sampler is not None else 0.0,
             "window_s": _number(sampler.window_s) if sampler is not None else 0,
             "models": models,
-        }
+        },
+        headers=NO_STORE,
     )
