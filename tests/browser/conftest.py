@@ -25,7 +25,10 @@ DESKTOP = {"width": 1280, "height": 800}
 PHONE = {"width": 375, "height": 740}
 
 
-@pytest.fixture(scope="session")
+# Module scope, not session: Playwright's sync API keeps an asyncio loop running in this
+# thread while it is open, and every later test's asyncio.run() would fail ("cannot be called
+# from a running event loop"); closed after this directory's tests, it leaves none behind.
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     if not CHROMIUM.exists():
         why = f"no Chromium at {CHROMIUM} (apt-get install chromium, or set OASIS_CHROMIUM)"
