@@ -26,13 +26,11 @@ from oasis.gateway.report import MAX_TIME, Totals, UsageQuery, usage_report
 from oasis.gateway.usage import Ledger
 from oasis.store.db import database_url, make_engine, migrate
 from oasis.store.keys import KeyStore, parse_duration
-from oasis.store.usage import UsageBucket, UsageStore, day_of
+from oasis.store.usage import DAY, UsageBucket, UsageStore, day_of
 from oasis.store.usage import rebuild_daily as rebuild_usage_daily
 
 out = Console()
 err = Console(stderr=True)
-
-DAY = 86400
 
 
 def stdout_is_terminal() -> bool:

@@ -445,7 +445,7 @@ class UsageStore:
         q: Any
         if daily:
             d = UsageDaily
-            q = self._daily_query(groups, width, origin).where(d.day >= start, d.day < end)
+            q = self._bucket_query(groups, width, origin, daily).where(d.day >= start, d.day < end)
             if key_ids is not None:
                 # 0 stands for the static key (None) here: a real key id 0 names no key
                 ids = [0 if k is None else k for k in key_ids if k != 0]
@@ -454,7 +454,7 @@ class UsageStore:
                 q = q.where(d.model.in_(list(models)))
         else:
             r = UsageRecord
-            q = self._raw_query(groups, width, origin)
+            q = self._bucket_query(groups, width, origin, daily)
             q = q.where(r.created_at >= start, r.created_at < end)
             if key_ids is not None:
                 q = q.where(_key_filter(r.key_id, key_ids))
@@ -488,52 +488,30 @@ class UsageStore:
         return out
 
     @staticmethod
-    def _raw_query(groups: set[str], width: int, origin: int) -> Any:
-        r = UsageRecord
-        bucket = (origin + ((r.created_at - origin) // width) * width).label("bucket")
+    def _bucket_query(groups: set[str], width: int, origin: int, daily: bool) -> Any:
+        """Sums per time bucket (and key, model) from the records or, for whole days, from
+        their daily sums: the same columns either way (bucket, [key], [model], requests,
+        prompt, cached, completion, cost, errors, disconnected)."""
+        t: Any = UsageDaily if daily else UsageRecord
+        when = t.day if daily else t.created_at
+        bucket = (origin + ((when - origin) // width) * width).label("bucket")
         cols: list[Any] = [bucket]
         if "key" in groups:
-            cols.append(r.key_id)
+            cols.append(t.key_id)
         if "model" in groups:
-            cols.append(r.model)
-        return (
-            select(
-                *cols,
-                func.count().label("requests"),
-                func.sum(r.prompt_tokens),
-                func.sum(r.cached_tokens),
-                func.sum(r.completion_tokens),
-                func.sum(r.cost_usd),
-                func.sum(case((r.status >= 400, 1), else_=0)),
-                func.sum(case((r.disconnected, 1), else_=0)),
-            )
-            .group_by(*cols)
-            .order_by(*cols)
-        )
-
-    @staticmethod
-    def _daily_query(groups: set[str], width: int, origin: int) -> Any:
-        d = UsageDaily
-        bucket = (origin + ((d.day - origin) // width) * width).label("bucket")
-        cols: list[Any] = [bucket]
-        if "key" in groups:
-            cols.append(d.key_id)
-        if "model" in groups:
-            cols.append(d.model)
-        return (
-            select(
-                *cols,
-                func.sum(d.requests),
-                func.sum(d.prompt_tokens),
-                func.sum(d.cached_tokens),
-                func.sum(d.completion_tokens),
-                func.sum(d.cost_usd),
-                func.sum(d.errors),
-                func.sum(d.disconnected),
-            )
-            .group_by(*cols)
-            .order_by(*cols)
-        )
+            cols.append(t.model)
+        counts: list[Any]
+        if daily:
+            counts = [func.sum(t.requests), func.sum(t.errors), func.sum(t.disconnected)]
+        else:
+            counts = [
+                func.count(),
+                func.sum(case((t.status >= 400, 1), else_=0)),
+                func.sum(case((t.disconnected, 1), else_=0)),
+            ]
+        tokens = [func.sum(t.prompt_tokens), func.sum(t.cached_tokens)]
+        tokens += [func.sum(t.completion_tokens), func.sum(t.cost_usd)]
+        return select(*cols, counts[0], *tokens, *counts[1:]).group_by(*cols).order_by(*cols)
 
     def log(self, where: LogFilter, limit: int) -> LogPage:
         """Up to ``limit`` records, newest (highest id) first, with their keys' names.

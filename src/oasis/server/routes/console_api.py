@@ -46,6 +46,7 @@ from oasis.store.keys import MAX_KEY_ID, KeyInfo, key_id
 from oasis.store.usage import (
     DAY,
     ENDPOINT_CHARS,
+    MAX_ID,
     MODEL_CHARS,
     LogFilter,
     LogRow,
@@ -59,7 +60,6 @@ MAX_DAYS = 366
 DEFAULT_DAYS = 7
 MAX_LIMIT = 200
 DEFAULT_LIMIT = 50
-MAX_ID = 2**63 - 1
 STATIC = "static"  # the group and key filter naming records of the static --api-key
 KEY_REF_CHARS = 40
 
