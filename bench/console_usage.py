@@ -4,8 +4,8 @@ and on PostgreSQL (the issue's target: under 500 ms for the default view).
 Each database gets the real schema (the app migrates it), 20 keys and 1,000,000 records over
 the last 30 days (a busy key is asked for far more than a quiet one; ~4 models; chat, legacy
 completions, embeddings and Responses endpoints; ~2.5% errors and disconnects), inserted in
-bulk (SQLite executemany, PostgreSQL COPY), with the daily sums filled the way migration 0006
-fills them. PostgreSQL lives in a schema of the ``test`` database made for the run and dropped
+bulk (SQLite executemany, PostgreSQL COPY), then the daily sums computed from them by
+``rebuild_daily`` (what ``oasis usage rebuild-daily`` runs). PostgreSQL lives in a schema of the ``test`` database made for the run and dropped
 after it; SQLite in a temporary directory.
 
 The calls go through the real app (create_app on the fake engine, in-process through
@@ -50,6 +50,7 @@ from oasis.engine.fake import FakeEngine
 from oasis.models.registry import ModelRegistry, ModelSpec
 from oasis.server.app import create_app
 from oasis.store.keys import KeyStore
+from oasis.store.usage import rebuild_daily
 
 POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 STATIC = "bench-console-static-key"
@@ -81,17 +82,6 @@ COLUMNS = (
     "batch_id",
     "finish_reason",
 )
-ROLLUP = (
-    "INSERT INTO usage_daily (day, key_id, model, requests, errors, disconnected, "
-    "prompt_tokens, cached_tokens, completion_tokens, cost_usd) "
-    "SELECT (created_at / 86400) * 86400, COALESCE(key_id, 0), model, COUNT(*), "
-    "SUM(CASE WHEN status >= 400 THEN 1 ELSE 0 END), "
-    "SUM(CASE WHEN disconnected THEN 1 ELSE 0 END), "
-    "SUM(prompt_tokens), SUM(cached_tokens), SUM(completion_tokens), SUM(cost_usd) "
-    "FROM usage_records GROUP BY (created_at / 86400) * 86400, COALESCE(key_id, 0), model"
-)
-
-
 def records(n: int, key_ids: list[int], now: int, seed: int = 7) -> Iterator[tuple[Any, ...]]:
     """``n`` plausible usage records, oldest first, spread over the last ``DAYS`` days."""
     rnd = random.Random(seed)
@@ -169,8 +159,9 @@ def fill(engine: Engine, key_ids: list[int], n: int, now: int) -> float:
             ) as copy:
                 for row in records(n, key_ids, now):
                     copy.write_row(row)
-        cur.execute(ROLLUP)
         raw.commit()
+        with engine.begin() as conn:  # the daily sums, as `oasis usage rebuild-daily` makes them
+            rebuild_daily(conn)
         if engine.dialect.name == "postgresql":
             cur.execute("ANALYZE usage_records")
             cur.execute("ANALYZE usage_daily")
