@@ -5,7 +5,8 @@ Each database gets the real schema (the app migrates it), 20 keys and 1,000,000 
 the last 30 days (a busy key is asked for far more than a quiet one; ~4 models; chat, legacy
 completions, embeddings and Responses endpoints; ~2.5% errors and disconnects), inserted in
 bulk (SQLite executemany, PostgreSQL COPY), then the daily sums computed from them by
-``rebuild_daily`` (what ``oasis usage rebuild-daily`` runs). PostgreSQL lives in a schema of the ``test`` database made for the run and dropped
+``rebuild_daily`` (what ``oasis usage rebuild-daily`` runs). PostgreSQL lives in a schema of
+the ``test`` database made for the run and dropped
 after it; SQLite in a temporary directory.
 
 The calls go through the real app (create_app on the fake engine, in-process through
@@ -82,6 +83,8 @@ COLUMNS = (
     "batch_id",
     "finish_reason",
 )
+
+
 def records(n: int, key_ids: list[int], now: int, seed: int = 7) -> Iterator[tuple[Any, ...]]:
     """``n`` plausible usage records, oldest first, spread over the last ``DAYS`` days."""
     rnd = random.Random(seed)
