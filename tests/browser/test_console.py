@@ -181,6 +181,9 @@ def test_key_created_used_seen_in_usage_and_revoked(console: Console, live: Live
     assert page.locator("#secret h2").inner_text().startswith(f"New key “{name}”")
     console.shot("keys", full_page=True)
     page.click("#copy-secret")  # the clipboard, or the secret selected for Ctrl+C
+    # the click's handler awaits the clipboard: wait for its answer on the button
+    page.wait_for_function(
+        "() => document.querySelector('#copy-secret').textContent !== 'Copy'")
     copied = page.inner_text("#copy-secret")
     assert copied == "Copied" or page.evaluate("getSelection().toString().trim()") == secret
 
