@@ -52,8 +52,9 @@ async function failure(response) {
  * A JSON call. Options: method, body (sent as JSON), signal, key (this key instead of the
  * session's; null for none), quiet401 (do not sign out on a 401: the sign-in form's own check).
  */
-export async function api(path, options = {}) {
-  const { method = "GET", body, signal, key, quiet401 = false } = options;
+/** fetch with the key, no cookies and no cache; an error answer becomes ApiError (a 401
+ * also signs out, unless quiet401). */
+async function send(path, { method = "GET", body, signal, key, quiet401 = false } = {}) {
   let response;
   try {
     response = await fetch(path, {
@@ -73,6 +74,11 @@ export async function api(path, options = {}) {
     if (response.status === 401 && !quiet401) onUnauthorized(err.message);
     throw err;
   }
+  return response;
+}
+
+export async function api(path, options = {}) {
+  const response = await send(path, options);
   return response.status === 204 ? null : response.json();
 }
 
@@ -92,25 +98,7 @@ export function query(params) {
  * or an error event.
  */
 export async function streamChat(body, { signal, onChunks }) {
-  let response;
-  try {
-    response = await fetch("/v1/chat/completions", {
-      method: "POST",
-      headers: headers(undefined, true),
-      body: JSON.stringify(body),
-      signal,
-      cache: "no-store",
-      credentials: "omit",
-    });
-  } catch (e) {
-    if (e.name === "AbortError") throw e;
-    throw new ApiError(0, `The server could not be reached (${e.message}).`, null);
-  }
-  if (!response.ok) {
-    const err = await failure(response);
-    if (response.status === 401) onUnauthorized(err.message);
-    throw err;
-  }
+  const response = await send("/v1/chat/completions", { method: "POST", body, signal });
   const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
   let buffer = "";
   let searched = 0; // buffer[0, searched) holds no event's end

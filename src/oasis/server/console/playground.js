@@ -166,18 +166,24 @@ export function mount(root, { me }) {
     return out;
   }
 
+  /** The settings' options, or null with the problem shown (a schema or tools that are not
+   * JSON, say). */
+  function checkedOptions() {
+    try {
+      return options();
+    } catch (e) {
+      problem.append(errorBox(e.message));
+      return null;
+    }
+  }
+
   async function submit() {
     await modelsLoaded; // a question sent right away waits for the model list
     clear(problem);
     const text = prompt.value.trim();
     if (!text || controller.current) return;
-    let opts;
-    try {
-      opts = options();
-    } catch (e) {
-      problem.append(errorBox(e.message));
-      return;
-    }
+    const opts = checkedOptions();
+    if (!opts) return;
     const model = modelSelect.value;
     if (!model) {
       problem.append(errorBox("No model to talk to."));
@@ -301,13 +307,8 @@ export function mount(root, { me }) {
       return;
     }
     clear(problem);
-    let opts;
-    try {
-      opts = options();
-    } catch (e) {
-      problem.append(errorBox(e.message));
-      return;
-    }
+    const opts = checkedOptions();
+    if (!opts) return;
     const request = {
       model: modelSelect.value || "MODEL",
       messages: requestMessages(prompt.value.trim() || "Hello!"),
