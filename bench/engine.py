@@ -1,12 +1,20 @@
 """Engine benchmark: oasis vs llama-server vs llama-cpp-python's server, same run, same GGUF.
 
-N concurrent streaming chat clients with fixed prompts and max_tokens (end tokens banned, so
-every answer has exactly max_tokens tokens) against each server in turn, started with the same
-slot count, context and threads. Reports aggregate output tokens/s, time to first token and
-inter-token latency (p50/p99), each also as a ratio to llama-server; saves
-bench/results/<date>-engine.json and a PNG chart and rewrites the README's table.
+N concurrent streaming chat clients against each server in turn, each server started once with
+the same slot count, context and threads and run through the workloads one after the other:
 
-    python bench/engine.py [--concurrency 1,4,8,16] [--max-tokens 128]
+- fixed: llama-server's sampler stated on every request and the end tokens banned, so every
+  answer has exactly --max-tokens tokens;
+- openai: what an OpenAI client sends by default (a temperature and a seed, nothing else), so
+  answers end at the model's end token, at most --openai-max-tokens.
+
+Reports aggregate output tokens/s, time to first token and inter-token latency (p50/p99), each
+also as a ratio to llama-server in the same workload, and for the fixed workload tokens/s over
+llama.cpp's llama-batched-bench generation speed at the same parallelism (the engine alone,
+without HTTP: bench/batched_bench.py). Saves bench/results/<date>-engine.json and a PNG chart
+and rewrites the README's tables.
+
+    python -m bench.engine [--workload fixed,openai] [--concurrency 1,4,8,16,32]
 """
 
 from __future__ import annotations
@@ -21,7 +29,7 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,26 +38,78 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from bench import batched_bench
 from bench.llama_server import build as build_llama_server
 from oasis.models.registry import bundled_model_path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
+CACHE = ROOT / "bench" / ".cache"
 console = Console()
 
 PROMPTS = [
-    "Explain how a bicycle works.", "Write a short story about a lighthouse keeper.",
-    "What are the benefits of drinking water?", "Describe the water cycle.",
-    "How do airplanes stay in the air?", "Give me tips for learning a new language.",
-    "What is photosynthesis?", "Describe a busy market in the morning.",
-    "Why is the sky blue?", "How does a computer store information?",
-    "Write a letter to a friend about your holiday.", "What makes a good teacher?",
-    "Explain the rules of chess briefly.", "Describe the life of a honeybee.",
-    "How do volcanoes form?", "What should I pack for a camping trip?",
+    "Explain how a bicycle works.",
+    "Write a short story about a lighthouse keeper.",
+    "What are the benefits of drinking water?",
+    "Describe the water cycle.",
+    "How do airplanes stay in the air?",
+    "Give me tips for learning a new language.",
+    "What is photosynthesis?",
+    "Describe a busy market in the morning.",
+    "Why is the sky blue?",
+    "How does a computer store information?",
+    "Write a letter to a friend about your holiday.",
+    "What makes a good teacher?",
+    "Explain the rules of chess briefly.",
+    "Describe the life of a honeybee.",
+    "How do volcanoes form?",
+    "What should I pack for a camping trip?",
 ]
 NO_END = {"0": -100, "2": -100}  # <|endoftext|>, <|im_end|>: fixed-length answers
 # The same sampler chain on every server (llama-server's defaults, stated explicitly).
 SAMPLING = {"temperature": 0.8, "top_k": 40, "top_p": 0.95, "min_p": 0.05, "seed": 1}
+# What an OpenAI client sends: no top_k, top_p, min_p or logit_bias, so each server's defaults.
+OPENAI = {"temperature": 0.8, "seed": 1}
+# Servers whose streams carry no usage chunk even with stream_options.include_usage:
+# llama-cpp-python rebuilds the chat stream from completion chunks without it
+# (llama_chat_format._convert_text_completion_chunks_to_chat). Their tokens are counted one per
+# content chunk (it streams about one token per chunk).
+NO_STREAM_USAGE = {"llama-cpp-python"}
+SERVER_NAMES = ["oasis", "llama-server", "llama-cpp-python"]
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    max_tokens: int
+    prompts: tuple[str, ...]
+    body: dict[str, Any]  # the request's fields besides model, messages, max_tokens, stream
+    exact: bool  # every answer must have exactly max_tokens tokens
+    about: str  # one line for the README
+
+
+def make_workloads(max_tokens: int, openai_max_tokens: int) -> dict[str, Workload]:
+    fixed = Workload(
+        name="fixed",
+        max_tokens=max_tokens,
+        prompts=tuple(PROMPTS),
+        body={"logit_bias": NO_END, **SAMPLING},
+        exact=True,
+        about="llama-server's sampler stated on every request (temperature 0.8, top_k 40, "
+        "top_p 0.95, min_p 0.05, seed 1) and the end tokens banned: every answer is exactly "
+        f"{max_tokens} tokens; {len(PROMPTS)} prompts.",
+    )
+    openai = Workload(
+        name="openai",
+        max_tokens=openai_max_tokens,
+        prompts=tuple(PROMPTS[:8]),
+        body=OPENAI,
+        exact=False,
+        about="an OpenAI client's request: temperature 0.8 and seed 1 only (no top_k, top_p, "
+        "min_p or logit_bias: each server's own defaults); answers end at the model's end "
+        f"token, at most {openai_max_tokens} tokens; 8 prompts.",
+    )
+    return {fixed.name: fixed, openai.name: openai}
 
 
 @dataclass
@@ -63,12 +123,14 @@ class RequestResult:
 
 @dataclass
 class LevelResult:
+    workload: str
     server: str
     concurrency: int
     requests: int
     failed: int
     wall_s: float
     output_tokens: int
+    tokens_per_answer: float
     tokens_per_s: float
     ttft_p50_ms: float
     ttft_p99_ms: float
@@ -102,8 +164,13 @@ class Server:
 
     def start(self, log: Path) -> None:
         with open(log, "ab") as out:  # the child keeps its own copy of the descriptor
-            self.proc = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT,
-                                         env={**os.environ, **self.env}, cwd=ROOT)
+            self.proc = subprocess.Popen(
+                self.argv,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, **self.env},
+                cwd=ROOT,
+            )
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -127,32 +194,44 @@ class Server:
 
 
 def servers(model: Path, slots: int, ctx: int, threads: int, lcpp_ctx: int) -> list[Server]:
-    llama_server = build_llama_server(RESULTS.parent / ".cache" / "build.log")
+    llama_server = build_llama_server(CACHE / "build.log")
     p1, p2, p3 = free_port(), free_port(), free_port()
     bin_dir = Path(sys.executable).parent
+    batch = batched_bench.BATCH  # the same batch size for the engine limit
+    llama_server_args = (
+        f"--host 127.0.0.1 --port {p1} -np {slots} -c {ctx} -t {threads} -tb {threads} "
+        f"-b {batch} -ub {batch} --no-webui"
+    )
+    oasis_args = (
+        f"serve --port {p2} --parallel {slots} --ctx-size {ctx} --threads {threads} "
+        "--alias bench --no-auth --log-level warning"
+    )
+    lcpp_args = (
+        f"--host 127.0.0.1 --port {p3} --n_ctx {lcpp_ctx} --n_threads {threads} "
+        f"--n_threads_batch {threads} --n_batch {batch} --model_alias bench "
+        "--interrupt_requests False"
+    )
+    lcpp = [sys.executable, "-m", "llama_cpp.server", "--model", str(model)]
     return [
-        Server("llama-server", [str(llama_server), "-m", str(model), "--host", "127.0.0.1",
-                                "--port", str(p1), "-np", str(slots), "-c", str(ctx),
-                                "-t", str(threads), "-tb", str(threads), "-b", "512",
-                                "-ub", "512", "--no-webui"], p1),
-        Server("oasis", [str(bin_dir / "oasis"), "serve", "--port", str(p2),
-                         "--parallel", str(slots), "--ctx-size", str(ctx),
-                         "--threads", str(threads), "--alias", "bench", "--no-auth",
-                         "--log-level", "warning"], p2),
-        Server("llama-cpp-python", [sys.executable, "-m", "llama_cpp.server", "--model",
-                                    str(model), "--host", "127.0.0.1", "--port", str(p3),
-                                    "--n_ctx", str(lcpp_ctx), "--n_threads", str(threads),
-                                    "--n_threads_batch", str(threads), "--n_batch", "512",
-                                    "--model_alias", "bench", "--interrupt_requests", "False"],
-               p3),
+        Server(
+            "llama-server", [str(llama_server), "-m", str(model), *llama_server_args.split()], p1
+        ),
+        Server("oasis", [str(bin_dir / "oasis"), *oasis_args.split()], p2),
+        Server("llama-cpp-python", [*lcpp, *lcpp_args.split()], p3),
     ]
 
 
-async def one_request(http: httpx.AsyncClient, url: str, prompt: str,
-                      max_tokens: int) -> RequestResult:
-    body = {"model": "bench", "messages": [{"role": "user", "content": prompt}],
-            "max_tokens": max_tokens, "stream": True, "stream_options": {"include_usage": True},
-            "logit_bias": NO_END, **SAMPLING}
+async def one_request(
+    http: httpx.AsyncClient, url: str, prompt: str, workload: Workload, usage_required: bool
+) -> RequestResult:
+    body = {
+        "model": "bench",
+        "messages": [{"role": "user", "content": prompt}],
+        "max_tokens": workload.max_tokens,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        **workload.body,
+    }
     t0 = time.perf_counter()
     first = None
     last = t0
@@ -182,31 +261,46 @@ async def one_request(http: httpx.AsyncClient, url: str, prompt: str,
                 tokens += 1
     except httpx.HTTPError as exc:
         return RequestResult(0, [], tokens, False, f"{type(exc).__name__}: {exc}")
+    end = time.perf_counter()
     # Token count from usage where the server sends it (a chunk may carry more than one
     # token, or none while a multi-byte character is incomplete), else one per chunk.
     n = usage_tokens if usage_tokens is not None else tokens
-    if n != max_tokens:
-        return RequestResult(0, [], n, False, f"{n} tokens instead of {max_tokens}")
-    return RequestResult((first or last) - t0, itls, n, first is not None)
+    if workload.exact:
+        if n != workload.max_tokens:
+            return RequestResult(0, [], n, False, f"{n} tokens instead of {workload.max_tokens}")
+        if first is None:
+            return RequestResult(0, [], n, False, "no content")
+    elif usage_required and usage_tokens is None:
+        return RequestResult(0, [], n, False, "no usage chunk")
+    # An answer that ends at once (no content) has its first token when the stream ends.
+    return RequestResult((first or end) - t0, itls, n, True)
 
 
-async def run_level(server: Server, concurrency: int, n_requests: int, max_tokens: int,
-                    progress: Progress, task: Any) -> LevelResult:
+async def run_level(
+    server: Server,
+    workload: Workload,
+    concurrency: int,
+    n_requests: int,
+    progress: Progress,
+    task: Any,
+) -> LevelResult:
     url = f"http://127.0.0.1:{server.port}/v1/chat/completions"
+    usage_required = server.name not in NO_STREAM_USAGE
     queue: asyncio.Queue[str] = asyncio.Queue()
     for i in range(n_requests):
-        queue.put_nowait(PROMPTS[i % len(PROMPTS)])
+        queue.put_nowait(workload.prompts[i % len(workload.prompts)])
     results: list[RequestResult] = []
     limits = httpx.Limits(max_connections=concurrency + 4)
 
     async with httpx.AsyncClient(timeout=600, limits=limits) as http:
+
         async def worker() -> None:
             while True:
                 try:
                     prompt = queue.get_nowait()
                 except asyncio.QueueEmpty:
                     return
-                results.append(await one_request(http, url, prompt, max_tokens))
+                results.append(await one_request(http, url, prompt, workload, usage_required))
                 progress.advance(task)
 
         t0 = time.perf_counter()
@@ -214,80 +308,149 @@ async def run_level(server: Server, concurrency: int, n_requests: int, max_token
         wall = time.perf_counter() - t0
     ok = [r for r in results if r.ok]
     for err in sorted({r.error for r in results if not r.ok}):
-        console.print(f"[yellow]{server.name} x{concurrency}: failed: {err}[/yellow]")
+        console.print(
+            f"[yellow]{server.name} {workload.name} x{concurrency}: failed: {err}[/yellow]"
+        )
     itls = [x for r in ok for x in r.itls]
     tokens = sum(r.tokens for r in ok)
     return LevelResult(
-        server=server.name, concurrency=concurrency, requests=len(results),
-        failed=len(results) - len(ok), wall_s=round(wall, 3), output_tokens=tokens,
+        workload=workload.name,
+        server=server.name,
+        concurrency=concurrency,
+        requests=len(results),
+        failed=len(results) - len(ok),
+        wall_s=round(wall, 3),
+        output_tokens=tokens,
+        tokens_per_answer=round(tokens / len(ok), 1) if ok else 0.0,
         tokens_per_s=round(tokens / wall, 2),
         ttft_p50_ms=round(pct([r.ttft for r in ok], 50) * 1000, 1),
         ttft_p99_ms=round(pct([r.ttft for r in ok], 99) * 1000, 1),
-        itl_p50_ms=round(pct(itls, 50) * 1000, 2), itl_p99_ms=round(pct(itls, 99) * 1000, 2),
+        itl_p50_ms=round(pct(itls, 50) * 1000, 2),
+        itl_p99_ms=round(pct(itls, 99) * 1000, 2),
     )
 
 
-def add_ratios(levels: list[LevelResult]) -> None:
-    ref = {lv.concurrency: lv for lv in levels if lv.server == "llama-server"}
+def ratio(a: float, b: float) -> float:
+    return round(a / b, 3) if b else float("nan")
+
+
+def add_ratios(levels: list[LevelResult], limits: dict[str, dict[int, float]]) -> None:
+    """Ratios to llama-server in the same workload and concurrency, and to the engine limit."""
+    ref = {(lv.workload, lv.concurrency): lv for lv in levels if lv.server == "llama-server"}
     for lv in levels:
-        base = ref.get(lv.concurrency)
-        if base is None:
-            continue
-        lv.ratios = {
-            "tokens_per_s": round(lv.tokens_per_s / base.tokens_per_s, 3),
-            "ttft_p50": round(lv.ttft_p50_ms / base.ttft_p50_ms, 3),
-            "ttft_p99": round(lv.ttft_p99_ms / base.ttft_p99_ms, 3),
-            "itl_p50": round(lv.itl_p50_ms / base.itl_p50_ms, 3),
-            "itl_p99": round(lv.itl_p99_ms / base.itl_p99_ms, 3),
-        }
+        base = ref.get((lv.workload, lv.concurrency))
+        if base is not None:
+            lv.ratios = {
+                "tokens_per_s": ratio(lv.tokens_per_s, base.tokens_per_s),
+                "ttft_p50": ratio(lv.ttft_p50_ms, base.ttft_p50_ms),
+                "ttft_p99": ratio(lv.ttft_p99_ms, base.ttft_p99_ms),
+                "itl_p50": ratio(lv.itl_p50_ms, base.itl_p50_ms),
+                "itl_p99": ratio(lv.itl_p99_ms, base.itl_p99_ms),
+            }
+        limit = limits.get(lv.workload, {}).get(lv.concurrency)
+        if limit:
+            lv.ratios["limit"] = ratio(lv.tokens_per_s, limit)
 
 
-def markdown(levels: list[LevelResult], meta: dict[str, Any]) -> str:
-    lines = [
-        f"Run {meta['date']} on {meta['machine']}: {meta['model']}, {meta['slots']} slots, "
-        f"{meta['threads']} threads, {meta['max_tokens']} tokens per answer. "
-        "Ratios are to llama-server in the same run (tokens/s: higher is better; "
-        "latencies: lower is better).",
-        "",
-        "| concurrency | server | tokens/s | x llama-server | TTFT p50 / p99 ms | "
-        "ITL p50 / p99 ms | x llama-server (TTFT p99) |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
-    ]
+def num(value: float | None, spec: str) -> str:
+    """``value`` formatted with ``spec``, or "-" where there is none."""
+    return "-" if value is None or value != value else format(value, spec)
+
+
+def workload_table(
+    levels: list[LevelResult], limit: dict[int, float] | None, lengths: bool
+) -> list[str]:
+    """One workload's markdown table; ``x limit`` if there is a limit, tokens per answer if
+    ``lengths`` (answers of varying length)."""
+    cols = ["concurrency", "server", "tokens/s", "x llama-server"]
+    cols += (["x limit"] if limit else []) + (["tokens/answer"] if lengths else [])
+    cols += ["TTFT p50 / p99 ms", "ITL p50 / p99 ms", "x llama-server (TTFT p99)"]
+    lines = ["| " + " | ".join(cols) + " |", "|" + " --- |" * len(cols)]
     for lv in sorted(levels, key=lambda x: (x.concurrency, x.server != "oasis", x.server)):
         r = lv.ratios
-        lines.append(
-            f"| {lv.concurrency} | {lv.server} | {lv.tokens_per_s:.1f} | "
-            f"{r.get('tokens_per_s', float('nan')):.2f} | {lv.ttft_p50_ms:.0f} / "
-            f"{lv.ttft_p99_ms:.0f} | {lv.itl_p50_ms:.1f} / {lv.itl_p99_ms:.1f} | "
-            f"{r.get('ttft_p99', float('nan')):.2f} |"
-        )
+        cells = [
+            str(lv.concurrency),
+            lv.server,
+            f"{lv.tokens_per_s:.1f}",
+            num(r.get("tokens_per_s"), ".2f"),
+        ]
+        cells += [num(r.get("limit"), ".2f")] if limit else []
+        cells += [f"{lv.tokens_per_answer:.0f}"] if lengths else []
+        cells += [
+            f"{num(lv.ttft_p50_ms, '.0f')} / {num(lv.ttft_p99_ms, '.0f')}",
+            f"{num(lv.itl_p50_ms, '.1f')} / {num(lv.itl_p99_ms, '.1f')}",
+            num(r.get("ttft_p99"), ".2f"),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def markdown(
+    levels: list[LevelResult],
+    meta: dict[str, Any],
+    workloads: list[Workload],
+    limits: dict[str, dict[int, float]],
+) -> str:
+    lines = [
+        f"Run {meta['date']} on {meta['machine']}: {meta['model']}, {meta['slots']} slots, "
+        f"{meta['threads']} threads, each server started once for all workloads. Ratios are "
+        "to llama-server in the same workload (tokens/s: higher is better; latencies: lower "
+        "is better).",
+    ]
+    bb = meta.get("batched_bench") or {}
+    for wl in workloads:
+        limit = limits.get(wl.name)
+        about = f"**{wl.name}**: {wl.about}"
+        if limit:
+            speeds = ", ".join(f"{c}: {v:.0f}" for c, v in sorted(limit.items()))
+            about += (
+                " `x limit`: tokens/s over llama-batched-bench's generation speed at the same "
+                "parallelism (S_TG: the same llama.cpp with the same flags, without HTTP, "
+                f"scheduling or sampling; {bb.get('npp')} prompt and {bb.get('ntg')} generated "
+                f"tokens per sequence): {speeds} tokens/s."
+            )
+        sub = [lv for lv in levels if lv.workload == wl.name]
+        lines += ["", about, "", *workload_table(sub, limit, lengths=not wl.exact)]
     return "\n".join(lines)
 
 
-def chart(levels: list[LevelResult], path: Path) -> None:
+def chart(
+    levels: list[LevelResult],
+    workloads: list[Workload],
+    limits: dict[str, dict[int, float]],
+    path: Path,
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = ["oasis", "llama-server", "llama-cpp-python"]
-    conc = sorted({lv.concurrency for lv in levels})
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+    names = [n for n in SERVER_NAMES if any(lv.server == n for lv in levels)]
     width = 0.8 / len(names)
-    for ax, attr, title in (
-        (axes[0], "tokens_per_s", "output tokens/s (higher is better)"),
-        (axes[1], "ttft_p99_ms", "time to first token p99, ms (lower is better)"),
-        (axes[2], "itl_p50_ms", "inter-token latency p50, ms (lower is better)"),
-    ):
-        for i, name in enumerate(names):
-            vals = [next((getattr(lv, attr) for lv in levels
-                          if lv.server == name and lv.concurrency == c), 0) for c in conc]
-            ax.bar([x + i * width for x in range(len(conc))], vals, width, label=name)
-        ax.set_xticks([x + width for x in range(len(conc))], [str(c) for c in conc])
-        ax.set_xlabel("concurrent streams")
-        ax.set_title(title, fontsize=10)
-        ax.set_yscale("log" if attr == "ttft_p99_ms" else "linear")
-    axes[0].legend()
+    fig, axes = plt.subplots(len(workloads), 3, figsize=(15, 4.5 * len(workloads)), squeeze=False)
+    for row, wl in zip(axes, workloads, strict=True):
+        sub = [lv for lv in levels if lv.workload == wl.name]
+        conc = sorted({lv.concurrency for lv in sub})
+        by = {(lv.server, lv.concurrency): lv for lv in sub}
+        centers = [x + width * (len(names) - 1) / 2 for x in range(len(conc))]
+        for ax, attr, title in (
+            (row[0], "tokens_per_s", "output tokens/s (higher is better)"),
+            (row[1], "ttft_p99_ms", "time to first token p99, ms (lower is better)"),
+            (row[2], "itl_p50_ms", "inter-token latency p50, ms (lower is better)"),
+        ):
+            for i, name in enumerate(names):
+                vals = [getattr(by[name, c], attr) if (name, c) in by else 0 for c in conc]
+                ax.bar([x + i * width for x in range(len(conc))], vals, width, label=name)
+            ax.set_xticks(centers, [str(c) for c in conc])
+            ax.set_xlabel("concurrent streams")
+            ax.set_title(f"{wl.name}: {title}", fontsize=10)
+            ax.set_yscale("log" if attr == "ttft_p99_ms" else "linear")
+        limit = limits.get(wl.name, {})
+        xs = [x for x, c in zip(centers, conc, strict=True) if c in limit]
+        if xs:
+            ys = [limit[c] for c in conc if c in limit]
+            row[0].plot(xs, ys, "k--o", label="llama-batched-bench (engine limit)")
+        row[0].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
@@ -308,65 +471,143 @@ def update_readme(table: str, png: Path) -> None:
     replace_readme_block("engine", f"{table}\n\n![engine benchmark]({png.relative_to(ROOT)})")
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--concurrency", default="1,4,8,16")
-    ap.add_argument("--max-tokens", type=int, default=128)
+    ap.add_argument(
+        "--workload", default="fixed,openai", help="run in this order (default: %(default)s)"
+    )
+    ap.add_argument("--concurrency", default="1,4,8,16,32", help="slots = the largest")
+    ap.add_argument("--max-tokens", type=int, default=128, help="answer length (fixed)")
+    ap.add_argument("--openai-max-tokens", type=int, default=96, help="max_tokens (openai)")
     ap.add_argument("--requests-per-stream", type=int, default=2)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--servers", default="llama-server,oasis,llama-cpp-python")
+    ap.add_argument("--no-limit", action="store_true", help="skip llama-batched-bench")
     ap.add_argument("--no-readme", action="store_true")
     args = ap.parse_args()
-    levels_c = [int(c) for c in args.concurrency.split(",")]
-    slots = max(levels_c)
-    ctx = slots * 1024
-    model = bundled_model_path()
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    log = RESULTS.parent / ".cache" / "servers.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with console.status("building llama-server (first run only: several minutes)"):
-        all_servers = servers(model, slots, ctx, args.threads, 2048)
-    chosen = [s for s in all_servers if s.name in args.servers.split(",")]
+    known = make_workloads(args.max_tokens, args.openai_max_tokens)
+    if unknown := [n for n in args.workload.split(",") if n not in known]:
+        ap.error(f"unknown workload {', '.join(unknown)} (known: {', '.join(known)})")
+    args.workloads = [known[n] for n in args.workload.split(",")]
+    args.levels = [int(c) for c in args.concurrency.split(",")]
+    return args
+
+
+def run_servers(
+    chosen: list[Server], workloads: list[Workload], levels_c: list[int], per_stream: int
+) -> list[LevelResult]:
+    """Each server started once, warmed up, then every workload at every concurrency."""
+    log = CACHE / "servers.log"
+    n_requests = {c: max(c * per_stream, 8) for c in levels_c}
+    total = sum(n_requests[c] for c in levels_c) * len(workloads) * len(chosen)
+    warm_up = replace(workloads[0], max_tokens=8)
     levels: list[LevelResult] = []
-    total = sum(max(c * args.requests_per_stream, 8) for c in levels_c) * len(chosen)
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), console=console) as progress:
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
+    with Progress(*columns, TimeElapsedColumn(), console=console) as progress:
         task = progress.add_task("requests", total=total)
+        hidden = progress.add_task("warm-up", total=2 * len(chosen), visible=False)
         for server in chosen:
             progress.update(task, description=f"{server.name}: starting")
             server.start(log)
             try:
-                asyncio.run(run_level(server, 2, 2, 8, progress, progress.add_task(
-                    "warm-up", total=2, visible=False)))
-                for c in levels_c:
-                    progress.update(task, description=f"{server.name} x{c}")
-                    n = max(c * args.requests_per_stream, 8)
-                    levels.append(asyncio.run(
-                        run_level(server, c, n, args.max_tokens, progress, task)))
+                asyncio.run(run_level(server, warm_up, 2, 2, progress, hidden))
+                for wl in workloads:
+                    for c in levels_c:
+                        progress.update(task, description=f"{server.name} {wl.name} x{c}")
+                        level = run_level(server, wl, c, n_requests[c], progress, task)
+                        levels.append(asyncio.run(level))
             finally:
                 server.stop()
-    add_ratios(levels)
-    date = dt.date.today().isoformat()
-    meta = {"date": date, "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-            "model": model.name, "slots": slots, "ctx": ctx, "threads": args.threads,
-            "max_tokens": args.max_tokens, "python": platform.python_version()}
-    out = RESULTS / f"{date}-engine.json"
-    out.write_text(json.dumps({"meta": meta, "levels": [asdict(lv) for lv in levels]},
-                              indent=1))
-    png = RESULTS / f"{date}-engine.png"
-    chart(levels, png)
-    table = markdown(levels, meta)
+    return levels
+
+
+def rich_table(levels: list[LevelResult]) -> Table:
     t = Table(title="engine benchmark")
-    for col in ("c", "server", "tok/s", "x ls", "TTFT p50", "TTFT p99", "ITL p50", "ITL p99"):
+    for col in ("workload", "c", "server", "tok/s", "x ls", "x limit"):
+        t.add_column(col)
+    for col in ("TTFT p50", "TTFT p99", "ITL p50", "ITL p99"):
         t.add_column(col)
     for lv in levels:
-        t.add_row(str(lv.concurrency), lv.server, f"{lv.tokens_per_s:.1f}",
-                  f"{lv.ratios.get('tokens_per_s', float('nan')):.2f}", f"{lv.ttft_p50_ms:.0f}",
-                  f"{lv.ttft_p99_ms:.0f}", f"{lv.itl_p50_ms:.1f}", f"{lv.itl_p99_ms:.1f}")
-    console.print(t)
+        r = lv.ratios
+        t.add_row(
+            lv.workload,
+            str(lv.concurrency),
+            lv.server,
+            f"{lv.tokens_per_s:.1f}",
+            num(r.get("tokens_per_s"), ".2f"),
+            num(r.get("limit"), ".2f"),
+            num(lv.ttft_p50_ms, ".0f"),
+            num(lv.ttft_p99_ms, ".0f"),
+            num(lv.itl_p50_ms, ".1f"),
+            num(lv.itl_p99_ms, ".1f"),
+        )
+    return t
+
+
+def engine_limit(
+    model: Path, threads: int, ctx: int, workload: Workload, levels_c: list[int]
+) -> tuple[dict[int, float], dict[str, Any]]:
+    """llama-batched-bench's generation speed at each concurrency, and its parameters."""
+    npp, ntg, npl = batched_bench.PROMPT_TOKENS, workload.max_tokens, sorted(set(levels_c))
+    log = CACHE / "batched-bench.log"
+    limit = batched_bench.run(model, threads, ctx, npp, ntg, npl, log=log)
+    args = batched_bench.flags(threads, ctx, npp, ntg, npl)
+    return limit, {"workload": workload.name, "npp": npp, "ntg": ntg, "npl": npl, "args": args}
+
+
+def main() -> None:
+    args = parse_args()
+    workloads: list[Workload] = args.workloads
+    slots = max(args.levels)
+    ctx = slots * 1024
+    model = bundled_model_path()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    CACHE.mkdir(parents=True, exist_ok=True)
+    # The engine limit: llama-batched-bench at the fixed workload's lengths.
+    fixed = next((wl for wl in workloads if wl.name == "fixed" and not args.no_limit), None)
+    with console.status("building llama.cpp's tools (first run only: several minutes)"):
+        all_servers = servers(model, slots, ctx, args.threads, 2048)
+        if fixed:
+            build_llama_server(CACHE / "build.log", target=batched_bench.TARGET)
+    limits: dict[str, dict[int, float]] = {}
+    bb_meta = None
+    if fixed:
+        # Before any server starts, so that nothing else runs on the cores.
+        with console.status(f"{batched_bench.TARGET}: the engine limit without HTTP"):
+            limits[fixed.name], bb_meta = engine_limit(model, args.threads, ctx, fixed, args.levels)
+    chosen = [s for s in all_servers if s.name in args.servers.split(",")]
+    levels = run_servers(chosen, workloads, args.levels, args.requests_per_stream)
+    add_ratios(levels, limits)
+    date = dt.date.today().isoformat()
+    meta = {
+        "date": date,
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "model": model.name,
+        "slots": slots,
+        "ctx": ctx,
+        "threads": args.threads,
+        "requests_per_stream": args.requests_per_stream,
+        "workloads": {
+            wl.name: {
+                "max_tokens": wl.max_tokens,
+                "prompts": len(wl.prompts),
+                "exact_length": wl.exact,
+                "body": wl.body,
+            }
+            for wl in workloads
+        },
+        "batched_bench": bb_meta,
+        "python": platform.python_version(),
+    }
+    out = RESULTS / f"{date}-engine.json"
+    results = {"meta": meta, "levels": [asdict(lv) for lv in levels], "limit": limits}
+    out.write_text(json.dumps(results, indent=1))
+    png = RESULTS / f"{date}-engine.png"
+    chart(levels, workloads, limits, png)
+    console.print(rich_table(levels))
     console.print(f"saved {out.relative_to(ROOT)} and {png.relative_to(ROOT)}")
     if not args.no_readme:
-        update_readme(table, png)
+        update_readme(markdown(levels, meta, workloads, limits), png)
 
 
 if __name__ == "__main__":
