@@ -45,6 +45,8 @@ class GenerationRequest:
     # always left to them, and a background sequence's decode waits while an interactive
     # prompt is being read, so batches fill idle capacity without slowing live traffic.
     background: bool = False
+    # Prompt-lookup drafts (speculative decoding): None leaves it to the server's default.
+    prompt_lookup: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -113,6 +115,8 @@ class EngineStats:
     kv_used_cells: int = 0
     kv_total_cells: int = 0
     restarts_total: int = 0  # times the engine loop failed and was restarted
+    draft_tokens_total: int = 0  # speculative tokens decoded (jump-forward, prompt lookup)
+    draft_accepted_total: int = 0  # of those, kept: what sampling would have produced
 
 
 @dataclass(frozen=True)

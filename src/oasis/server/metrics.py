@@ -68,6 +68,14 @@ class EngineCollector(Collector):
                 "oasis_engine_restarts",
                 "Times the engine loop failed, failed its requests and restarted.",
             ),
+            "draft_tokens_total": (
+                "oasis_draft_tokens",
+                "Speculative tokens decoded (jump-forward from grammars, prompt lookup).",
+            ),
+            "draft_accepted_total": (
+                "oasis_draft_tokens_accepted",
+                "Speculative tokens kept: equal to what sampling produced at their position.",
+            ),
         }
         stats = {
             model: self.loader.stats(model)

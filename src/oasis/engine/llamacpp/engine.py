@@ -37,16 +37,11 @@ from oasis.engine.base import (
     TokenEvent,
     TokenLogprob,
 )
+from oasis.engine.llamacpp.grammar import ConstrainedSampler, GrammarCache, Probes
 from oasis.engine.llamacpp.model import LoadedModel
-from oasis.engine.llamacpp.sampling import (
-    ConstrainedSampler,
-    GrammarCache,
-    build_sampler,
-    free_sampler,
-    logits_row,
-    token_logprob,
-)
+from oasis.engine.llamacpp.sampling import build_sampler, logits_row, token_logprob
 from oasis.engine.llamacpp.slots import Seq, Slot, common_prefix
+from oasis.engine.llamacpp.speculative import MAX_DRAFT, MIN_DRAFT, Lookup
 from oasis.engine.textstream import TextStream
 from oasis.errors import EngineError, OverloadedError
 
@@ -121,6 +116,9 @@ class LlamaEngine(Engine):
         max_restarts: int = 3,
         restart_window: float = 60.0,
         on_fatal: Callable[[str], None] | None = None,
+        jump_forward: bool = True,
+        prompt_lookup: bool = False,
+        draft_batch: int = 16,
     ) -> None:
         self.path = path
         self.name = name
@@ -136,6 +134,15 @@ class LlamaEngine(Engine):
         self.restart_window = restart_window
         # called (on the engine thread) when the engine gives up; the server exits
         self.on_fatal = on_fatal
+        # Speculative drafts (speculative.py): the grammar's forced text for structured
+        # outputs; prompt lookup for requests that ask for it (or all, if on by default).
+        # Drafts are added only while a step's batch is smaller than ``draft_batch`` tokens:
+        # on a CPU a few more tokens in a small batch cost little, in a full one nearly as much
+        # as decoding them one by one.
+        self.jump_forward = jump_forward
+        self.prompt_lookup = prompt_lookup
+        self.draft_batch = draft_batch
+        self._probes: Probes | None = None
         self._health = Health(True)
         self._down = False
         self._grammars: GrammarCache | None = None
@@ -181,6 +188,7 @@ class LlamaEngine(Engine):
             raise EngineError(f"llama.cpp could not create a context of {n_ctx} tokens")
         self._model, self._ctx = model, ctx
         self._grammars = GrammarCache(model.vocab)
+        self._probes = Probes(model.pieces)
         self._mem = L.llama_get_memory(ctx)
         self._n_ctx_total = L.llama_n_ctx(ctx)
         self._info = ModelInfo(
@@ -509,24 +517,21 @@ class LlamaEngine(Engine):
         return waiting.popleft()
 
     def _make_sampler(self, seq: Seq) -> None:
-        assert self._model is not None and self._grammars is not None
+        model = self._model
+        assert model is not None and self._grammars is not None and self._probes is not None
         req = seq.handle.request
-        seq.sampler = build_sampler(req.sampling, self._model.n_vocab, req.max_tokens)
+        seq.sampler = build_sampler(req.sampling, model.n_vocab, req.max_tokens)
         if req.grammar is not None:
             # compiled by serving (check_grammar) before submit: cloned, not parsed again
             grammar = self._grammars.clone(req.grammar)
-            s = req.sampling
-            stateful = bool(s.presence_penalty or s.frequency_penalty or s.repeat_penalty != 1.0)
-            seq.sampler = ConstrainedSampler(
-                seq.sampler, grammar, self._model.n_vocab, stateful=stateful
-            )
+            seq.sampler = ConstrainedSampler(seq.sampler, grammar, model.n_vocab, self._probes)
+        lookup = self.prompt_lookup if req.prompt_lookup is None else req.prompt_lookup
+        seq.lookup = Lookup() if lookup else None
 
     @staticmethod
     def _free_sampler(seq: Seq) -> None:
-        if isinstance(seq.sampler, ConstrainedSampler):
+        if seq.sampler is not None:
             seq.sampler.free()
-        elif seq.sampler is not None:
-            free_sampler(seq.sampler)
         seq.sampler = None
 
     def _pick_slot(self, free: list[Slot], prompt: list[int]) -> Slot:
@@ -587,17 +592,28 @@ class LlamaEngine(Engine):
         hold = any(
             s.prefilling and s.leader is None and not s.handle.request.background for s in active
         ) and any(s.handle.request.background for s in active)
+        decoding = [
+            s
+            for s in active
+            if not s.prefilling and s.leader is None and not (hold and s.handle.request.background)
+        ]
+        spare = min(self.draft_batch, self.n_batch) - len(decoding)
         for seq in active:
             seq.out_index = -1
             seq.chunk = 0
             seq.prompt_out.clear()
-            if hold and seq.handle.request.background:
-                continue
-            if not seq.prefilling and seq.leader is None:
-                assert seq.slot is not None
-                self._add(batch, n, seq.tokens[seq.n_past], seq.n_past, seq.slot.seq_id, True)
-                seq.out_index = n
-                n += 1
+            seq.draft = []
+        for seq in decoding:
+            assert seq.slot is not None
+            self._add(batch, n, seq.tokens[seq.n_past], seq.n_past, seq.slot.seq_id, True)
+            seq.out_index = n
+            n += 1
+            if spare > 0:
+                seq.draft = self._draft(seq, spare)
+                spare -= len(seq.draft)
+                for j, token in enumerate(seq.draft):
+                    self._add(batch, n, token, seq.n_past + 1 + j, seq.slot.seq_id, True)
+                    n += 1
         for seq in active:
             if not seq.prefilling or seq.leader is not None or n >= self.n_batch:
                 continue
@@ -618,6 +634,33 @@ class LlamaEngine(Engine):
                 n += 1
         batch.n_tokens = n
         return n
+
+    def _draft(self, seq: Seq, spare: int) -> list[int]:
+        """Guessed next tokens for ``seq`` (at most ``spare``): the grammar's forced text, else
+        a prompt-lookup match, else none."""
+        assert self._model is not None
+        req = seq.handle.request
+        limit = min(
+            spare,
+            MAX_DRAFT,
+            req.max_tokens - seq.generated - 1,
+            self.info.n_ctx - seq.n_past - 2,
+        )
+        if limit <= 0:
+            return []
+        sampler = seq.sampler
+        if self.jump_forward and isinstance(sampler, ConstrainedSampler):
+            text, ends = sampler.forced_text(4 * limit)
+            tokens = self._model.tokenize(text, add_special=False, parse_special=False)
+            if not ends:
+                # the last token may be the start of a longer one the model would write
+                # across the point where the grammar leaves a choice: not guessed
+                tokens = tokens[:-1]
+            if len(tokens) >= MIN_DRAFT:
+                return tokens[:limit]
+        if seq.lookup is not None:
+            return seq.lookup.draft(seq.tokens, limit)
+        return []
 
     @staticmethod
     def _add(batch: Any, i: int, token: int, pos: int, seq_id: int, logits: bool) -> None:
@@ -650,10 +693,29 @@ class LlamaEngine(Engine):
             if req.max_tokens == 0:
                 self._finish(seq, "length", active)
                 return
-        elif seq.out_index != -1:
-            seq.n_past += 1
-        if seq.out_index != -1:
             self._sample(seq, seq.out_index, active)
+        elif seq.out_index != -1:
+            self._verify(seq, active)
+
+    def _verify(self, seq: Seq, active: list[Seq]) -> None:
+        """Sample the step's token and, while the draft agrees with what is sampled, the
+        drafted positions after it; the KV of the drafted tokens not kept is dropped."""
+        draft, seq.draft = seq.draft, []
+        kept = 0
+        for j in range(len(draft) + 1):
+            seq.n_past += 1  # the token decoded at this position is now in the KV
+            token = self._sample(seq, seq.out_index + j, active)
+            if token is None or j == len(draft) or token != draft[j]:
+                break
+            kept += 1
+        if not draft:
+            return
+        self._stats.draft_tokens_total += len(draft)
+        self._stats.draft_accepted_total += kept
+        if seq.lookup is not None:
+            seq.lookup.feedback(len(draft), kept)
+        if seq.slot is not None and kept < len(draft):
+            L.llama_memory_seq_rm(self._mem, seq.slot.seq_id, seq.n_past, -1)
 
     def _follow(self, seq: Seq, leader: Seq, active: list[Seq]) -> None:
         """The leader's prompt is in its KV: share it and sample from the same logits."""
@@ -667,20 +729,18 @@ class LlamaEngine(Engine):
             return
         self._sample(seq, leader.out_index, active)
 
-    def _sample(self, seq: Seq, index: int, active: list[Seq]) -> None:
-        assert self._model is not None
+    def _sample(self, seq: Seq, index: int, active: list[Seq]) -> int | None:
+        """Sample the token at ``index`` and send it; None if the sequence ended there."""
+        assert self._model is not None and seq.sampler is not None
         model = self._model
         req = seq.handle.request
-        if isinstance(seq.sampler, ConstrainedSampler):
-            token = seq.sampler.sample(self._ctx, index)
-        else:
-            token = L.llama_sampler_sample(seq.sampler, self._ctx, index)
+        token = seq.sampler.sample(self._ctx, index)
         seq.generated += 1
         seq.handle.generated = seq.generated
         self._stats.generated_tokens_total += 1
         if model.is_eog(token):
             self._finish(seq, "stop", active)
-            return
+            return None
         lp = None
         if req.logprobs is not None:
             row = logits_row(self._ctx, index, model.n_vocab)
@@ -690,11 +750,13 @@ class LlamaEngine(Engine):
             if text:
                 seq.handle._deliver(TokenEvent(text, None))
             self._finish(seq, "stop", active)
-            return
+            return None
         seq.handle._deliver(TokenEvent(text, lp))
         seq.tokens.append(token)
         if seq.generated >= req.max_tokens or seq.n_past + 1 >= self.info.n_ctx:
             self._finish(seq, "length", active)
+            return None
+        return token
 
     def _finish(self, seq: Seq, reason: str, active: list[Seq]) -> None:
         prompt_lps = None
@@ -729,6 +791,8 @@ class LlamaEngine(Engine):
         if slot is not None:
             if keep_kv and self.prefix_cache and not seq.prefilling:
                 slot.cached = seq.tokens[: seq.n_past]
+                # drafted positions past the kept tokens
+                L.llama_memory_seq_rm(self._mem, slot.seq_id, seq.n_past, -1)
             else:
                 L.llama_memory_seq_rm(self._mem, slot.seq_id, -1, -1)
                 slot.cached = []

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from oasis.engine.base import TokenLogprob
 from oasis.engine.textstream import TextStream
 
 if TYPE_CHECKING:
     from oasis.engine.llamacpp.engine import LlamaHandle
+    from oasis.engine.llamacpp.sampling import Sampler
+    from oasis.engine.llamacpp.speculative import Lookup
 
 
 @dataclass
@@ -20,7 +22,9 @@ class Seq:
     prompt: list[int]
     text: TextStream
     slot: Slot | None = None
-    sampler: Any = None
+    sampler: Sampler | None = None
+    lookup: Lookup | None = None  # prompt-lookup drafts, if the request has them
+    draft: list[int] = field(default_factory=list)  # guessed tokens in the current batch
     tokens: list[int] = field(default_factory=list)  # prompt + sampled tokens
     n_past: int = 0  # tokens[:n_past] are in this sequence's KV cache
     generated: int = 0

@@ -1,0 +1,183 @@
+"""Grammars (structured outputs): compiled once per text, sampled under, looked ahead in."""
+
+from __future__ import annotations
+
+import ctypes
+import threading
+from collections import OrderedDict
+from typing import Any
+
+import llama_cpp as L
+import numpy as np
+
+from oasis.engine.llamacpp.sampling import TOKEN_DATA, Sampler, logits_row, token_array
+
+
+class GrammarError(ValueError):
+    """llama.cpp could not build a sampler from the grammar."""
+
+
+def compile_grammar(vocab: Any, gbnf: str) -> Any:
+    """A llama.cpp grammar sampler, or GrammarError: a constraint that cannot be built is
+    refused, never dropped."""
+    sampler = L.llama_sampler_init_grammar(vocab, gbnf.encode(), b"root")
+    if not sampler:
+        raise GrammarError("llama.cpp could not parse the grammar")
+    return sampler
+
+
+class GrammarCache:
+    """Compiled grammars by their text, parsed once and cloned for each sequence.
+
+    Parsing a grammar is the expensive part (and, for a big one, too slow to repeat on the
+    engine thread for every sequence of every request); ``llama_sampler_clone`` copies the
+    parsed rules in their initial state. Serving prepares a request's grammar off the event
+    loop (``prepare``); the engine thread clones it (``clone``). The kept templates are never
+    sampled with. At most ``size`` are kept, least recently used dropped first.
+    """
+
+    def __init__(self, vocab: Any, size: int = 64) -> None:
+        self.vocab = vocab
+        self.size = size
+        self._lock = threading.Lock()
+        self._items: OrderedDict[str, Any] = OrderedDict()
+
+    def prepare(self, gbnf: str) -> None:
+        """Compile ``gbnf`` (GrammarError if llama.cpp cannot) unless it is cached."""
+        with self._lock:
+            if gbnf in self._items:
+                self._items.move_to_end(gbnf)
+                return
+        sampler = compile_grammar(self.vocab, gbnf)  # outside the lock: may take a while
+        with self._lock:
+            if gbnf in self._items:
+                L.llama_sampler_free(sampler)
+                return
+            self._items[gbnf] = sampler
+            while len(self._items) > self.size:
+                _, old = self._items.popitem(last=False)
+                L.llama_sampler_free(old)
+
+    def clone(self, gbnf: str) -> Any:
+        """A fresh grammar sampler for one sequence."""
+        while True:
+            with self._lock:
+                template = self._items.get(gbnf)
+                if template is not None:
+                    self._items.move_to_end(gbnf)
+                    return L.llama_sampler_clone(template)
+            self.prepare(gbnf)  # evicted since serving prepared it: compile again
+
+    def close(self) -> None:
+        with self._lock:
+            for sampler in self._items.values():
+                L.llama_sampler_free(sampler)
+            self._items.clear()
+
+
+# Characters the look-ahead tries one at a time (each is a token of its own in every
+# byte-level vocabulary): what JSON's structure is written with, and more.
+PROBE_CHARS = "".join(chr(c) for c in range(0x20, 0x7F)) + "\n\t"
+
+
+class Probes:
+    """The single-character tokens of a vocabulary, for looking ahead in a grammar."""
+
+    def __init__(self, pieces: list[bytes]) -> None:
+        ids = {p: i for i, p in reversed(list(enumerate(pieces)))}  # the lowest id wins
+        found = [(c, ids[c.encode()]) for c in PROBE_CHARS if c.encode() in ids]
+        self.chars = [c for c, _ in found]
+        self.ids = np.array([t for _, t in found], dtype=np.int32)
+        self.token = dict(found)
+        self._buf = np.zeros(len(found), dtype=TOKEN_DATA)
+
+    def allowed(self, grammar: Any) -> list[str]:
+        """The probe characters ``grammar`` accepts next (one llama.cpp call)."""
+        buf = self._buf
+        buf["id"] = self.ids
+        buf["logit"] = 0.0
+        arr = token_array(buf.ctypes.data, len(buf))
+        L.llama_sampler_apply(grammar, ctypes.byref(arr))
+        return [self.chars[i] for i in np.flatnonzero(np.isfinite(buf["logit"]))]
+
+
+class ConstrainedSampler:
+    """A sampler under a grammar (structured outputs).
+
+    Checking the grammar against every token of the vocabulary at every step is what makes
+    constrained decoding slow, so, as llama.cpp's own common sampler does, the base sampler
+    draws first and only the drawn token is checked; only when the grammar rejects it is the
+    grammar applied to the whole vocabulary and the base sampler asked again. Both then accept
+    the token. The output follows the distribution the grammar leaves: a token the grammar
+    allows is kept with its own probability, and a rejected draw is replaced by a draw from
+    the allowed tokens alone.
+    """
+
+    def __init__(self, base: Sampler, grammar: Any, n_vocab: int, probes: Probes) -> None:
+        self.base = base
+        self.grammar = grammar
+        self.n_vocab = n_vocab
+        self.probes = probes
+        self._buf = np.zeros(n_vocab, dtype=TOKEN_DATA)
+        self._ids = np.arange(n_vocab, dtype=np.int32)
+        self._one = (L.llama_token_data * 1)()
+        self.full_checks = 0  # draws the grammar rejected: the whole vocabulary was masked
+
+    def _allowed(self, token: int) -> bool:
+        self._one[0].id = token
+        self._one[0].logit = 0.0
+        self._one[0].p = 0.0
+        arr = token_array(self._one, 1)
+        L.llama_sampler_apply(self.grammar, ctypes.byref(arr))
+        return bool(np.isfinite(self._one[0].logit))
+
+    def _masked(self, row: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+        buf = self._buf
+        buf["id"] = self._ids
+        buf["logit"] = row
+        buf["p"] = 0.0
+        arr = token_array(buf.ctypes.data, self.n_vocab)
+        L.llama_sampler_apply(self.grammar, ctypes.byref(arr))
+        return np.ascontiguousarray(buf["logit"])
+
+    def sample(self, ctx: Any, index: int) -> int:
+        row = logits_row(ctx, index, self.n_vocab)
+        return self.sample_row(row)
+
+    def sample_row(self, row: np.ndarray[Any, Any]) -> int:
+        token = self.base.sample_row(row)
+        if not self._allowed(token):
+            self.full_checks += 1
+            token = self.base.sample_row(self._masked(row))
+        self.accept(token)
+        return token
+
+    def accept(self, token: int) -> None:
+        L.llama_sampler_accept(self.grammar, token)
+        self.base.accept(token)
+
+    def forced_text(self, limit: int) -> tuple[str, bool]:
+        """The text the grammar forces next, up to ``limit`` characters, and whether the
+        grammar ends right after it. Found by trying single characters: the text stops where
+        more than one is allowed (or none, or only one that is not a probe: rare, and then
+        verification simply rejects the draft)."""
+        probes = self.probes
+        allowed = probes.allowed(self.grammar)
+        if len(allowed) != 1:
+            return "", False
+        out = allowed
+        look = L.llama_sampler_clone(self.grammar)
+        try:
+            while len(out) < limit:
+                L.llama_sampler_accept(look, probes.token[out[-1]])
+                allowed = probes.allowed(look)
+                if len(allowed) != 1:
+                    return "".join(out), not allowed
+                out.append(allowed[0])
+        finally:
+            L.llama_sampler_free(look)
+        return "".join(out), False
+
+    def free(self) -> None:
+        self.base.free()
+        L.llama_sampler_free(self.grammar)
