@@ -1,20 +1,25 @@
 """Engine benchmark: oasis vs llama-server vs llama-cpp-python's server, same run, same GGUF.
 
-N concurrent streaming chat clients against each server in turn, each server started once with
-the same slot count, context and threads and run through the workloads one after the other:
+N concurrent streaming chat clients against each server, all servers started up front with the
+same slot count, context and threads (a server that is not being measured idles), through the
+workloads one after the other:
 
 - fixed: llama-server's sampler stated on every request and the end tokens banned, so every
   answer has exactly --max-tokens tokens;
 - openai: what an OpenAI client sends by default (a temperature and a seed, nothing else), so
   answers end at the model's end token, at most --openai-max-tokens.
 
-Reports aggregate output tokens/s, time to first token and inter-token latency (p50/p99), each
-also as a ratio to llama-server in the same workload, and for the fixed workload tokens/s over
-llama.cpp's llama-batched-bench generation speed at the same parallelism (the engine alone,
-without HTTP: bench/batched_bench.py). Saves bench/results/<date>-engine.json and a PNG chart
-and rewrites the README's tables.
+A shared VM drifts by 10% or so over minutes, so the servers are measured side by side: each
+(workload, concurrency) level runs --rounds rounds, each round on every server, in the order
+reversed every other round (A, B; B, A; ...), so that drift hits both sides alike. Tokens/s is
+the median over the rounds (each round's value is kept, and their spread (max - min) / median
+shows the noise); TTFT and ITL percentiles are over the requests of all rounds. Ratios to
+llama-server in the same workload and level are then median over median, and for the fixed
+workload tokens/s over llama.cpp's llama-batched-bench generation speed at the same parallelism
+(the engine alone, without HTTP: bench/batched_bench.py, run before any server starts). Saves
+bench/results/<date>-engine.json and a PNG chart and rewrites the README's tables.
 
-    python -m bench.engine [--workload fixed,openai] [--concurrency 1,4,8,16,32]
+    python -m bench.engine [--workload fixed,openai] [--concurrency 1,4,8,16,32] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import json
 import os
 import platform
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -122,7 +128,24 @@ class RequestResult:
 
 
 @dataclass
+class Round:
+    """One server's run of one level: its requests and its wall time."""
+
+    results: list[RequestResult]
+    wall_s: float
+
+    @property
+    def tokens_per_s(self) -> float:
+        tokens = sum(r.tokens for r in self.results if r.ok)
+        return round(tokens / self.wall_s, 2) if self.wall_s else 0.0
+
+
+@dataclass
 class LevelResult:
+    """One server at one level of one workload over all rounds: tokens/s is the median of the
+    rounds' (listed in ``rounds_tokens_per_s``), ``spread`` their (max - min) / median; the
+    counts and wall time are sums, the latency percentiles over all rounds' requests."""
+
     workload: str
     server: str
     concurrency: int
@@ -132,6 +155,8 @@ class LevelResult:
     output_tokens: int
     tokens_per_answer: float
     tokens_per_s: float
+    rounds_tokens_per_s: list[float]
+    spread: float
     ttft_p50_ms: float
     ttft_p99_ms: float
     itl_p50_ms: float
@@ -283,7 +308,7 @@ async def run_level(
     n_requests: int,
     progress: Progress,
     task: Any,
-) -> LevelResult:
+) -> Round:
     url = f"http://127.0.0.1:{server.port}/v1/chat/completions"
     usage_required = server.name not in NO_STREAM_USAGE
     queue: asyncio.Queue[str] = asyncio.Queue()
@@ -300,29 +325,44 @@ async def run_level(
                     prompt = queue.get_nowait()
                 except asyncio.QueueEmpty:
                     return
-                results.append(await one_request(http, url, prompt, workload, usage_required))
+                result = await one_request(http, url, prompt, workload, usage_required)
+                if result.error.startswith("RemoteProtocolError") and not result.tokens:
+                    # a kept-alive connection the server had closed (llama-server does, now
+                    # and then, between two requests): nothing was asked yet, so ask again
+                    result = await one_request(http, url, prompt, workload, usage_required)
+                results.append(result)
                 progress.advance(task)
 
         t0 = time.perf_counter()
         await asyncio.gather(*[worker() for _ in range(concurrency)])
         wall = time.perf_counter() - t0
-    ok = [r for r in results if r.ok]
     for err in sorted({r.error for r in results if not r.ok}):
         console.print(
             f"[yellow]{server.name} {workload.name} x{concurrency}: failed: {err}[/yellow]"
         )
+    return Round(results, wall)
+
+
+def summarize(workload: str, server: str, concurrency: int, rounds: list[Round]) -> LevelResult:
+    """The rounds of one server at one level as one result (see LevelResult)."""
+    results = [r for rd in rounds for r in rd.results]
+    ok = [r for r in results if r.ok]
     itls = [x for r in ok for x in r.itls]
     tokens = sum(r.tokens for r in ok)
+    rates = [rd.tokens_per_s for rd in rounds]
+    median = statistics.median(rates)
     return LevelResult(
-        workload=workload.name,
-        server=server.name,
+        workload=workload,
+        server=server,
         concurrency=concurrency,
         requests=len(results),
         failed=len(results) - len(ok),
-        wall_s=round(wall, 3),
+        wall_s=round(sum(rd.wall_s for rd in rounds), 3),
         output_tokens=tokens,
         tokens_per_answer=round(tokens / len(ok), 1) if ok else 0.0,
-        tokens_per_s=round(tokens / wall, 2),
+        tokens_per_s=round(median, 2),
+        rounds_tokens_per_s=rates,
+        spread=ratio(max(rates) - min(rates), median),
         ttft_p50_ms=round(pct([r.ttft for r in ok], 50) * 1000, 1),
         ttft_p99_ms=round(pct([r.ttft for r in ok], 99) * 1000, 1),
         itl_p50_ms=round(pct(itls, 50) * 1000, 2),
@@ -357,12 +397,17 @@ def num(value: float | None, spec: str) -> str:
     return "-" if value is None or value != value else format(value, spec)
 
 
+def percent(value: float) -> str:
+    """``value`` as a whole percentage, or "-" where there is none."""
+    return "-" if value != value else f"{value * 100:.0f}%"
+
+
 def workload_table(
     levels: list[LevelResult], limit: dict[int, float] | None, lengths: bool
 ) -> list[str]:
     """One workload's markdown table; ``x limit`` if there is a limit, tokens per answer if
     ``lengths`` (answers of varying length)."""
-    cols = ["concurrency", "server", "tokens/s", "x llama-server"]
+    cols = ["concurrency", "server", "tokens/s", "spread", "x llama-server"]
     cols += (["x limit"] if limit else []) + (["tokens/answer"] if lengths else [])
     cols += ["TTFT p50 / p99 ms", "ITL p50 / p99 ms", "x llama-server (TTFT p99)"]
     lines = ["| " + " | ".join(cols) + " |", "|" + " --- |" * len(cols)]
@@ -372,6 +417,7 @@ def workload_table(
             str(lv.concurrency),
             lv.server,
             f"{lv.tokens_per_s:.1f}",
+            percent(lv.spread),
             num(r.get("tokens_per_s"), ".2f"),
         ]
         cells += [num(r.get("limit"), ".2f")] if limit else []
@@ -393,9 +439,12 @@ def markdown(
 ) -> str:
     lines = [
         f"Run {meta['date']} on {meta['machine']}: {meta['model']}, {meta['slots']} slots, "
-        f"{meta['threads']} threads, each server started once for all workloads. Ratios are "
-        "to llama-server in the same workload (tokens/s: higher is better; latencies: lower "
-        "is better).",
+        f"{meta['threads']} threads, all servers started up front. Each level ran "
+        f"{meta['rounds']} rounds, each round on every server, the order reversed every other "
+        "round; tokens/s is the median over the rounds and `spread` their (max - min) / "
+        "median (the machine's noise); latencies are over the requests of all rounds. Ratios "
+        "are to llama-server in the same workload and level, median over median (tokens/s: "
+        "higher is better; latencies: lower is better).",
     ]
     bb = meta.get("batched_bench") or {}
     for wl in workloads:
@@ -434,13 +483,20 @@ def chart(
         by = {(lv.server, lv.concurrency): lv for lv in sub}
         centers = [x + width * (len(names) - 1) / 2 for x in range(len(conc))]
         for ax, attr, title in (
-            (row[0], "tokens_per_s", "output tokens/s (higher is better)"),
+            (row[0], "tokens_per_s", "output tokens/s, median of rounds (higher is better)"),
             (row[1], "ttft_p99_ms", "time to first token p99, ms (lower is better)"),
             (row[2], "itl_p50_ms", "inter-token latency p50, ms (lower is better)"),
         ):
             for i, name in enumerate(names):
                 vals = [getattr(by[name, c], attr) if (name, c) in by else 0 for c in conc]
-                ax.bar([x + i * width for x in range(len(conc))], vals, width, label=name)
+                xs = [x + i * width for x in range(len(conc))]
+                kw: dict[str, Any] = {}
+                if attr == "tokens_per_s":  # the median, whiskers to the rounds' min and max
+                    rs = [by[name, c].rounds_tokens_per_s if (name, c) in by else [0] for c in conc]
+                    lo = [max(0, v - min(r)) for v, r in zip(vals, rs, strict=True)]
+                    hi = [max(0, max(r) - v) for v, r in zip(vals, rs, strict=True)]
+                    kw = {"yerr": [lo, hi], "capsize": 2}
+                ax.bar(xs, vals, width, label=name, **kw)
             ax.set_xticks(centers, [str(c) for c in conc])
             ax.set_xlabel("concurrent streams")
             ax.set_title(f"{wl.name}: {title}", fontsize=10)
@@ -480,6 +536,7 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--max-tokens", type=int, default=128, help="answer length (fixed)")
     ap.add_argument("--openai-max-tokens", type=int, default=96, help="max_tokens (openai)")
     ap.add_argument("--requests-per-stream", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=3, help="per level (default: %(default)s)")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--servers", default="llama-server,oasis,llama-cpp-python")
     ap.add_argument("--no-limit", action="store_true", help="skip llama-batched-bench")
@@ -489,41 +546,60 @@ def parse_args() -> argparse.Namespace:
     if unknown := [n for n in args.workload.split(",") if n not in known]:
         ap.error(f"unknown workload {', '.join(unknown)} (known: {', '.join(known)})")
     args.workloads = [known[n] for n in args.workload.split(",")]
-    args.levels = [int(c) for c in args.concurrency.split(",")]
+    args.levels = list(dict.fromkeys(int(c) for c in args.concurrency.split(",")))
+    if args.rounds < 1:
+        ap.error("--rounds must be at least 1")
     return args
 
 
 def run_servers(
-    chosen: list[Server], workloads: list[Workload], levels_c: list[int], per_stream: int
+    chosen: list[Server],
+    workloads: list[Workload],
+    levels_c: list[int],
+    per_stream: int,
+    rounds: int,
 ) -> list[LevelResult]:
-    """Each server started once, warmed up, then every workload at every concurrency."""
+    """Every server started and warmed up first; then for every workload and concurrency,
+    ``rounds`` rounds, each on every server, in the order reversed every other round; every
+    server stopped at the end, whatever happens."""
     log = CACHE / "servers.log"
     n_requests = {c: max(c * per_stream, 8) for c in levels_c}
-    total = sum(n_requests[c] for c in levels_c) * len(workloads) * len(chosen)
+    total = sum(n_requests[c] for c in levels_c) * len(workloads) * len(chosen) * rounds
     warm_up = replace(workloads[0], max_tokens=8)
-    levels: list[LevelResult] = []
+    measured: dict[tuple[str, str, int], list[Round]] = {}
+    started: list[Server] = []
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
     with Progress(*columns, TimeElapsedColumn(), console=console) as progress:
         task = progress.add_task("requests", total=total)
         hidden = progress.add_task("warm-up", total=2 * len(chosen), visible=False)
-        for server in chosen:
-            progress.update(task, description=f"{server.name}: starting")
-            server.start(log)
-            try:
+        try:
+            for server in chosen:
+                progress.update(task, description=f"{server.name}: starting")
+                started.append(server)  # before start(): one that never answers is stopped too
+                server.start(log)
+            for server in chosen:
+                progress.update(task, description=f"{server.name}: warm-up")
                 asyncio.run(run_level(server, warm_up, 2, 2, progress, hidden))
-                for wl in workloads:
-                    for c in levels_c:
-                        progress.update(task, description=f"{server.name} {wl.name} x{c}")
-                        level = run_level(server, wl, c, n_requests[c], progress, task)
-                        levels.append(asyncio.run(level))
-            finally:
+            for wl in workloads:
+                for c in levels_c:
+                    for r in range(rounds):
+                        for server in chosen if r % 2 == 0 else chosen[::-1]:
+                            progress.update(
+                                task,
+                                description=f"{wl.name} x{c} round {r + 1}/{rounds}: {server.name}",
+                            )
+                            level = run_level(server, wl, c, n_requests[c], progress, task)
+                            key = (wl.name, server.name, c)
+                            measured.setdefault(key, []).append(asyncio.run(level))
+        finally:
+            for server in started:
                 server.stop()
-    return levels
+    return [summarize(wl, name, c, rds) for (wl, name, c), rds in measured.items()]
 
 
 def rich_table(levels: list[LevelResult]) -> Table:
     t = Table(title="engine benchmark")
-    for col in ("workload", "c", "server", "tok/s", "x ls", "x limit"):
+    for col in ("workload", "c", "server", "tok/s", "spread", "x ls", "x limit"):
         t.add_column(col)
     for col in ("TTFT p50", "TTFT p99", "ITL p50", "ITL p99"):
         t.add_column(col)
@@ -534,6 +610,7 @@ def rich_table(levels: list[LevelResult]) -> Table:
             str(lv.concurrency),
             lv.server,
             f"{lv.tokens_per_s:.1f}",
+            percent(lv.spread),
             num(r.get("tokens_per_s"), ".2f"),
             num(r.get("limit"), ".2f"),
             num(lv.ttft_p50_ms, ".0f"),
@@ -576,7 +653,7 @@ def main() -> None:
         with console.status(f"{batched_bench.TARGET}: the engine limit without HTTP"):
             limits[fixed.name], bb_meta = engine_limit(model, args.threads, ctx, fixed, args.levels)
     chosen = [s for s in all_servers if s.name in args.servers.split(",")]
-    levels = run_servers(chosen, workloads, args.levels, args.requests_per_stream)
+    levels = run_servers(chosen, workloads, args.levels, args.requests_per_stream, args.rounds)
     add_ratios(levels, limits)
     date = dt.date.today().isoformat()
     meta = {
@@ -587,6 +664,8 @@ def main() -> None:
         "ctx": ctx,
         "threads": args.threads,
         "requests_per_stream": args.requests_per_stream,
+        "rounds": args.rounds,
+        "order": "every server each round, reversed every other round",
         "workloads": {
             wl.name: {
                 "max_tokens": wl.max_tokens,
