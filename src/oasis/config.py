@@ -183,6 +183,13 @@ class Settings(BaseSettings):
     batch_size: int = Field(default=512, ge=16)
     max_queue: int = Field(default=64, ge=0)
     prefix_cache: bool = True
+    # Speculative decoding (engine/llamacpp/speculative.py): guessed tokens verified in the
+    # step's batch, outputs unchanged. Jump-forward drafts the text a grammar forces (on);
+    # prompt lookup drafts what followed the last few tokens earlier in the prompt or output
+    # (off by default: it wins where answers quote their input, and a request may ask for it
+    # with "prompt_lookup": true).
+    jump_forward: bool = True
+    prompt_lookup: bool = False
     log_level: str = "info"
     # Share rate limits and spend counters between replicas (redis://host:port/db).
     redis_url: str | None = None

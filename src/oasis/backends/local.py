@@ -267,6 +267,8 @@ class LocalKind:
             max_queue=settings.max_queue,
             prefix_cache=settings.prefix_cache,
             on_fatal=on_fatal,
+            jump_forward=settings.jump_forward,
+            prompt_lookup=settings.prompt_lookup,
         )
 
     def embedder(self, spec: ModelSpec, settings: Settings) -> Embedder | None:

@@ -70,6 +70,24 @@ def serve(
     no_auth: Annotated[
         bool, typer.Option("--no-auth", help="No key check (loopback only) [OASIS_NO_AUTH].")
     ] = False,
+    prompt_lookup: Annotated[
+        bool | None,
+        typer.Option(
+            "--prompt-lookup/--no-prompt-lookup",
+            help="Speculative drafts from the prompt for every request (default: only those "
+            'that send "prompt_lookup": true) [OASIS_PROMPT_LOOKUP].',
+            show_default=False,
+        ),
+    ] = None,
+    jump_forward: Annotated[
+        bool | None,
+        typer.Option(
+            "--jump-forward/--no-jump-forward",
+            help="Draft the text a grammar forces (structured outputs, tool calls); on by "
+            "default [OASIS_JUMP_FORWARD].",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Start the OpenAI-compatible API server."""
     import uvicorn
@@ -89,6 +107,8 @@ def serve(
             data_dir=data_dir,
             log_level=log_level,
             no_auth=no_auth or None,
+            prompt_lookup=prompt_lookup,
+            jump_forward=jump_forward,
         )
     except ValidationError as exc:
         err.print(

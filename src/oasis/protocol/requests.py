@@ -78,6 +78,8 @@ class _SamplingFields(Strict):
     top_k: Annotated[Whole, Field(ge=0, le=1_000_000)] | None = None
     min_p: Annotated[float, Field(ge=0, le=1)] | None = None
     repeat_penalty: Annotated[float, Field(gt=0, le=10)] | None = None
+    # oasis extension: speculative drafts from the prompt (README: speculative decoding).
+    prompt_lookup: StrictBool | None = None
 
     @model_validator(mode="after")
     def _stream_options(self) -> _SamplingFields:

@@ -326,6 +326,7 @@ class ChatService:
                 stop=req.stop_list() + hidden,
                 logprobs=logprobs,
                 grammar=grammar,
+                prompt_lookup=req.prompt_lookup,
             )
             for i in range(n)
         ]

@@ -236,6 +236,7 @@ class CompletionService:
                         stop=req.stop_list(),
                         logprobs=internal_lp,
                         prompt_logprobs=bool(req.echo and want_lp),
+                        prompt_lookup=req.prompt_lookup,
                     )
                 )
         culprit = "best_of" if best_of > n else ("prompt" if len(prompts) > 1 else "n")

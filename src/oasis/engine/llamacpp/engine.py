@@ -632,10 +632,17 @@ class LlamaEngine(Engine):
                 if last:
                     seq.out_index = n
                 n += 1
+            if seq.out_index != -1 and not seq.followers and not want_all:
+                # the prompt ends in this batch: what a grammar forces at the start of the
+                # answer (a tool call's name, a schema's first key) is decoded with it
+                seq.draft = self._draft(seq, self.n_batch - n, grammar_only=True)
+                for j, token in enumerate(seq.draft):
+                    self._add(batch, n, token, len(seq.prompt) + j, seq.slot.seq_id, True)
+                    n += 1
         batch.n_tokens = n
         return n
 
-    def _draft(self, seq: Seq, spare: int) -> list[int]:
+    def _draft(self, seq: Seq, spare: int, *, grammar_only: bool = False) -> list[int]:
         """Guessed next tokens for ``seq`` (at most ``spare``): the grammar's forced text, else
         a prompt-lookup match, else none."""
         assert self._model is not None
@@ -644,21 +651,22 @@ class LlamaEngine(Engine):
             spare,
             MAX_DRAFT,
             req.max_tokens - seq.generated - 1,
-            self.info.n_ctx - seq.n_past - 2,
+            self.info.n_ctx - len(seq.tokens) - 2,
         )
         if limit <= 0:
             return []
         sampler = seq.sampler
         if self.jump_forward and isinstance(sampler, ConstrainedSampler):
             text, ends = sampler.forced_text(4 * limit)
-            tokens = self._model.tokenize(text, add_special=False, parse_special=False)
+            # parse_special: a forced "<tool_call>" is the special token the model writes
+            tokens = self._model.tokenize(text, add_special=False, parse_special=True)
             if not ends:
                 # the last token may be the start of a longer one the model would write
                 # across the point where the grammar leaves a choice: not guessed
                 tokens = tokens[:-1]
             if len(tokens) >= MIN_DRAFT:
                 return tokens[:limit]
-        if seq.lookup is not None:
+        if seq.lookup is not None and not grammar_only:
             return seq.lookup.draft(seq.tokens, limit)
         return []
 
@@ -693,7 +701,8 @@ class LlamaEngine(Engine):
             if req.max_tokens == 0:
                 self._finish(seq, "length", active)
                 return
-            self._sample(seq, seq.out_index, active)
+            seq.n_past -= 1  # _verify counts the last prompt token in, as a decoded one
+            self._verify(seq, active)
         elif seq.out_index != -1:
             self._verify(seq, active)
 

@@ -78,12 +78,14 @@ class GrammarCache:
 # Characters the look-ahead tries one at a time (each is a token of its own in every
 # byte-level vocabulary): what JSON's structure is written with, and more.
 PROBE_CHARS = "".join(chr(c) for c in range(0x20, 0x7F)) + "\n\t"
+_SPACES = " \n\t"
 
 
 class Probes:
     """The single-character tokens of a vocabulary, for looking ahead in a grammar."""
 
     def __init__(self, pieces: list[bytes]) -> None:
+        self.pieces = pieces
         ids = {p: i for i, p in reversed(list(enumerate(pieces)))}  # the lowest id wins
         found = [(c, ids[c.encode()]) for c in PROBE_CHARS if c.encode() in ids]
         self.chars = [c for c, _ in found]
@@ -121,6 +123,12 @@ class ConstrainedSampler:
         self._buf = np.zeros(n_vocab, dtype=TOKEN_DATA)
         self._ids = np.arange(n_vocab, dtype=np.int32)
         self._one = (L.llama_token_data * 1)()
+        self._pieces = probes.pieces
+        # How this output writes JSON: whether a space came between two characters (the
+        # grammars let an optional space follow punctuation and values), learnt from the
+        # output so far; before any example, the style of Python's json.dumps.
+        self._spaced: dict[tuple[str, str], bool] = {}
+        self._tail = ("", "")  # the output's last two characters
         self.full_checks = 0  # draws the grammar rejected: the whole vocabulary was masked
 
     def _allowed(self, token: int) -> bool:
@@ -155,25 +163,53 @@ class ConstrainedSampler:
     def accept(self, token: int) -> None:
         L.llama_sampler_accept(self.grammar, token)
         self.base.accept(token)
+        self._learn(self._pieces[token].decode("utf-8", "replace"))
+
+    def _learn(self, text: str) -> None:
+        before, last = self._tail
+        for ch in text:
+            if ch != " ":
+                if last == " " and before not in ("", " "):
+                    self._spaced[(before, ch)] = True
+                elif last not in ("", " "):
+                    self._spaced[(last, ch)] = False
+            before, last = last, ch
+        self._tail = (before, last)
+
+    def _choose(self, allowed: list[str], prev: str) -> str | None:
+        """The next character where the grammar allows exactly one, or one and an optional
+        space (guessed from this output's own style); None where the model has a real choice.
+        A wrong guess costs only the rest of that draft: verification keeps what the model
+        would have written."""
+        if len(allowed) == 1:
+            return allowed[0]
+        if len(allowed) != 2 or " " not in allowed:
+            return None
+        solid = allowed[0] if allowed[1] == " " else allowed[1]
+        if solid in _SPACES:
+            return None
+        return " " if self._spaced.get((prev, solid), prev in ":,") else solid
 
     def forced_text(self, limit: int) -> tuple[str, bool]:
         """The text the grammar forces next, up to ``limit`` characters, and whether the
         grammar ends right after it. Found by trying single characters: the text stops where
-        more than one is allowed (or none, or only one that is not a probe: rare, and then
-        verification simply rejects the draft)."""
+        the model has a choice (or where only a character that is not a probe fits: rare, and
+        then verification simply rejects the draft)."""
         probes = self.probes
-        allowed = probes.allowed(self.grammar)
-        if len(allowed) != 1:
+        first = self._choose(probes.allowed(self.grammar), self._tail[1])
+        if first is None:
             return "", False
-        out = allowed
+        out = [first]
         look = L.llama_sampler_clone(self.grammar)
         try:
             while len(out) < limit:
                 L.llama_sampler_accept(look, probes.token[out[-1]])
                 allowed = probes.allowed(look)
-                if len(allowed) != 1:
+                prev = out[-1] if out[-1] != " " or len(out) < 2 else out[-2]
+                nxt = self._choose(allowed, prev)
+                if nxt is None:
                     return "".join(out), not allowed
-                out.append(allowed[0])
+                out.append(nxt)
         finally:
             L.llama_sampler_free(look)
         return "".join(out), False
