@@ -32,7 +32,7 @@ OASIS_MODEL ?=
 OPTIONAL_MODEL := $(if $(OASIS_MODEL),$(if $(wildcard requirements/$(OASIS_MODEL).txt),$(OASIS_MODEL)))
 TEST_MODEL := qwen2.5-coder-0.5b
 
-.PHONY: serve test install install-dev install-bench lint typecheck bench bench-gateway bench-structured bench-freeze bench-upstream bench-routing bench-responses bench-embeddings bench-batches bench-classify-zh bench-models bench-console fuzz clean
+.PHONY: serve test install install-dev install-bench lint typecheck bench bench-gateway bench-structured bench-speculative bench-freeze bench-upstream bench-routing bench-responses bench-embeddings bench-batches bench-classify-zh bench-models bench-console fuzz clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -120,6 +120,11 @@ bench-gateway: $(VENV)/.installed-bench
 # Structured outputs: decode tokens/s with a JSON-schema constraint vs without, same run.
 bench-structured: $(VENV)/.installed-bench
 	$(PY) -m bench.structured $(BENCH_ARGS)
+
+# Speculative decoding: jump-forward (tool call, json_schema) and prompt lookup (summaries,
+# free chat), each with and without drafts, same run; the answers must be the same.
+bench-speculative: $(VENV)/.installed-bench
+	$(PY) -m bench.speculative $(BENCH_ARGS)
 
 # Freeze: latency of /health and a small chat while huge requests are refused (idle = peer).
 bench-freeze: $(VENV)/.installed-bench

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from oasis.engine.llamacpp.speculative import MAX_DRAFT, MIN_DRAFT, Lookup
+from oasis.engine.llamacpp.speculative import MAX_DRAFT, MIN_DRAFT, PAUSE, DraftBudget, Lookup
 
 
 def test_drafts_what_followed_the_suffix_in_the_prompt() -> None:
@@ -35,15 +35,25 @@ def test_the_index_grows_with_the_output() -> None:
     assert lookup.draft(tokens, 8) == [12, 13, 14, 15, 10, 11]
 
 
-def test_draft_length_adapts_to_what_is_kept() -> None:
-    lookup = Lookup()
-    start = lookup.size
-    lookup.feedback(start, start)
-    assert lookup.size == min(MAX_DRAFT, 2 * start)
-    lookup.feedback(lookup.size, 0)
-    lookup.feedback(lookup.size, 0)
-    lookup.feedback(lookup.size, 0)
-    lookup.feedback(lookup.size, 0)
-    assert lookup.size == MIN_DRAFT
-    tokens = [*range(40), 0, 1]
-    assert len(lookup.draft(tokens, 16)) == MIN_DRAFT
+def test_draft_budget_grows_on_kept_drafts_and_pauses_after_rejected_ones() -> None:
+    budget = DraftBudget(size=4)
+    budget.feedback(4, 4)
+    assert budget.allowed() == 8
+    budget.feedback(8, 5)  # mostly kept: unchanged
+    assert budget.allowed() == 8
+    budget.feedback(8, 3)  # less than half kept: halved
+    assert budget.allowed() == 4
+    budget.feedback(4, 4)
+    assert budget.allowed() == 8
+    for _ in range(3):
+        budget.feedback(budget.allowed(), 0)
+    assert budget.size < MIN_DRAFT
+    # paused: no drafts for PAUSE - 1 steps, then one short try
+    tries = [budget.allowed() for _ in range(2 * PAUSE)]
+    assert tries.count(0) == 2 * PAUSE - 2 and tries.count(MIN_DRAFT) == 2
+    budget.feedback(MIN_DRAFT, MIN_DRAFT)  # the try was kept: drafting resumes
+    assert budget.allowed() >= MIN_DRAFT
+    assert DraftBudget(size=MAX_DRAFT).allowed() == MAX_DRAFT
+    big = DraftBudget(size=MAX_DRAFT)
+    big.feedback(MAX_DRAFT, MAX_DRAFT)
+    assert big.size == MAX_DRAFT

@@ -138,7 +138,8 @@ class LlamaEngine(Engine):
         # outputs; prompt lookup for requests that ask for it (or all, if on by default).
         # Drafts are added only while a step's batch is smaller than ``draft_batch`` tokens:
         # on a CPU a few more tokens in a small batch cost little, in a full one nearly as much
-        # as decoding them one by one.
+        # as decoding them one by one (and at 64 tokens llama.cpp changes kernels: see
+        # _fill_batch).
         self.jump_forward = jump_forward
         self.prompt_lookup = prompt_lookup
         self.draft_batch = draft_batch
@@ -597,7 +598,15 @@ class LlamaEngine(Engine):
             for s in active
             if not s.prefilling and s.leader is None and not (hold and s.handle.request.background)
         ]
-        spare = min(self.draft_batch, self.n_batch) - len(decoding)
+        # Drafts only in small steps without prompt chunks: llama.cpp computes a batch of 64
+        # tokens or more with other matrix kernels (logits differ by up to a whole unit here),
+        # so a drafted token decoded in such a batch could be sampled differently than when
+        # decoded on its own; below that, every row is computed bit for bit the same.
+        reading = any(
+            s.prefilling and s.leader is None and not (hold and s.handle.request.background)
+            for s in active
+        )
+        spare = 0 if reading else min(self.draft_batch, self.n_batch) - len(decoding)
         for seq in active:
             seq.out_index = -1
             seq.chunk = 0
@@ -632,17 +641,10 @@ class LlamaEngine(Engine):
                 if last:
                     seq.out_index = n
                 n += 1
-            if seq.out_index != -1 and not seq.followers and not want_all:
-                # the prompt ends in this batch: what a grammar forces at the start of the
-                # answer (a tool call's name, a schema's first key) is decoded with it
-                seq.draft = self._draft(seq, self.n_batch - n, grammar_only=True)
-                for j, token in enumerate(seq.draft):
-                    self._add(batch, n, token, len(seq.prompt) + j, seq.slot.seq_id, True)
-                    n += 1
         batch.n_tokens = n
         return n
 
-    def _draft(self, seq: Seq, spare: int, *, grammar_only: bool = False) -> list[int]:
+    def _draft(self, seq: Seq, spare: int) -> list[int]:
         """Guessed next tokens for ``seq`` (at most ``spare``): the grammar's forced text, else
         a prompt-lookup match, else none."""
         assert self._model is not None
@@ -653,7 +655,10 @@ class LlamaEngine(Engine):
             req.max_tokens - seq.generated - 1,
             self.info.n_ctx - len(seq.tokens) - 2,
         )
-        if limit <= 0:
+        if limit < MIN_DRAFT:
+            return []
+        limit = min(limit, seq.budget.allowed())
+        if limit < MIN_DRAFT:
             return []
         sampler = seq.sampler
         if self.jump_forward and isinstance(sampler, ConstrainedSampler):
@@ -666,7 +671,7 @@ class LlamaEngine(Engine):
                 tokens = tokens[:-1]
             if len(tokens) >= MIN_DRAFT:
                 return tokens[:limit]
-        if seq.lookup is not None and not grammar_only:
+        if seq.lookup is not None:
             return seq.lookup.draft(seq.tokens, limit)
         return []
 
@@ -701,8 +706,7 @@ class LlamaEngine(Engine):
             if req.max_tokens == 0:
                 self._finish(seq, "length", active)
                 return
-            seq.n_past -= 1  # _verify counts the last prompt token in, as a decoded one
-            self._verify(seq, active)
+            self._sample(seq, seq.out_index, active)
         elif seq.out_index != -1:
             self._verify(seq, active)
 
@@ -721,8 +725,7 @@ class LlamaEngine(Engine):
             return
         self._stats.draft_tokens_total += len(draft)
         self._stats.draft_accepted_total += kept
-        if seq.lookup is not None:
-            seq.lookup.feedback(len(draft), kept)
+        seq.budget.feedback(len(draft), kept)
         if seq.slot is not None and kept < len(draft):
             L.llama_memory_seq_rm(self._mem, seq.slot.seq_id, seq.n_past, -1)
 

@@ -6,12 +6,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from oasis.engine.base import TokenLogprob
+from oasis.engine.llamacpp.speculative import DraftBudget, Lookup
 from oasis.engine.textstream import TextStream
 
 if TYPE_CHECKING:
     from oasis.engine.llamacpp.engine import LlamaHandle
     from oasis.engine.llamacpp.sampling import Sampler
-    from oasis.engine.llamacpp.speculative import Lookup
 
 
 @dataclass
@@ -24,6 +24,7 @@ class Seq:
     slot: Slot | None = None
     sampler: Sampler | None = None
     lookup: Lookup | None = None  # prompt-lookup drafts, if the request has them
+    budget: DraftBudget = field(default_factory=DraftBudget)  # how long its drafts may be
     draft: list[int] = field(default_factory=list)  # guessed tokens in the current batch
     tokens: list[int] = field(default_factory=list)  # prompt + sampled tokens
     n_past: int = 0  # tokens[:n_past] are in this sequence's KV cache

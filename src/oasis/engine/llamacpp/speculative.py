@@ -26,6 +26,37 @@ NGRAMS = (4, 2)
 # and of 16 64 ms, so one guessed token kept saves nothing and three kept save a third.
 MIN_DRAFT = 2
 MAX_DRAFT = 16
+# After drafts that are not kept, a sequence drafts no more; every PAUSE steps it tries again.
+PAUSE = 8
+
+
+class DraftBudget:
+    """How many tokens a sequence's next draft may have, from how its drafts fared.
+
+    Doubled after a draft kept whole, halved after one less than half kept. Below
+    MIN_DRAFT the sequence stops drafting (a small model under a grammar often writes keys
+    in odd pieces, ``t``, ``it``, ``le``, that no tokenizer would guess, and every draft would
+    cost a step for nothing) and tries a short draft again every PAUSE steps.
+    """
+
+    def __init__(self, size: int = 8) -> None:
+        self.size = size
+        self._paused = 0
+
+    def allowed(self) -> int:
+        if self.size >= MIN_DRAFT:
+            return self.size
+        self._paused += 1
+        if self._paused < PAUSE:
+            return 0
+        self._paused = 0
+        return MIN_DRAFT
+
+    def feedback(self, drafted: int, kept: int) -> None:
+        if kept == drafted:
+            self.size = min(MAX_DRAFT, max(self.size, MIN_DRAFT // 2) * 2)
+        elif 2 * kept < drafted:
+            self.size //= 2
 
 
 class Lookup:
@@ -34,7 +65,6 @@ class Lookup:
     def __init__(self) -> None:
         self._index: dict[tuple[int, ...], int] = {}
         self._done = 0  # tokens[:_done] have their n-grams indexed
-        self.size = 8  # the next draft's length: doubled after a full accept, halved after none
 
     def _update(self, tokens: list[int]) -> None:
         # an n-gram ending at ``end`` is followed by tokens[end + 1]: index those ending
@@ -53,12 +83,6 @@ class Lookup:
                 continue
             start = self._index.get(tuple(tokens[-n:]))
             if start is not None:
-                draft = tokens[start : start + min(limit, self.size)]
+                draft = tokens[start : start + limit]
                 return draft if len(draft) >= MIN_DRAFT else []
         return []
-
-    def feedback(self, drafted: int, accepted: int) -> None:
-        if accepted == drafted:
-            self.size = min(MAX_DRAFT, self.size * 2)
-        elif accepted == 0:
-            self.size = max(MIN_DRAFT, self.size // 2)
