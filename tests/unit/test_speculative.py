@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from oasis.engine.llamacpp.speculative import MAX_DRAFT, MIN_DRAFT, PAUSE, DraftBudget, Lookup
+from oasis.engine.llamacpp.speculative import (
+    MAX_DRAFT,
+    MIN_DRAFT,
+    MIN_KEPT,
+    PAUSE,
+    DraftBudget,
+    Lookup,
+)
 
 
 def test_drafts_what_followed_the_suffix_in_the_prompt() -> None:
@@ -45,13 +52,18 @@ def test_draft_budget_grows_on_kept_drafts_and_pauses_after_rejected_ones() -> N
     assert budget.allowed() == 4
     budget.feedback(4, 4)
     assert budget.allowed() == 8
+    budget.feedback(8, 1)  # kept rarely: paused although the size is fine
+    budget.feedback(8, 1)
+    assert budget.kept < MIN_KEPT and budget.size >= MIN_DRAFT
+    assert budget.allowed() == 0
     for _ in range(3):
-        budget.feedback(budget.allowed(), 0)
+        budget.feedback(8, 0)
     assert budget.size < MIN_DRAFT
     # paused: no drafts for PAUSE - 1 steps, then one short try
     tries = [budget.allowed() for _ in range(2 * PAUSE)]
     assert tries.count(0) == 2 * PAUSE - 2 and tries.count(MIN_DRAFT) == 2
-    budget.feedback(MIN_DRAFT, MIN_DRAFT)  # the try was kept: drafting resumes
+    budget.feedback(MIN_DRAFT, MIN_DRAFT)  # tries kept: drafting resumes
+    budget.feedback(MIN_DRAFT, MIN_DRAFT)
     assert budget.allowed() >= MIN_DRAFT
     assert DraftBudget(size=MAX_DRAFT).allowed() == MAX_DRAFT
     big = DraftBudget(size=MAX_DRAFT)

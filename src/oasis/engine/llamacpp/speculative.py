@@ -27,24 +27,29 @@ NGRAMS = (4, 2)
 MIN_DRAFT = 2
 MAX_DRAFT = 16
 # After drafts that are not kept, a sequence drafts no more; every PAUSE steps it tries again.
-PAUSE = 8
+PAUSE = 16
+# The share of drafted tokens a sequence must keep (recent drafts weigh most) to go on
+# drafting: at the step costs above, drafts kept less often than this cost more than they save.
+MIN_KEPT = 0.5
 
 
 class DraftBudget:
     """How many tokens a sequence's next draft may have, from how its drafts fared.
 
     Doubled after a draft kept whole, halved after one less than half kept. Below
-    MIN_DRAFT the sequence stops drafting (a small model under a grammar often writes keys
-    in odd pieces, ``t``, ``it``, ``le``, that no tokenizer would guess, and every draft would
-    cost a step for nothing) and tries a short draft again every PAUSE steps.
+    MIN_DRAFT, or while less than MIN_KEPT of its drafted tokens are kept, the sequence stops
+    drafting (a small model under a grammar often writes keys in odd pieces, ``t``, ``it``,
+    ``le``, that no tokenizer would guess, and every draft would cost a step for nothing) and
+    tries a short draft again every PAUSE steps.
     """
 
     def __init__(self, size: int = 8) -> None:
         self.size = size
+        self.kept = 1.0  # recent share of drafted tokens kept
         self._paused = 0
 
     def allowed(self) -> int:
-        if self.size >= MIN_DRAFT:
+        if self.size >= MIN_DRAFT and self.kept >= MIN_KEPT:
             return self.size
         self._paused += 1
         if self._paused < PAUSE:
@@ -53,6 +58,9 @@ class DraftBudget:
         return MIN_DRAFT
 
     def feedback(self, drafted: int, kept: int) -> None:
+        if drafted <= 0:
+            return
+        self.kept = (self.kept + kept / drafted) / 2
         if kept == drafted:
             self.size = min(MAX_DRAFT, max(self.size, MIN_DRAFT // 2) * 2)
         elif 2 * kept < drafted:
