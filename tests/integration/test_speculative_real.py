@@ -195,6 +195,10 @@ def test_prompt_lookup_through_the_sdk(live: LiveServer, sdk: OpenAI) -> None:
     assert fast.usage is not None and plain.usage is not None
     assert fast.usage.completion_tokens == plain.usage.completion_tokens
     assert live.metric("oasis_draft_tokens_accepted_total") > before
+    # a negative seed (clients send -1 for "random") is a seed like any other
+    seeded = sdk.chat.completions.create(model="gpt-4o-mini", messages=messages, max_tokens=8,
+                                         temperature=0.8, seed=-1)
+    assert seeded.choices[0].message.content
     legacy = sdk.completions.create(model="gpt-4o-mini", prompt=ASKS[0][:200], max_tokens=24,
                                     temperature=0, extra_body={"prompt_lookup": True})
     assert legacy.choices[0].text

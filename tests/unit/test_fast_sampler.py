@@ -101,3 +101,13 @@ def test_same_seed_same_draws() -> None:
     a = FastSampler(SamplingParams(temperature=0.9, seed=42), 500)
     b = FastSampler(SamplingParams(temperature=0.9, seed=42), 500)
     assert [a.sample_row(row) for _ in range(50)] == [b.sample_row(row) for _ in range(50)]
+
+
+def test_any_int64_seed_is_taken() -> None:
+    # OpenAI accepts negative seeds (and clients send -1 for "random"); they seed as their
+    # 64-bit pattern, reproducibly
+    row = np.random.default_rng(2).normal(0, 1, 100).astype(np.float32)
+    for seed in (-1, -(2**63), 2**63 - 1):
+        a = FastSampler(SamplingParams(temperature=0.9, seed=seed), 100)
+        b = FastSampler(SamplingParams(temperature=0.9, seed=seed), 100)
+        assert [a.sample_row(row) for _ in range(20)] == [b.sample_row(row) for _ in range(20)]

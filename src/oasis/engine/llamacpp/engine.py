@@ -124,7 +124,8 @@ class LlamaEngine(Engine):
         self.name = name
         self.n_parallel = n_parallel
         self.n_threads = n_threads
-        self.n_batch = n_batch
+        # every decoding slot needs a place in the batch, whatever the settings say
+        self.n_batch = max(n_batch, n_parallel)
         self.max_queue = max_queue
         self.prefix_cache = prefix_cache
         # Copying another slot's KV stream costs a buffer copy: only worth it for this many
@@ -136,14 +137,15 @@ class LlamaEngine(Engine):
         self.on_fatal = on_fatal
         # Speculative drafts (speculative.py): the grammar's forced text for structured
         # outputs; prompt lookup for requests that ask for it (or all, if on by default).
-        # Drafts are added only while a step's batch is smaller than ``draft_batch`` tokens:
-        # on a CPU a few more tokens in a small batch cost little, in a full one nearly as much
-        # as decoding them one by one (and at 64 tokens llama.cpp changes kernels: see
-        # _fill_batch).
+        # Drafts fill a step's batch up to ``draft_batch`` tokens at most, and only in steps
+        # that read no prompt: on a CPU a few more tokens in a small batch cost little, in a
+        # full one nearly as much as decoding them one by one (and at 64 tokens llama.cpp
+        # changes kernels: see _fill_batch).
         self.jump_forward = jump_forward
         self.prompt_lookup = prompt_lookup
         self.draft_batch = draft_batch
         self._probes: Probes | None = None
+        self._drafts_ok = False
         self._health = Health(True)
         self._down = False
         self._grammars: GrammarCache | None = None
@@ -190,6 +192,10 @@ class LlamaEngine(Engine):
         self._model, self._ctx = model, ctx
         self._grammars = GrammarCache(model.vocab)
         self._probes = Probes(model.pieces)
+        # a recurrent state cannot drop the positions of rejected drafts
+        self._drafts_ok = not (
+            L.llama_model_is_recurrent(model.model) or L.llama_model_is_hybrid(model.model)
+        )
         self._mem = L.llama_get_memory(ctx)
         self._n_ctx_total = L.llama_n_ctx(ctx)
         self._info = ModelInfo(
@@ -617,8 +623,12 @@ class LlamaEngine(Engine):
             self._add(batch, n, seq.tokens[seq.n_past], seq.n_past, seq.slot.seq_id, True)
             seq.out_index = n
             n += 1
-            if spare > 0:
-                seq.draft = self._draft(seq, spare)
+            if spare > 0 and self._drafts_ok:
+                try:
+                    seq.draft = self._draft(seq, spare)
+                except Exception:  # a draft is only ever an optimisation
+                    log.exception("engine %s: drafting failed", self.name)
+                    seq.draft = []
                 spare -= len(seq.draft)
                 for j, token in enumerate(seq.draft):
                     self._add(batch, n, token, seq.n_past + 1 + j, seq.slot.seq_id, True)
@@ -662,13 +672,11 @@ class LlamaEngine(Engine):
             return []
         sampler = seq.sampler
         if self.jump_forward and isinstance(sampler, ConstrainedSampler):
-            text, ends = sampler.forced_text(4 * limit)
-            # parse_special: a forced "<tool_call>" is the special token the model writes
-            tokens = self._model.tokenize(text, add_special=False, parse_special=True)
-            if not ends:
-                # the last token may be the start of a longer one the model would write
-                # across the point where the grammar leaves a choice: not guessed
-                tokens = tokens[:-1]
+            text = sampler.forced_text(4 * limit)
+            # parse_special: a forced "<tool_call>" is the special token the model writes.
+            # The last token is dropped: it may be the start of a longer one the model would
+            # write across the point where the grammar leaves a choice.
+            tokens = self._model.tokenize(text, add_special=False, parse_special=True)[:-1]
             if len(tokens) >= MIN_DRAFT:
                 return tokens[:limit]
         if seq.lookup is not None:

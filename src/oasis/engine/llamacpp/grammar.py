@@ -129,7 +129,6 @@ class ConstrainedSampler:
         # output so far; before any example, the style of Python's json.dumps.
         self._spaced: dict[tuple[str, str], bool] = {}
         self._tail = ("", "")  # the output's last two characters
-        self.full_checks = 0  # draws the grammar rejected: the whole vocabulary was masked
 
     def _allowed(self, token: int) -> bool:
         self._one[0].id = token
@@ -155,7 +154,6 @@ class ConstrainedSampler:
     def sample_row(self, row: np.ndarray[Any, Any]) -> int:
         token = self.base.sample_row(row)
         if not self._allowed(token):
-            self.full_checks += 1
             token = self.base.sample_row(self._masked(row))
         self.accept(token)
         return token
@@ -190,15 +188,14 @@ class ConstrainedSampler:
             return None
         return " " if self._spaced.get((prev, solid), prev in ":,") else solid
 
-    def forced_text(self, limit: int) -> tuple[str, bool]:
-        """The text the grammar forces next, up to ``limit`` characters, and whether the
-        grammar ends right after it. Found by trying single characters: the text stops where
-        the model has a choice (or where only a character that is not a probe fits: rare, and
-        then verification simply rejects the draft)."""
+    def forced_text(self, limit: int) -> str:
+        """The text the grammar forces next, up to ``limit`` characters. Found by trying
+        single characters: the text stops where the model has a choice, where the grammar
+        ends, or where only a character that is not a probe fits (non-ASCII text)."""
         probes = self.probes
         first = self._choose(probes.allowed(self.grammar), self._tail[1])
         if first is None:
-            return "", False
+            return ""
         out = [first]
         look = L.llama_sampler_clone(self.grammar)
         try:
@@ -208,11 +205,11 @@ class ConstrainedSampler:
                 prev = out[-1] if out[-1] != " " or len(out) < 2 else out[-2]
                 nxt = self._choose(allowed, prev)
                 if nxt is None:
-                    return "".join(out), not allowed
+                    break
                 out.append(nxt)
         finally:
             L.llama_sampler_free(look)
-        return "".join(out), False
+        return "".join(out)
 
     def free(self) -> None:
         self.base.free()

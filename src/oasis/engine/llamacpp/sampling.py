@@ -76,7 +76,8 @@ class FastSampler:
         self.bias_ids = np.fromiter(params.logit_bias, dtype=np.int64)
         self.bias = np.fromiter(params.logit_bias.values(), dtype=np.float32)
         seed = params.seed if params.seed is not None else int.from_bytes(os.urandom(8), "little")
-        self.rng = np.random.Generator(np.random.PCG64(seed))
+        # any int64 (OpenAI takes negative seeds too), as the 64-bit pattern PCG64 wants
+        self.rng = np.random.Generator(np.random.PCG64(seed & (2**64 - 1)))
 
     def sample(self, ctx: Any, index: int) -> int:
         return self.sample_row(logits_row(ctx, index, self.n_vocab))
