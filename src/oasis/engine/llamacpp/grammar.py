@@ -10,7 +10,13 @@ from typing import Any
 import llama_cpp as L
 import numpy as np
 
-from oasis.engine.llamacpp.sampling import TOKEN_DATA, Sampler, logits_row, token_array
+from oasis.engine.llamacpp.sampling import (
+    TOKEN_DATA,
+    Sampler,
+    TokenBuffer,
+    logits_row,
+    token_array,
+)
 
 
 class GrammarError(ValueError):
@@ -120,8 +126,7 @@ class ConstrainedSampler:
         self.grammar = grammar
         self.n_vocab = n_vocab
         self.probes = probes
-        self._buf = np.zeros(n_vocab, dtype=TOKEN_DATA)
-        self._ids = np.arange(n_vocab, dtype=np.int32)
+        self._tokens = TokenBuffer(n_vocab)
         self._one = (L.llama_token_data * 1)()
         self._pieces = probes.pieces
         # How this output writes JSON: whether a space came between two characters (the
@@ -139,13 +144,8 @@ class ConstrainedSampler:
         return bool(np.isfinite(self._one[0].logit))
 
     def _masked(self, row: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
-        buf = self._buf
-        buf["id"] = self._ids
-        buf["logit"] = row
-        buf["p"] = 0.0
-        arr = token_array(buf.ctypes.data, self.n_vocab)
-        L.llama_sampler_apply(self.grammar, ctypes.byref(arr))
-        return np.ascontiguousarray(buf["logit"])
+        self._tokens.apply(self.grammar, row)
+        return self._tokens.logits()
 
     def sample(self, ctx: Any, index: int) -> int:
         row = logits_row(ctx, index, self.n_vocab)

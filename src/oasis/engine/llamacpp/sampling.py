@@ -129,20 +129,14 @@ class ChainSampler:
     def __init__(self, chain: Any, n_vocab: int) -> None:
         self.chain = chain
         self.n_vocab = n_vocab
-        self._buf = np.zeros(n_vocab, dtype=TOKEN_DATA)
-        self._ids = np.arange(n_vocab, dtype=np.int32)
+        self._tokens = TokenBuffer(n_vocab)
 
     def sample(self, ctx: Any, index: int) -> int:
         return int(L.llama_sampler_sample(self.chain, ctx, index))
 
     def sample_row(self, row: FloatRow) -> int:
         """Sample from ``row`` (logits, -inf where not allowed) without accepting."""
-        buf = self._buf
-        buf["id"] = self._ids
-        buf["logit"] = row
-        buf["p"] = 0.0
-        arr = token_array(buf.ctypes.data, self.n_vocab)
-        L.llama_sampler_apply(self.chain, ctypes.byref(arr))
+        arr = self._tokens.apply(self.chain, row)
         data = np.ctypeslib.as_array(
             ctypes.cast(arr.data, ctypes.POINTER(ctypes.c_int32)), shape=(arr.size * 3,)
         )
@@ -200,6 +194,35 @@ def build_chain(params: SamplingParams, n_vocab: int, max_tokens: int) -> Any:
 
 
 TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])
+
+
+class TokenBuffer:
+    """A ``llama_token_data`` array over the whole vocabulary (made on first use), to apply a
+    llama.cpp sampler to a row of logits held in Python."""
+
+    def __init__(self, n_vocab: int) -> None:
+        self.n_vocab = n_vocab
+        self._buf: np.ndarray[Any, Any] | None = None
+        self._ids = np.arange(0)
+
+    def apply(self, sampler: Any, row: FloatRow) -> Any:
+        """Fill the array from ``row`` (samplers reorder it: ids are written again each time),
+        apply ``sampler``; the ``llama_token_data_array`` it worked on."""
+        if self._buf is None:
+            self._buf = np.zeros(self.n_vocab, dtype=TOKEN_DATA)
+            self._ids = np.arange(self.n_vocab, dtype=np.int32)
+        buf = self._buf
+        buf["id"] = self._ids
+        buf["logit"] = row
+        buf["p"] = 0.0
+        arr = token_array(buf.ctypes.data, self.n_vocab)
+        L.llama_sampler_apply(sampler, ctypes.byref(arr))
+        return arr
+
+    def logits(self) -> FloatRow:
+        """The logits after the last ``apply`` (a copy)."""
+        assert self._buf is not None
+        return np.ascontiguousarray(self._buf["logit"])
 
 
 def token_array(data: Any, size: int) -> Any:
