@@ -36,3 +36,16 @@ def test_no_auth_is_refused_on_a_network_address(tmp_path: Path) -> None:
                           env={**os.environ, "OASIS_DATA_DIR": str(tmp_path)})
     assert proc.returncode == 2
     assert "--no-auth is refused on 0.0.0.0" in proc.stderr
+
+
+def test_speculative_flags_are_serve_options(tmp_path: Path) -> None:
+    out = subprocess.run([OASIS, "serve", "--help"], capture_output=True, text=True,
+                         check=True, env={**os.environ, "COLUMNS": "200"}).stdout
+    for flag in ("--prompt-lookup", "--no-prompt-lookup", "--jump-forward", "--no-jump-forward"):
+        assert flag in out
+    # parsed with the others: this start is refused for its host, not for the new flags
+    proc = subprocess.run([OASIS, "serve", "--prompt-lookup", "--no-jump-forward", "--no-auth",
+                           "--host", "0.0.0.0"], capture_output=True, text=True, cwd=tmp_path,
+                          env={**os.environ, "OASIS_DATA_DIR": str(tmp_path)})
+    assert proc.returncode == 2
+    assert "--no-auth is refused on 0.0.0.0" in proc.stderr

@@ -8,7 +8,7 @@ import pytest
 
 from oasis.config import OPENAI_ALIASES, load_settings
 from oasis.errors import ConfigError, ModelNotFoundError
-from oasis.models.registry import BUNDLED_ID, ModelRegistry, specs_from_settings
+from oasis.models.registry import BUNDLED_ID, ModelRegistry, ModelSpec, specs_from_settings
 
 
 def test_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -72,3 +72,30 @@ def test_toml_with_several_models(monkeypatch: pytest.MonkeyPatch, tmp_path: Pat
         reg.resolve("gpt-3.5-turbo")
     monkeypatch.setenv("OASIS_PORT", "8124")
     assert load_settings().port == 8124
+
+
+def test_speculative_settings_reach_the_engine(monkeypatch: pytest.MonkeyPatch,
+                                               tmp_path: Path) -> None:
+    """`--prompt-lookup` / `--no-jump-forward` (or OASIS_PROMPT_LOOKUP / OASIS_JUMP_FORWARD)
+    are what the llama.cpp engine of each local model is built with; by default jump-forward
+    is on and prompt lookup is left to each request."""
+    from oasis.backends.local import LocalKind
+    from oasis.engine.llamacpp import LlamaEngine
+    from oasis.models.registry import bundled_model_path
+
+    monkeypatch.chdir(tmp_path)
+    spec = ModelSpec(id="m", path=bundled_model_path())
+
+    def built(**flags: object) -> LlamaEngine:
+        engine = LocalKind().engine(spec, load_settings(**flags), None)
+        assert isinstance(engine, LlamaEngine)  # built, not started: no model is loaded
+        return engine
+
+    default = built()
+    assert (default.jump_forward, default.prompt_lookup) == (True, False)
+    flagged = built(jump_forward=False, prompt_lookup=True)
+    assert (flagged.jump_forward, flagged.prompt_lookup) == (False, True)
+    monkeypatch.setenv("OASIS_PROMPT_LOOKUP", "true")
+    monkeypatch.setenv("OASIS_JUMP_FORWARD", "false")
+    env = built()
+    assert (env.jump_forward, env.prompt_lookup) == (False, True)
