@@ -607,7 +607,9 @@ class LlamaEngine(Engine):
         # Drafts only in small steps without prompt chunks: llama.cpp computes a batch of 64
         # tokens or more with other matrix kernels (logits differ by up to a whole unit here),
         # so a drafted token decoded in such a batch could be sampled differently than when
-        # decoded on its own; below that, every row is computed bit for bit the same.
+        # decoded on its own. Below that, rows come out bit for bit the same as long as the
+        # sequence's context fits in 256 KV cells; past it they round differently too
+        # (bench/batch_shapes.py, README "Speculative decoding").
         reading = any(
             s.prefilling and s.leader is None and not (hold and s.handle.request.background)
             for s in active
