@@ -3,10 +3,13 @@ the same step as its next token and kept only as far as sampling agrees with the
 
 Verification is what makes any guess safe: the engine samples each position from the model's
 own logits with the sequence's own sampler and keeps a draft token only while it equals the
-sampled one. Greedy outputs are therefore the tokens decoding one by one would give, and
-sampled outputs keep their distribution (with a single guessed token per position, "accept
-while equal" is the standard rejection rule: the guess is kept with the probability the model
-gives it, and a rejected position is sampled from the rest).
+sampled one: a greedy output is the greedy choice at every position of the logits the step
+computed, and sampled outputs keep their distribution (with a single guessed token per
+position, "accept while equal" is the standard rejection rule: the guess is kept with the
+probability the model gives it, and a rejected position is sampled from the rest). Those
+logits are the ones decoding one token at a time would give only where llama.cpp computes a
+multi-token step alike (measured: a context within 256 KV cells, a batch under 64 tokens; see
+bench/batch_shapes.py).
 
 Two sources of guesses:
 
@@ -22,8 +25,9 @@ from __future__ import annotations
 # n-gram sizes tried for a lookup match, longest first
 NGRAMS = (4, 2)
 # Drafts shorter than this are not worth their decode on a CPU: measured here (SmolLM2-135M,
-# 2 threads), a step of 1 token takes 9.2 ms, of 2 tokens 18 ms, of 4 tokens 25 ms, of 8 37 ms
-# and of 16 64 ms, so one guessed token kept saves nothing and three kept save a third.
+# 2 threads, bench/batch_shapes.py), a step of 1 token takes 7.5 ms, of 2 tokens 14 ms, of 4
+# tokens 19.5 ms, of 8 26 ms and of 16 48 ms, so one guessed token kept saves nothing and
+# three kept save a third.
 MIN_DRAFT = 2
 MAX_DRAFT = 16
 # After drafts that are not kept, a sequence drafts no more; every PAUSE steps it tries again.
