@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from oasis.engine.llamacpp.speculative import (
+    INDEX_STEP,
     MAX_DRAFT,
     MIN_DRAFT,
     MIN_KEPT,
@@ -69,3 +70,11 @@ def test_draft_budget_grows_on_kept_drafts_and_pauses_after_rejected_ones() -> N
     big = DraftBudget(size=MAX_DRAFT)
     big.feedback(MAX_DRAFT, MAX_DRAFT)
     assert big.size == MAX_DRAFT
+
+
+def test_a_long_prompt_is_indexed_over_a_few_steps() -> None:
+    # the match lies past what one step indexes
+    tokens = [*range(3 * INDEX_STEP), -7, -8, -9, -10, -11, -7, -8]
+    lookup = Lookup()
+    drafts = [lookup.draft(tokens, 3) for _ in range(4)]
+    assert drafts[0] == [] and drafts[-1] == [-9, -10, -11]

@@ -191,7 +191,9 @@ class LlamaEngine(Engine):
             raise EngineError(f"llama.cpp could not create a context of {n_ctx} tokens")
         self._model, self._ctx = model, ctx
         self._grammars = GrammarCache(model.vocab)
-        self._probes = Probes(model.pieces)
+        self._probes = Probes(
+            model.pieces, lambda c: model.tokenize(c, add_special=False, parse_special=False)
+        )
         # a recurrent state cannot drop the positions of rejected drafts
         self._drafts_ok = not (
             L.llama_model_is_recurrent(model.model) or L.llama_model_is_hybrid(model.model)
@@ -599,21 +601,18 @@ class LlamaEngine(Engine):
         hold = any(
             s.prefilling and s.leader is None and not s.handle.request.background for s in active
         ) and any(s.handle.request.background for s in active)
-        decoding = [
-            s
-            for s in active
-            if not s.prefilling and s.leader is None and not (hold and s.handle.request.background)
+        # the sequences in this step (a follower waits for its leader's prompt)
+        taking = [
+            s for s in active if s.leader is None and not (hold and s.handle.request.background)
         ]
+        decoding = [s for s in taking if not s.prefilling]
+        reading = [s for s in taking if s.prefilling]
         # Drafts only in small steps without prompt chunks: llama.cpp computes a batch of 64
         # tokens or more with other matrix kernels (logits differ by up to a whole unit here),
         # so a drafted token decoded in such a batch could be sampled differently than when
         # decoded on its own. Below that, rows come out bit for bit the same as long as the
         # sequence's context fits in 256 KV cells; past it they round differently too
         # (bench/batch_shapes.py, README "Speculative decoding").
-        reading = any(
-            s.prefilling and s.leader is None and not (hold and s.handle.request.background)
-            for s in active
-        )
         spare = 0 if reading else min(self.draft_batch, self.n_batch) - len(decoding)
         for seq in active:
             seq.out_index = -1
@@ -635,11 +634,9 @@ class LlamaEngine(Engine):
                 for j, token in enumerate(seq.draft):
                     self._add(batch, n, token, seq.n_past + 1 + j, seq.slot.seq_id, True)
                     n += 1
-        for seq in active:
-            if not seq.prefilling or seq.leader is not None or n >= self.n_batch:
-                continue
-            if hold and seq.handle.request.background:
-                continue
+        for seq in reading:
+            if n >= self.n_batch:
+                break
             assert seq.slot is not None
             want_all = seq.wants_prompt_logprobs
             take = min(len(seq.prompt) - seq.n_past, self.n_batch - n)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 import llama_cpp as L
@@ -90,10 +91,10 @@ _SPACES = " \n\t"
 class Probes:
     """The single-character tokens of a vocabulary, for looking ahead in a grammar."""
 
-    def __init__(self, pieces: list[bytes]) -> None:
+    def __init__(self, pieces: list[bytes], tokenize: Callable[[str], list[int]]) -> None:
         self.pieces = pieces
-        ids = {p: i for i, p in reversed(list(enumerate(pieces)))}  # the lowest id wins
-        found = [(c, ids[c.encode()]) for c in PROBE_CHARS if c.encode() in ids]
+        # each character as the tokenizer writes it, where that is one token
+        found = [(c, t[0]) for c in PROBE_CHARS if len(t := tokenize(c)) == 1]
         self.chars = [c for c, _ in found]
         self.ids = np.array([t for _, t in found], dtype=np.int32)
         self.token = dict(found)

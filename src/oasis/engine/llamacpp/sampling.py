@@ -48,6 +48,14 @@ def logits_row(ctx: Any, index: int, n_vocab: int) -> FloatRow:
     return np.ctypeslib.as_array(ctypes.cast(ptr, ctypes.POINTER(ctypes.c_float)), shape=(n_vocab,))
 
 
+def seed_bits(params: SamplingParams, bits: int) -> int:
+    """The request's seed as an unsigned ``bits``-bit number (OpenAI takes any int64, negative
+    ones too), or a random one when it has none."""
+    if params.seed is None:
+        return int.from_bytes(os.urandom(bits // 8), "little")
+    return params.seed & ((1 << bits) - 1)
+
+
 def plain(params: SamplingParams) -> bool:
     """Whether ``params`` need nothing but logit_bias, temperature and a draw."""
     return (
@@ -75,9 +83,7 @@ class FastSampler:
         self.temperature = params.temperature
         self.bias_ids = np.fromiter(params.logit_bias, dtype=np.int64)
         self.bias = np.fromiter(params.logit_bias.values(), dtype=np.float32)
-        seed = params.seed if params.seed is not None else int.from_bytes(os.urandom(8), "little")
-        # any int64 (OpenAI takes negative seeds too), as the 64-bit pattern PCG64 wants
-        self.rng = np.random.Generator(np.random.PCG64(seed & (2**64 - 1)))
+        self.rng = np.random.Generator(np.random.PCG64(seed_bits(params, 64)))
 
     def sample(self, ctx: Any, index: int) -> int:
         return self.sample_row(logits_row(ctx, index, self.n_vocab))
@@ -188,8 +194,7 @@ def build_chain(params: SamplingParams, n_vocab: int, max_tokens: int) -> Any:
     if params.min_p > 0:
         L.llama_sampler_chain_add(chain, L.llama_sampler_init_min_p(params.min_p, 1))
     L.llama_sampler_chain_add(chain, L.llama_sampler_init_temp(params.temperature))
-    seed = params.seed if params.seed is not None else int.from_bytes(os.urandom(4), "little")
-    L.llama_sampler_chain_add(chain, L.llama_sampler_init_dist(seed & 0xFFFFFFFF))
+    L.llama_sampler_chain_add(chain, L.llama_sampler_init_dist(seed_bits(params, 32)))
     return chain
 
 
