@@ -211,3 +211,27 @@ def test_prompt_lookup_through_the_sdk(live: LiveServer, sdk: OpenAI) -> None:
     text = httpx.get(f"{live.base_url}/metrics", timeout=10,
                      headers={"Authorization": f"Bearer {live.api_key}"}).text
     assert "oasis_draft_tokens_total" in text
+
+
+def test_prompt_lookup_takes_hostile_prompts(live: LiveServer) -> None:
+    """A lone surrogate, and a long prompt made of one repeated phrase (an n-gram match at
+    every position), with drafts on: answered, and the server answers the next request."""
+    headers = {"Authorization": f"Bearer {live.api_key}", "Content-Type": "application/json"}
+    url = f"{live.v1}/chat/completions"
+    lone = ('{"model": "gpt-4o-mini", "max_tokens": 8, "temperature": 0, "prompt_lookup": true,'
+            ' "messages": [{"role": "user", "content": "Repeat: abc \\ud800 abc"}]}')
+    r = httpx.post(url, content=lone, headers=headers, timeout=120)
+    assert r.status_code in (200, 400), r.text
+    if r.status_code == 400:
+        assert r.json()["error"]["type"] == "invalid_request_error"
+    repeated = "the cat sat on the mat " * 250  # about 1500 tokens of one n-gram
+    r = httpx.post(url, json={"model": "gpt-4o-mini", "max_tokens": 32, "temperature": 0,
+                              "prompt_lookup": True,
+                              "messages": [{"role": "user", "content": repeated}]},
+                   headers=headers, timeout=120)
+    assert r.status_code == 200, r.text
+    assert r.json()["usage"]["completion_tokens"] > 0
+    r = httpx.post(url, json={"model": "gpt-4o-mini", "max_tokens": 4,
+                              "messages": [{"role": "user", "content": "Hi"}]},
+                   headers=headers, timeout=60)
+    assert r.status_code == 200
